@@ -1,0 +1,126 @@
+//! The content-addressed image cache: where it lives, the input hash
+//! (recipe + fixtures), the entry key, the `.current` pointer and clean-up of
+//! interrupted builds. Must not run processes (locate() relies on that).
+use crate::recipe::Recipe;
+use crate::ImageError;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Bumped whenever the builder's output format changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `$DEVLAB_CACHE`, else `$XDG_CACHE_HOME/devlab`, else `~/.cache/devlab`.
+pub fn cache_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("DEVLAB_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("devlab");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/devlab")
+}
+
+/// All files below `dir` (or `dir` itself if it is a file), sorted, with
+/// their path relative to `dir`. Directories are listed too.
+pub fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), dir.to_path_buf())];
+    while let Some((rel, path)) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).map_err(ImageError::io(&path))?;
+        if !rel.is_empty() || !meta.is_dir() {
+            out.push((rel.clone(), path.clone()));
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&path).map_err(ImageError::io(&path))? {
+                let e = e.map_err(ImageError::io(&path))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let r = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                stack.push((r, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Hash of everything the user edits: builder format, recipe bytes and every
+/// fixture file (path, mode, bytes). Cheap: no processes.
+pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8]) -> Result<String, ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut h = Sha256::new();
+    h.update(format!("devlab-images format {FORMAT_VERSION}\n"));
+    h.update((recipe_bytes.len() as u64).to_le_bytes());
+    h.update(recipe_bytes);
+    for (what, root) in [
+        ("boot_script", &recipe.fixtures.boot_script),
+        ("init", &recipe.fixtures.init),
+        ("rootfs_overlay", &recipe.fixtures.rootfs_overlay),
+    ] {
+        for (rel, path) in walk(root)? {
+            let meta = std::fs::symlink_metadata(&path).map_err(ImageError::io(&path))?;
+            h.update(format!("{what}|{rel}|{:o}\n", meta.permissions().mode()));
+            if meta.is_file() {
+                let data = std::fs::read(&path).map_err(ImageError::io(&path))?;
+                h.update((data.len() as u64).to_le_bytes());
+                h.update(&data);
+            } else if meta.file_type().is_symlink() {
+                let t = std::fs::read_link(&path).map_err(ImageError::io(&path))?;
+                h.update(t.to_string_lossy().as_bytes());
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The entry key: inputs hash, resolved package list and arch.
+pub fn entry_key(inputs: &str, lock: &[String], arch: crate::Arch) -> String {
+    let mut h = Sha256::new();
+    h.update(inputs.as_bytes());
+    h.update(b"\n");
+    for l in lock {
+        h.update(l.as_bytes());
+        h.update(b"\n");
+    }
+    h.update(arch.debian().as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The pointer file naming the entry last built for a recipe and arch.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Pointer {
+    pub entry: PathBuf,
+    pub inputs: String,
+}
+
+pub fn pointer_path(root: &Path, recipe: &str, arch: crate::Arch) -> PathBuf {
+    root.join("images").join(format!("{recipe}-{arch}.current"))
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same folder + rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(ImageError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(ImageError::io(path))
+}
+
+/// Removes `<prefix>*.tmp-<pid>` folders whose builder process is gone.
+pub fn remove_stale(images: &Path, prefix: &str) {
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(prefix) {
+            continue;
+        }
+        let Some((_, pid)) = name.rsplit_once(".tmp-") else {
+            continue;
+        };
+        let alive =
+            pid.parse::<u32>().is_ok_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! devlab-images: builds guest disk images (GPT, FAT boot, redundant U-Boot env,
+//! root slots A/B, data) from Debian packages without root, loop devices or mounts,
+//! and caches them under a content key. Never spawns QEMU.
+//!
+//! Entry points: [`build`] (resolve, then build unless cached), [`locate`]
+//! (fast lookup of the last build, no processes) and [`ubootenv`] (read the
+//! redundant env back from a powered-off disk).
+pub mod apt;
+pub mod arch;
+pub mod cache;
+pub mod disk;
+mod error;
+pub mod initramfs;
+pub mod recipe;
+pub mod rootfs;
+pub mod tools;
+pub mod ubootenv;
+
+pub use arch::Arch;
+pub use cache::cache_root;
+pub use error::ImageError;
+pub use recipe::Recipe;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// A finished image in the cache.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The cache entry folder.
+    pub dir: PathBuf,
+    /// The read-only base disk (boot it through a qcow2 overlay).
+    pub disk: PathBuf,
+    /// Private key (PEM, ECDSA P-256) for `root` over SSH; `.pub` next to it.
+    pub ssh_key: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// What an entry contains; `manifest.json` in the entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub arch: Arch,
+    pub recipe: String,
+    pub version: String,
+    pub key: String,
+    /// `uname -r` of the guest kernel.
+    pub kernel_version: String,
+    /// `name=version` of the kernel package.
+    pub kernel_package: String,
+    /// `name=version`, sorted.
+    pub packages: Vec<String>,
+    pub disk_size: u64,
+    pub partitions: Vec<Partition>,
+    pub env: EnvLayout,
+}
+
+/// One GPT partition (bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    pub index: u32,
+    pub label: String,
+    pub start: u64,
+    pub size: u64,
+    pub fs: String,
+}
+
+/// Where the redundant U-Boot env lives on the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvLayout {
+    /// Bytes per copy.
+    pub size: u64,
+    /// Copy 0, then copy 1.
+    pub copies: Vec<EnvCopy>,
+    /// The allow-list U-Boot imports and saves.
+    pub vars: Vec<String>,
+}
+
+/// One env copy: partition index and byte offset inside the partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvCopy {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+impl Manifest {
+    /// Byte offset of env copy `i` on the disk.
+    pub fn env_copy_offset(&self, i: usize) -> Option<u64> {
+        let c = self.env.copies.get(i)?;
+        let p = self.partitions.iter().find(|p| p.index == c.partition)?;
+        Some(p.start + c.offset)
+    }
+
+    /// Reads both env copies from a (powered-off) disk image and decodes them.
+    pub fn read_env(&self, disk: &Path) -> Result<ubootenv::EnvState, ImageError> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(disk).map_err(ImageError::io(disk))?;
+        let mut bufs = [vec![0u8; self.env.size as usize], vec![0u8; self.env.size as usize]];
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let off = self.env_copy_offset(i).ok_or_else(|| ImageError::invalid(disk, "manifest has no env copy"))?;
+            f.read_exact_at(b, off).map_err(ImageError::io(disk))?;
+        }
+        Ok(ubootenv::decode(&bufs[0], &bufs[1]))
+    }
+}
+
+fn timed<T>(log: &mut dyn FnMut(&str), what: &str, f: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    let t = Instant::now();
+    let r = f()?;
+    log(&format!("{what}: {:.2}s", t.elapsed().as_secs_f64()));
+    Ok(r)
+}
+
+fn image_name(recipe: &Recipe, arch: Arch) -> String {
+    format!("{}-{}", recipe.name, arch)
+}
+
+/// Builds (or finds in the cache) the image for `recipe` and `arch`, and
+/// points `images/<recipe>-<arch>.current` at it.
+pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Result<BuiltImage, ImageError> {
+    let root = cache_root();
+    let images = root.join("images");
+    std::fs::create_dir_all(&images).map_err(ImageError::io(&images))?;
+    let (recipe, bytes) = Recipe::load(recipe_path)?;
+    let inputs = cache::inputs_hash(&recipe, &bytes)?;
+    let res = timed(log, "resolve packages", || {
+        apt::resolve(&root, arch, &recipe.packages, &recipe.exclude, recipe.kernel_package(arch))
+    })?;
+    let mut lock: Vec<String> = res.packages.iter().map(|r| r.lock_line()).collect();
+    lock.push(format!("kernel:{}", res.kernel.lock_line()));
+    let key = cache::entry_key(&inputs, &lock, arch);
+    let name = image_name(&recipe, arch);
+    let entry = images.join(format!("{name}-{}", &key[..16]));
+    if !entry.join("manifest.json").is_file() {
+        cache::remove_stale(&images, &format!("{name}-"));
+        let tmp = images.join(format!("{name}-{}.tmp-{}", &key[..16], std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
+        let t = Instant::now();
+        let built = build_entry(&root, &recipe, arch, &res, &key, &tmp, log);
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if entry.exists() {
+            // Built concurrently by someone else: keep theirs.
+            let _ = std::fs::remove_dir_all(&tmp);
+        } else {
+            std::fs::rename(&tmp, &entry).map_err(ImageError::io(&entry))?;
+        }
+        log(&format!("built {}: {:.2}s", entry.display(), t.elapsed().as_secs_f64()));
+    } else {
+        log(&format!("cached {}", entry.display()));
+    }
+    let pointer = cache::Pointer { entry: entry.clone(), inputs };
+    let json = serde_json::to_vec_pretty(&pointer).expect("pointer serialises");
+    cache::write_atomic(&cache::pointer_path(&root, &recipe.name, arch), &json)?;
+    open_entry(&entry)
+}
+
+/// The last build for `recipe` and `arch`, if recipe and fixtures are
+/// unchanged since. Fast: reads files only, runs no process.
+pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> {
+    let root = cache_root();
+    let (recipe, bytes) = Recipe::load(recipe_path)?;
+    let name = image_name(&recipe, arch);
+    let ptr_path = cache::pointer_path(&root, &recipe.name, arch);
+    let text = match std::fs::read(&ptr_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ImageError::NotBuilt { image: name, path: ptr_path })
+        }
+        Err(e) => return Err(ImageError::io(&ptr_path)(e)),
+    };
+    let pointer: cache::Pointer =
+        serde_json::from_slice(&text).map_err(|e| ImageError::invalid(&ptr_path, e.to_string()))?;
+    let inputs = cache::inputs_hash(&recipe, &bytes)?;
+    if pointer.inputs != inputs {
+        return Err(ImageError::Stale {
+            image: name,
+            reason: format!("{} or its fixtures changed", recipe_path.display()),
+        });
+    }
+    if !pointer.entry.join("manifest.json").is_file() {
+        return Err(ImageError::NotBuilt { image: name, path: pointer.entry.join("manifest.json") });
+    }
+    open_entry(&pointer.entry)
+}
+
+fn open_entry(entry: &Path) -> Result<BuiltImage, ImageError> {
+    let mpath = entry.join("manifest.json");
+    let text = std::fs::read(&mpath).map_err(ImageError::io(&mpath))?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| ImageError::invalid(&mpath, e.to_string()))?;
+    Ok(BuiltImage {
+        dir: entry.to_path_buf(),
+        disk: entry.join("disk.raw"),
+        ssh_key: entry.join("id_devlab"),
+        manifest,
+    })
+}
+
+/// Substitutes the recipe's values into the boot script template.
+pub fn render_boot_script(template: &str, recipe: &Recipe) -> String {
+    let quote = |v: &str| format!("\"{v}\"");
+    let defaults: Vec<String> = recipe.env.defaults.iter().map(|(k, v)| format!("setenv {k} {}", quote(v))).collect();
+    let missing: Vec<String> =
+        recipe.env.defaults.iter().map(|(k, v)| format!("env exists {k} || setenv {k} {}", quote(v))).collect();
+    let mut text = template.to_string();
+    for (k, v) in &recipe.env.defaults {
+        text = text.replace(&format!("@DEFAULT_{k}@"), v);
+    }
+    text.replace("@ENV_VARS@", &recipe.env.vars.join(" "))
+        .replace("@ENV_DEFAULTS@", &defaults.join("; "))
+        .replace("@ENV_MISSING@", &missing.join("; "))
+        .replace("@CMDLINE@", &recipe.kernel.cmdline)
+}
+
+fn build_entry(
+    root: &Path,
+    recipe: &Recipe,
+    arch: Arch,
+    res: &apt::Resolution,
+    key: &str,
+    out: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let work = out.join("work");
+    std::fs::create_dir_all(&work).map_err(ImageError::io(&work))?;
+    let downloads = root.join("downloads").join(arch.debian());
+    let mut all: Vec<&apt::Resolved> = res.packages.iter().collect();
+    all.push(&res.kernel);
+    let debs = timed(log, "download packages", || apt::download(root, &downloads, arch, &all))?;
+    let (kernel_deb, pkg_debs) = debs.split_last().expect("kernel is last");
+
+    // Kernel: extract, pick vmlinuz and the module closure.
+    let kroot = work.join("kernel");
+    timed(log, "extract kernel", || {
+        tools::Tool::new("dpkg-deb")?.arg("-x").arg(kernel_deb).arg(&kroot).run().map(|_| ())
+    })?;
+    let mods_dir = kroot.join("lib/modules");
+    let kver = std::fs::read_dir(&mods_dir)
+        .map_err(ImageError::io(&mods_dir))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .ok_or_else(|| ImageError::invalid(kernel_deb, "no lib/modules/<version>"))?;
+    let vmlinuz_path = kroot.join(format!("boot/vmlinuz-{kver}"));
+    let modules = timed(log, "resolve modules", || initramfs::module_closure(&kroot, &kver, &recipe.kernel.modules))?;
+
+    // Root filesystem tree.
+    let mtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut tree = rootfs::Tree::new(mtime);
+    timed(log, "merge packages", || {
+        for deb in pkg_debs {
+            tree.merge_deb(deb)?;
+        }
+        Ok(())
+    })?;
+    tree.strip(&recipe.strip);
+    let busybox = match tree_file(&tree, "usr/bin/busybox") {
+        Some(b) => b,
+        None => {
+            return Err(ImageError::invalid(
+                &recipe.fixtures.init,
+                "no /bin/busybox in the package set (add busybox-static)",
+            ))
+        }
+    };
+    let init = std::fs::read(&recipe.fixtures.init).map_err(ImageError::io(&recipe.fixtures.init))?;
+    let initrd = timed(log, "initramfs", || initramfs::build(&busybox, &init, &modules))?;
+    let vmlinuz = std::fs::read(&vmlinuz_path).map_err(ImageError::io(&vmlinuz_path))?;
+
+    // Keys.
+    let ssh_key = out.join("id_devlab");
+    let host_key = work.join("dropbear_ed25519_host_key");
+    timed(log, "keys", || {
+        tools::Tool::new("ssh-keygen")?
+            .args(["-q", "-t", "ecdsa", "-b", "256", "-m", "PEM", "-N", "", "-C"])
+            .arg(format!("devlab-{}", &key[..16]))
+            .arg("-f")
+            .arg(&ssh_key)
+            .run()?;
+        tools::Tool::new("dropbearkey")?.args(["-t", "ed25519", "-f"]).arg(&host_key).run()?;
+        Ok(())
+    })?;
+    let pubkey = std::fs::read(out.join("id_devlab.pub")).map_err(ImageError::io(out.join("id_devlab.pub")))?;
+    let host_key_bytes = std::fs::read(&host_key).map_err(ImageError::io(&host_key))?;
+
+    add_generated(&mut tree, recipe, key, &pubkey, &host_key_bytes);
+    tree.file("boot/vmlinuz", 0o644, vmlinuz);
+    tree.file("boot/initrd.img", 0o644, initrd);
+    tree.overlay(&recipe.fixtures.rootfs_overlay)?;
+
+    // Filesystems.
+    const MIB: u64 = 1024 * 1024;
+    let tar = work.join("rootfs.tar");
+    timed(log, "rootfs tar", || tree.write_tar(&tar))?;
+    drop(tree);
+    let rootfs_img = work.join("rootfs.ext4");
+    timed(log, "mke2fs rootfs", || disk::mke2fs(&rootfs_img, recipe.sizes.rootfs * MIB, "rootfs", Some(&tar)))?;
+    let data_img = work.join("data.ext4");
+    disk::mke2fs(&data_img, recipe.sizes.data * MIB, "data", None)?;
+    let template =
+        std::fs::read_to_string(&recipe.fixtures.boot_script).map_err(ImageError::io(&recipe.fixtures.boot_script))?;
+    let cmd = work.join("boot.cmd");
+    std::fs::write(&cmd, render_boot_script(&template, recipe)).map_err(ImageError::io(&cmd))?;
+    let scr = work.join("boot.scr");
+    let boot_img = work.join("boot.vfat");
+    timed(log, "boot partition", || {
+        disk::mkimage_script(&cmd, &scr)?;
+        disk::boot_fat(&boot_img, recipe.sizes.boot * MIB, &scr)
+    })?;
+
+    // Env copies: both valid with the defaults, copy 0 current (flag 1).
+    let size = recipe.env.size as usize;
+    let env0 = ubootenv::encode_copy(&recipe.env.defaults, 1, size)
+        .map_err(|e| ImageError::invalid(&recipe.fixtures.boot_script, e.to_string()))?;
+    let env1 = ubootenv::encode_copy(&recipe.env.defaults, 0, size)
+        .map_err(|e| ImageError::invalid(&recipe.fixtures.boot_script, e.to_string()))?;
+    let (parts, total) = disk::layout(&recipe.sizes);
+    let disk_path = out.join("disk.raw");
+    timed(log, "assemble disk", || {
+        disk::assemble(
+            &disk_path,
+            &parts,
+            total,
+            &[Some(&boot_img), None, None, Some(&rootfs_img), Some(&rootfs_img), Some(&data_img)],
+            &[(parts[1].start, &env0), (parts[2].start, &env1)],
+        )
+    })?;
+    std::fs::set_permissions(&disk_path, std::fs::Permissions::from_mode(0o444)).map_err(ImageError::io(&disk_path))?;
+
+    let manifest = Manifest {
+        arch,
+        recipe: recipe.name.clone(),
+        version: recipe.version.clone(),
+        key: key.to_string(),
+        kernel_version: kver,
+        kernel_package: res.kernel.lock_line(),
+        packages: res.packages.iter().map(|r| r.lock_line()).collect(),
+        disk_size: total,
+        partitions: parts.clone(),
+        env: EnvLayout {
+            size: recipe.env.size,
+            copies: vec![
+                EnvCopy { partition: parts[1].index, offset: 0 },
+                EnvCopy { partition: parts[2].index, offset: 0 },
+            ],
+            vars: recipe.env.vars.clone(),
+        },
+    };
+    let mut lock = manifest.packages.join("\n");
+    lock.push('\n');
+    lock.push_str(&manifest.kernel_package);
+    lock.push('\n');
+    let lock_path = out.join("packages.lock");
+    std::fs::write(&lock_path, lock).map_err(ImageError::io(&lock_path))?;
+    std::fs::remove_dir_all(&work).map_err(ImageError::io(&work))?;
+    // The manifest is written last: its presence marks a complete entry.
+    let mpath = out.join("manifest.json");
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    std::fs::write(&mpath, json).map_err(ImageError::io(&mpath))?;
+    Ok(())
+}
+
+fn tree_file(tree: &rootfs::Tree, path: &str) -> Option<Vec<u8>> {
+    match tree.get(path)? {
+        rootfs::Node::File { data, .. } => Some(data.clone()),
+        _ => None,
+    }
+}
+
+/// Files a package's maintainer scripts would have created, plus identity,
+/// keys and busybox applet links.
+fn add_generated(tree: &mut rootfs::Tree, recipe: &Recipe, key: &str, pubkey: &[u8], host_key: &[u8]) {
+    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        if tree.contains(target) || link != "lib64" {
+            tree.raw_symlink(link, target);
+        }
+    }
+    for d in ["dev", "proc", "sys", "run", "tmp", "data", "mnt", "etc", "var", "usr/sbin"] {
+        tree.dir(d, 0o755);
+    }
+    tree.dir("tmp", 0o1777);
+    tree.dir("root", 0o700);
+    tree.dir("root/.ssh", 0o700);
+    tree.file("root/.ssh/authorized_keys", 0o600, pubkey.to_vec());
+    tree.symlink("var/run", "../run");
+    tree.symlink("var/lock", "../run/lock");
+    tree.symlink("var/tmp", "../tmp");
+    tree.file("etc/passwd", 0o644, "root:x:0:0:root:/root:/bin/sh\n");
+    tree.file("etc/group", 0o644, "root:x:0:\n");
+    tree.file("etc/shadow", 0o600, "root:*:19000:0:99999:7:::\n");
+    tree.file("etc/shells", 0o644, "/bin/sh\n");
+    tree.file("etc/hostname", 0o644, format!("{}\n", recipe.hostname));
+    tree.file("etc/machine-id", 0o444, format!("{}\n", &key[..32]));
+    tree.file(
+        "etc/os-release",
+        0o644,
+        format!(
+            "ID=devlab\nNAME=devlab\nVERSION_ID={}\nPRETTY_NAME=\"{}\"\nVARIANT_ID={}\n",
+            recipe.version, recipe.pretty_name, recipe.name
+        ),
+    );
+    let initial: String = recipe.env.defaults.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    tree.file("etc/u-boot-initial-env", 0o644, initial);
+    tree.dir("etc/dropbear", 0o755);
+    tree.file("etc/dropbear/dropbear_ed25519_host_key", 0o600, host_key.to_vec());
+    for applet in &recipe.busybox_applets {
+        let (path, target) = if applet == "init" {
+            ("usr/sbin/init".to_string(), "../bin/busybox")
+        } else {
+            (format!("usr/bin/{applet}"), "busybox")
+        };
+        if !tree.contains(&path) && !tree.contains(&format!("usr/sbin/{applet}")) {
+            tree.symlink(&path, target);
+        }
+    }
+}
