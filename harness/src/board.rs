@@ -1,0 +1,340 @@
+//! Board profiles: data files (`harness/boards/*.toml`) describing a virtual
+//! board — machine type, CPU, RAM, firmware, console, disk and NIC models,
+//! SMBIOS identity, U-Boot prompts — and their translation into QEMU
+//! arguments. Nothing here spawns a process or touches the run directory.
+
+use crate::error::{InputError, Result};
+use devlab_images::Arch;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Board {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub arch: Arch,
+    pub machine: String,
+    pub cpu: String,
+    #[serde(default = "one")]
+    pub smp: u32,
+    pub memory_mib: u32,
+    /// Accelerators in order of preference; the first that works is used.
+    #[serde(default = "default_accel")]
+    pub accel: Vec<Accel>,
+    pub firmware: Firmware,
+    pub console: Console,
+    pub disk: Disk,
+    pub nic: Nic,
+    #[serde(default)]
+    pub smbios: Option<Smbios>,
+    pub uboot: UbootPrompts,
+    /// Extra QEMU arguments, appended last.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// Where the profile was read from.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_accel() -> Vec<Accel> {
+    vec![Accel::Kvm, Accel::Tcg]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firmware {
+    pub path: PathBuf,
+    /// The Debian package that ships it, named when the file is missing.
+    pub package: String,
+    /// How QEMU loads it: `bios` (-bios FILE).
+    #[serde(default = "bios")]
+    pub kind: String,
+}
+
+fn bios() -> String {
+    "bios".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// The guest's name for its serial console (`ttyS0`, `ttyAMA0`).
+    pub guest_device: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    pub model: String,
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smbios {
+    pub manufacturer: String,
+    pub product: String,
+    pub serial: String,
+    pub uuid: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UbootPrompts {
+    pub autoboot_prompt: String,
+    pub prompt: String,
+    pub boot_command: String,
+}
+
+/// Paths the machine lives at, handed to [`Board::qemu_args`].
+pub struct QemuPaths<'a> {
+    pub console_sock: &'a Path,
+    pub qmp_sock: &'a Path,
+    pub monitor_sock: &'a Path,
+    pub disk: &'a Path,
+}
+
+impl Board {
+    /// Read and validate a profile file.
+    pub fn load(path: &Path) -> Result<Board> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| InputError::new(path, format!("cannot read board profile: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Board> {
+        let mut board: Board = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
+        board.path = path.to_path_buf();
+        let field_err = |field: &str, msg: String| {
+            let offset = find_key(text, field).unwrap_or(0);
+            InputError::new(path, msg).at(text, offset).field(field)
+        };
+        if board.smp == 0 {
+            return Err(field_err("smp", "must be at least 1".into()).into());
+        }
+        if board.memory_mib < 64 {
+            return Err(field_err("memory_mib", "must be at least 64".into()).into());
+        }
+        if board.accel.is_empty() {
+            return Err(field_err("accel", "name at least one accelerator".into()).into());
+        }
+        if !valid_mac(&board.nic.mac) {
+            return Err(
+                field_err("mac", format!("`{}` is not a MAC address like 52:54:00:12:34:56", board.nic.mac)).into()
+            );
+        }
+        if board.firmware.kind != "bios" {
+            return Err(
+                field_err("kind", format!("unknown firmware kind `{}` (known: bios)", board.firmware.kind)).into()
+            );
+        }
+        Ok(board)
+    }
+
+    /// Is the firmware file present? (`devlab boards` shows it; starting a
+    /// machine without it is an input error naming the package.)
+    pub fn firmware_present(&self) -> bool {
+        self.firmware.path.is_file()
+    }
+
+    pub fn check_firmware(&self) -> Result<()> {
+        if self.firmware_present() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let offset = find_key(&text, "path").unwrap_or(0);
+        Err(InputError::new(
+            &self.path,
+            format!(
+                "firmware {} is missing: install Debian package `{}` (cargo xtask setup)",
+                self.firmware.path.display(),
+                self.firmware.package
+            ),
+        )
+        .at(&text, offset)
+        .field("firmware.path")
+        .into())
+    }
+
+    /// The QEMU command line (without the binary) for this board.
+    pub fn qemu_args(&self, accel: Accel, paths: &QemuPaths<'_>) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        push(&["-machine", &self.machine, "-accel", accel.as_str()]);
+        push(&["-cpu", &self.cpu, "-smp", &self.smp.to_string()]);
+        push(&["-m", &format!("{}M", self.memory_mib)]);
+        push(&["-bios", &self.firmware.path.to_string_lossy()]);
+        // The harness listens on both sockets before QEMU starts, and QEMU
+        // connects as a client: no console byte or QMP event is ever missed,
+        // and nothing polls for a socket file to appear.
+        push(&["-chardev", &format!("socket,id=con0,path={}", paths.console_sock.display())]);
+        push(&["-serial", "chardev:con0"]);
+        push(&["-chardev", &format!("socket,id=qmp0,path={}", paths.qmp_sock.display())]);
+        push(&["-mon", "chardev=qmp0,mode=control"]);
+        // A human monitor for people who attach to a kept machine.
+        push(&["-monitor", &format!("unix:{},server=on,wait=off", paths.monitor_sock.display())]);
+        push(&["-drive", &format!("if=none,id=disk0,file={},format=qcow2", paths.disk.display())]);
+        push(&["-device", &format!("{},drive=disk0", self.disk.model)]);
+        push(&["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"]);
+        push(&["-device", &format!("{},netdev=net0,mac={}", self.nic.model, self.nic.mac)]);
+        if let Some(s) = &self.smbios {
+            push(&[
+                "-smbios",
+                &format!(
+                    "type=1,manufacturer={},product={},serial={},uuid={}",
+                    s.manufacturer, s.product, s.serial, s.uuid
+                ),
+            ]);
+            push(&["-uuid", &s.uuid]);
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+}
+
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+}
+
+/// Byte offset of `key = ` in a TOML text (for errors found after parsing).
+pub(crate) fn find_key(text: &str, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix(key) {
+            if rest.trim_start().starts_with('=') {
+                return Some(offset + (line.len() - trimmed.len()));
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The directory shipped profiles live in: `$DEVLAB_BOARDS`, else the
+/// `boards/` folder of this crate's source tree.
+pub fn boards_dir() -> PathBuf {
+    std::env::var_os("DEVLAB_BOARDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("boards"))
+}
+
+/// Load the profile called `name` from [`boards_dir`].
+pub fn find(name: &str) -> Result<Board> {
+    let dir = boards_dir();
+    let path = dir.join(format!("{name}.toml"));
+    if !path.is_file() {
+        let known = list_names(&dir).join(", ");
+        return Err(InputError::new(&path, format!("unknown board `{name}` (known: {known})")).into());
+    }
+    Board::load(&path)
+}
+
+/// Names of the profiles in `dir`, sorted.
+pub fn list_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            if p.extension()? != "toml" {
+                return None;
+            }
+            Some(p.file_stem()?.to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped(name: &str) -> Board {
+        Board::load(&boards_dir().join(format!("{name}.toml"))).unwrap()
+    }
+
+    #[test]
+    fn shipped_profiles_parse() {
+        let x86 = shipped("qemu-x86_64");
+        assert_eq!(x86.arch, Arch::X86_64);
+        assert_eq!(x86.machine, "pc");
+        let arm = shipped("qemu-aarch64");
+        assert_eq!(arm.arch, Arch::Aarch64);
+        assert_eq!(arm.console.guest_device, "ttyAMA0");
+    }
+
+    #[test]
+    fn qemu_args_connect_console_and_qmp_as_clients() {
+        let b = shipped("qemu-aarch64");
+        let p = QemuPaths {
+            console_sock: Path::new("/r/console.sock"),
+            qmp_sock: Path::new("/r/qmp.sock"),
+            monitor_sock: Path::new("/r/monitor.sock"),
+            disk: Path::new("/r/disk.qcow2"),
+        };
+        let args = b.qemu_args(Accel::Tcg, &p).join(" ");
+        assert!(args.contains("-chardev socket,id=con0,path=/r/console.sock -serial chardev:con0"));
+        assert!(!args.contains("console.sock,server"), "{args}");
+        assert!(args.contains("-accel tcg"));
+        assert!(args.contains("hostfwd=tcp:127.0.0.1:0-:22"));
+        assert!(args.contains("-bios /usr/lib/u-boot/qemu_arm64/u-boot.bin"));
+    }
+
+    #[test]
+    fn unknown_field_is_refused_with_line() {
+        let text = std::fs::read_to_string(boards_dir().join("qemu-x86_64.toml")).unwrap();
+        let bad = text.replace("memory_mib = 512", "memory_mb = 512");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        let line = bad.lines().position(|l| l.starts_with("memory_mb")).unwrap() + 1;
+        assert!(err.starts_with(&format!("b.toml:{line}:")), "{err}");
+        assert!(err.contains("field `memory_mb`"), "{err}");
+    }
+
+    #[test]
+    fn bad_mac_names_the_field() {
+        let text = std::fs::read_to_string(boards_dir().join("qemu-x86_64.toml")).unwrap();
+        let bad = text.replace("52:54:00:de:00:01", "52:54:00:zz");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("field `mac`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_board_lists_known_ones() {
+        let err = find("no-such-board").unwrap_err().to_string();
+        assert!(err.contains("unknown board `no-such-board`"), "{err}");
+        assert!(err.contains("qemu-x86_64"), "{err}");
+    }
+}

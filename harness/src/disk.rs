@@ -1,0 +1,85 @@
+//! Disk inspection from the host: reads byte ranges of a machine's qcow2
+//! overlay (`qemu-img convert -U` through a raw offset/size view, so it also
+//! works while QEMU holds the image), decodes the two U-Boot environment
+//! copies, and reads files from ext4 partitions with `debugfs`. A scenario
+//! can so assert the state of a board that is off or does not boot. Never
+//! writes to the overlay or the base image.
+
+use crate::error::{Error, Result};
+use devlab_images::ubootenv::{self, EnvState};
+use devlab_images::Manifest;
+use std::path::Path;
+use std::process::Command;
+
+fn tool(name: &str, package: &str) -> Result<std::path::PathBuf> {
+    which::which(name)
+        .map_err(|_| Error::infra(format!("{name} not found: install Debian package {package} (cargo xtask setup)")))
+}
+
+/// Read `len` bytes at `offset` of the guest disk behind `overlay`.
+pub fn read_bytes(overlay: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let qemu_img = tool("qemu-img", "qemu-utils")?;
+    let out = tempfile::NamedTempFile::new().map_err(|e| Error::infra(format!("temp file: {e}")))?;
+    let spec =
+        format!("driver=raw,offset={offset},size={len},file.driver=qcow2,file.file.filename={}", overlay.display());
+    let res = Command::new(qemu_img)
+        .args(["convert", "-U", "--image-opts", &spec, "-O", "raw"])
+        .arg(out.path())
+        .output()
+        .map_err(|e| Error::infra(format!("qemu-img convert: {e}")))?;
+    if !res.status.success() {
+        return Err(Error::infra(format!(
+            "reading {len} bytes at {offset} of {}: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&res.stderr).trim()
+        )));
+    }
+    let mut bytes = std::fs::read(out.path()).map_err(|e| Error::infra(format!("reading back: {e}")))?;
+    bytes.resize(len as usize, 0);
+    Ok(bytes)
+}
+
+fn partition_by_index(m: &Manifest, index: u32) -> Result<&devlab_images::Partition> {
+    m.partitions
+        .iter()
+        .find(|p| p.index == index)
+        .ok_or_else(|| Error::infra(format!("image manifest has no partition {index}")))
+}
+
+/// Both U-Boot environment copies, decoded, and which one is current.
+pub fn read_env(overlay: &Path, m: &Manifest) -> Result<EnvState> {
+    let mut bufs = Vec::new();
+    for copy in &m.env.copies {
+        let part = partition_by_index(m, copy.partition)?;
+        bufs.push(read_bytes(overlay, part.start + copy.offset, m.env.size)?);
+    }
+    if bufs.len() != 2 {
+        return Err(Error::infra(format!("expected two env copies in the manifest, found {}", bufs.len())));
+    }
+    Ok(ubootenv::decode(&bufs[0], &bufs[1]))
+}
+
+/// A file from the ext4 partition labelled `label` (e.g. `data`).
+pub fn read_file(overlay: &Path, m: &Manifest, label: &str, path: &str) -> Result<Vec<u8>> {
+    let part = m.partitions.iter().find(|p| p.label == label).ok_or_else(|| {
+        let known: Vec<&str> = m.partitions.iter().map(|p| p.label.as_str()).collect();
+        Error::infra(format!("no partition labelled `{label}` (known: {})", known.join(", ")))
+    })?;
+    let debugfs = tool("debugfs", "e2fsprogs")?;
+    let image = tempfile::NamedTempFile::new().map_err(|e| Error::infra(format!("temp file: {e}")))?;
+    std::fs::write(image.path(), read_bytes(overlay, part.start, part.size)?)
+        .map_err(|e| Error::infra(format!("writing partition copy: {e}")))?;
+    let res = Command::new(debugfs)
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image.path())
+        .output()
+        .map_err(|e| Error::infra(format!("debugfs: {e}")))?;
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    // debugfs prints its version banner on stderr; a missing file shows as
+    // "File not found by ext2_lookup".
+    if !res.status.success() || stderr.contains("not found") {
+        return Err(Error::infra(format!("{label}:{path}: {}", stderr.lines().last().unwrap_or("debugfs failed"))));
+    }
+    Ok(res.stdout)
+}

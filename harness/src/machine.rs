@@ -1,0 +1,388 @@
+//! The machine: the only module that owns a QEMU child. One `Machine` owns
+//! one QEMU process and its run directory files (`qemu.cmdline`,
+//! `qemu.stderr`, sockets, the qcow2 overlay). QEMU runs in its own process
+//! group with `PR_SET_PDEATHSIG`, so a SIGKILLed harness leaves nothing;
+//! teardown is a ladder (QMP `quit` → SIGTERM to the group → grace →
+//! SIGKILL), idempotent, from `shutdown()`, timeouts, Ctrl-C (the future is
+//! dropped) and `Drop` (panics). Exits are awaited on a pidfd, never polled.
+
+use crate::board::{Accel, Board, QemuPaths};
+use crate::console::Console;
+use crate::error::{Error, Result};
+use crate::qmp::{parse_usernet_port, Qmp};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixListener;
+
+/// How long QEMU may take to connect its console and QMP sockets.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Grace after QMP `quit`, and again after SIGTERM.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// Everything needed to start a machine.
+pub struct MachineSpec<'a> {
+    pub board: &'a Board,
+    pub accel: Accel,
+    /// The read-only base disk; the machine boots a qcow2 overlay on it.
+    pub base_disk: &'a Path,
+    pub run_dir: &'a Path,
+}
+
+/// A running (or stopped) QEMU machine.
+pub struct Machine {
+    pub board: Board,
+    pub run_dir: PathBuf,
+    pub overlay: PathBuf,
+    pub console: Console,
+    pub qmp: Qmp,
+    /// When QEMU was spawned: time zero of the run's timeline.
+    pub t0: Instant,
+    child: Child,
+    pidfd: AsyncFd<OwnedFd>,
+    exit: Option<ExitStatus>,
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Shell-quote an argument for `qemu.cmdline` (so it can be pasted).
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=+,./:@%".contains(&b)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Create the qcow2 overlay `overlay` on the read-only `base`.
+pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
+    let qemu_img = which::which("qemu-img")
+        .map_err(|_| Error::infra("qemu-img not found: install Debian package qemu-utils (cargo xtask setup)"))?;
+    let out = Command::new(qemu_img)
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(overlay)
+        .output()
+        .map_err(|e| Error::infra(format!("qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::infra(format!(
+            "qemu-img create {} failed: {}",
+            overlay.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+impl Machine {
+    /// Create the overlay, spawn QEMU, and take its console and QMP.
+    pub async fn start(spec: MachineSpec<'_>) -> Result<Machine> {
+        let run = spec.run_dir;
+        let overlay = run.join("disk.qcow2");
+        create_overlay(spec.base_disk, &overlay)?;
+        Self::start_on(spec, overlay).await
+    }
+
+    /// Spawn QEMU on an existing overlay (a reboot after power cut reuses it).
+    pub async fn start_on(spec: MachineSpec<'_>, overlay: PathBuf) -> Result<Machine> {
+        let board = spec.board;
+        board.check_firmware()?;
+        let run = spec.run_dir;
+        let binary = board.arch.qemu_binary();
+        let qemu = which::which(binary).map_err(|_| {
+            let pkg = match board.arch {
+                devlab_images::Arch::X86_64 => "qemu-system-x86",
+                devlab_images::Arch::Aarch64 => "qemu-system-arm",
+            };
+            Error::infra(format!("{binary} not found: install Debian package {pkg} (cargo xtask setup)"))
+        })?;
+        let console_sock = run.join("console.sock");
+        let qmp_sock = run.join("qmp.sock");
+        let monitor_sock = run.join("monitor.sock");
+        for s in [&console_sock, &qmp_sock, &monitor_sock] {
+            let _ = std::fs::remove_file(s);
+        }
+        let bind = |p: &Path| {
+            UnixListener::bind(p).map_err(|e| Error::infra(format!("cannot listen on {}: {e}", p.display())))
+        };
+        let console_l = bind(&console_sock)?;
+        let qmp_l = bind(&qmp_sock)?;
+        let args = board.qemu_args(
+            spec.accel,
+            &QemuPaths {
+                console_sock: &console_sock,
+                qmp_sock: &qmp_sock,
+                monitor_sock: &monitor_sock,
+                disk: &overlay,
+            },
+        );
+        let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())
+            .chain(args.iter().cloned())
+            .map(|a| shell_quote(&a))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let write = |name: &str, body: String| {
+            std::fs::write(run.join(name), body).map_err(|e| Error::infra(format!("cannot write {name}: {e}")))
+        };
+        write("qemu.cmdline", cmdline + "\n")?;
+        let argv: Vec<String> =
+            std::iter::once(qemu.to_string_lossy().into_owned()).chain(args.iter().cloned()).collect();
+        write("qemu.argv.json", serde_json::to_string(&argv).unwrap_or_default())?;
+        let stderr_path = run.join("qemu.stderr");
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| Error::infra(format!("cannot create {}: {e}", stderr_path.display())))?;
+
+        let mut cmd = Command::new(&qemu);
+        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).process_group(0);
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
+        // between fork and exec.
+        let parent = std::process::id() as libc::pid_t;
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The harness may have died before prctl took effect.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let t0 = Instant::now();
+        let child = cmd.spawn().map_err(|e| Error::infra(format!("cannot start {binary}: {e}")))?;
+        let _ = std::fs::write(run.join("qemu.pid"), format!("{}\n", child.id()));
+        let mut m = MachineHalf { child: Some(child), pidfd: None, exit: None };
+        let fd = pidfd_open(m.pid()).map_err(|e| Error::infra(format!("pidfd_open: {e}")))?;
+        // SAFETY: the pidfd is owned by the AsyncFd and lives as long as it.
+        m.pidfd = Some(
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .map_err(|e| Error::infra(format!("registering the pidfd: {e}")))?,
+        );
+
+        let accept = async {
+            let (c, q) = tokio::join!(console_l.accept(), qmp_l.accept());
+            Ok::<_, std::io::Error>((c?.0, q?.0))
+        };
+        let streams = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, accept) => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => { m.kill_now(); return Err(Error::infra(format!("accepting QEMU's sockets: {e}"))) }
+                Err(_) => { m.kill_now(); return Err(Error::infra(format!("{binary} did not connect its console within {CONNECT_TIMEOUT:?}; stderr: {}", read_tail(&stderr_path)))) }
+            },
+            status = m.wait() => {
+                return Err(Error::infra(format!(
+                    "{binary} exited at start ({}): {}",
+                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                    read_tail(&stderr_path)
+                )));
+            }
+        };
+        let console = Console::start(streams.0, run.join("serial.log"), t0).map_err(|e| {
+            m.kill_now();
+            Error::infra(format!("serial.log: {e}"))
+        })?;
+        let qmp = match Qmp::handshake(streams.1, run.join("qmp.jsonl"), t0).await {
+            Ok(q) => q,
+            Err(e) => {
+                m.kill_now();
+                return Err(Error::infra(format!("QMP handshake: {e}; stderr: {}", read_tail(&stderr_path))));
+            }
+        };
+        for s in [&console_sock, &qmp_sock] {
+            let _ = std::fs::remove_file(s);
+        }
+        let (child, pidfd, exit) = m.into_parts();
+        Ok(Machine { board: board.clone(), run_dir: run.to_path_buf(), overlay, console, qmp, t0, child, pidfd, exit })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Seconds since power-on.
+    pub fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    /// The host port forwarded to the guest's SSH port, read back from QEMU.
+    pub async fn ssh_port(&self) -> Result<u16> {
+        let text = self.qmp.hmp("info usernet").await.map_err(|e| Error::infra(format!("info usernet: {e}")))?;
+        parse_usernet_port(&text, 22)
+            .ok_or_else(|| Error::infra(format!("no SSH port forward in `info usernet`: {text:?}")))
+    }
+
+    /// Has QEMU exited?
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Wait for QEMU to exit, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut half = HalfRef { child: &mut self.child, pidfd: &self.pidfd, exit: &mut self.exit };
+        tokio::time::timeout(timeout, half.wait()).await.ok().and_then(|r| r.ok())
+    }
+
+    /// Cut the power: SIGKILL to QEMU's process group, no flush, no goodbye.
+    pub async fn power_cut(&mut self) -> Result<ExitStatus> {
+        self.signal(Signal::SIGKILL);
+        self.wait_exit(Duration::from_secs(10))
+            .await
+            .ok_or_else(|| Error::infra(format!("QEMU (pid {}) survived SIGKILL", self.pid())))
+    }
+
+    fn signal(&self, sig: Signal) {
+        if self.exit.is_none() {
+            let _ = killpg(Pid::from_raw(self.child.id() as i32), sig);
+        }
+    }
+
+    /// The teardown ladder: QMP `quit` → SIGTERM to the group → SIGKILL.
+    /// Idempotent; returns how QEMU ended.
+    pub async fn shutdown(&mut self) -> Option<ExitStatus> {
+        if let Some(s) = self.exited() {
+            return Some(s);
+        }
+        if !self.qmp.is_closed() {
+            let _ = self.qmp.execute_timeout("quit", None, GRACE).await;
+            if let Some(s) = self.wait_exit(GRACE).await {
+                return Some(s);
+            }
+        }
+        self.signal(Signal::SIGTERM);
+        if let Some(s) = self.wait_exit(GRACE).await {
+            return Some(s);
+        }
+        self.signal(Signal::SIGKILL);
+        self.wait_exit(GRACE).await
+    }
+}
+
+impl Drop for Machine {
+    /// The emergency path (panic, dropped future on Ctrl-C or timeout):
+    /// SIGTERM to the group, a bounded wait on the pidfd, then SIGKILL.
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        if !wait_pidfd_blocking(self.pidfd.get_ref(), GRACE) {
+            self.signal(Signal::SIGKILL);
+        }
+        self.exit = self.child.wait().ok();
+    }
+}
+
+/// Block until the pidfd is readable (the process exited), at most `timeout`.
+fn wait_pidfd_blocking(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, a bounded timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    n > 0
+}
+
+/// The child and its pidfd before the machine is fully assembled; kills
+/// QEMU if dropped before `into_parts` (a failed or abandoned start).
+struct MachineHalf {
+    child: Option<Child>,
+    pidfd: Option<AsyncFd<OwnedFd>>,
+    exit: Option<ExitStatus>,
+}
+
+impl MachineHalf {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        let (Some(child), Some(pidfd)) = (self.child.as_mut(), self.pidfd.as_ref()) else {
+            return Err(std::io::Error::other("no child"));
+        };
+        HalfRef { child, pidfd, exit: &mut self.exit }.wait().await
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            self.exit = child.wait().ok();
+        }
+    }
+
+    fn into_parts(mut self) -> (Child, AsyncFd<OwnedFd>, Option<ExitStatus>) {
+        let child = self.child.take().expect("child present");
+        let pidfd = self.pidfd.take().expect("pidfd registered");
+        (child, pidfd, self.exit)
+    }
+}
+
+impl Drop for MachineHalf {
+    fn drop(&mut self) {
+        if self.exit.is_none() && self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none()) {
+            self.kill_now();
+        }
+    }
+}
+
+struct HalfRef<'a> {
+    child: &'a mut Child,
+    pidfd: &'a AsyncFd<OwnedFd>,
+    exit: &'a mut Option<ExitStatus>,
+}
+
+impl HalfRef<'_> {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        loop {
+            if let Some(s) = *self.exit {
+                return Ok(s);
+            }
+            if let Some(s) = self.child.try_wait()? {
+                *self.exit = Some(s);
+                return Ok(s);
+            }
+            let mut guard = self.pidfd.readable().await?;
+            guard.clear_ready();
+        }
+    }
+}
+
+/// The last few lines of a file (QEMU's stderr in error messages).
+pub fn read_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    if tail.trim().is_empty() {
+        "(QEMU printed nothing on stderr)".into()
+    } else {
+        tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_plain_args_and_quotes_the_rest() {
+        assert_eq!(shell_quote("-machine"), "-machine");
+        assert_eq!(shell_quote("type=1,serial=X"), "type=1,serial=X");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

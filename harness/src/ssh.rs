@@ -1,0 +1,281 @@
+//! SSH to the guest over the port QEMU forwards on 127.0.0.1. ssh2 (libssh2)
+//! is blocking, so every call runs under `spawn_blocking` with a session
+//! timeout. Waiting for SSH: slirp accepts a host-side connection at once
+//! even while nothing listens in the guest, so a connect proves nothing; the
+//! wait opens a fresh connection every ~50 ms, keeps each for up to 0.5 s,
+//! and takes the first that shows the `SSH-` banner (peeked, not consumed,
+//! so libssh2 still reads it). Every command goes to the SSH transcript.
+
+use std::io::{Read, Write};
+use std::net::TcpStream as StdTcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+/// Spacing of connection attempts while waiting for the guest's sshd
+/// (a constant backoff: each attempt is cheap and bounded).
+const ATTEMPT_SPACING: Duration = Duration::from_millis(50);
+/// How long one attempt waits for the banner before giving up on it.
+const ATTEMPT_PATIENCE: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("SSH on 127.0.0.1:{port} not up after {waited:?} (last error: {last})")]
+    NotUp { port: u16, waited: Duration, last: String },
+    #[error("SSH: {0}")]
+    Session(String),
+    #[error("SSH command `{command}` timed out after {timeout:?}")]
+    Timeout { command: String, timeout: Duration },
+    #[error("not connected: wait for SSH first")]
+    NotConnected,
+}
+
+/// What a remote command did.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// An SSH client for one machine.
+pub struct Ssh {
+    port: u16,
+    user: String,
+    key: PathBuf,
+    transcript: PathBuf,
+    t0: Instant,
+    session: Arc<Mutex<Option<ssh2::Session>>>,
+}
+
+impl Ssh {
+    pub fn new(port: u16, key: &Path, transcript: PathBuf, t0: Instant) -> Ssh {
+        Ssh { port, user: "root".into(), key: key.to_path_buf(), transcript, t0, session: Arc::new(Mutex::new(None)) }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Forget the session (the guest rebooted or was powered off).
+    pub fn disconnect(&self) {
+        *self.session.lock().unwrap() = None;
+    }
+
+    fn note(&self, text: &str) {
+        let t = self.t0.elapsed().as_secs_f64();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.transcript) {
+            for line in text.lines() {
+                let _ = writeln!(f, "[{t:10.6}] {line}");
+            }
+        }
+    }
+
+    /// Wait until the guest's sshd answers, then log in. Bounded by `timeout`.
+    pub async fn wait_up(&self, timeout: Duration) -> Result<(), SshError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let port = self.port;
+        let mut attempts = JoinSet::new();
+        let mut tick = tokio::time::interval(ATTEMPT_SPACING);
+        let mut last = String::from("no attempt finished");
+        let stream = loop {
+            tokio::select! {
+                _ = tick.tick() => { attempts.spawn(banner_attempt(port)); }
+                Some(r) = attempts.join_next(), if !attempts.is_empty() => match r {
+                    Ok(Ok(s)) => break s,
+                    Ok(Err(e)) => last = e,
+                    Err(e) => last = e.to_string(),
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(SshError::NotUp { port, waited: timeout, last });
+                }
+            }
+        };
+        attempts.abort_all();
+        let std_stream = stream.into_std().map_err(|e| SshError::Session(e.to_string()))?;
+        std_stream.set_nonblocking(false).map_err(|e| SshError::Session(e.to_string()))?;
+        let key = self.key.clone();
+        let user = self.user.clone();
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(5));
+        let session = tokio::task::spawn_blocking(move || login(std_stream, &user, &key, remaining))
+            .await
+            .map_err(|e| SshError::Session(e.to_string()))??;
+        *self.session.lock().unwrap() = Some(session);
+        self.note(&format!("# logged in as root on 127.0.0.1:{port} after {:.3}s", started.elapsed().as_secs_f64()));
+        Ok(())
+    }
+
+    /// Run `command`, feeding `stdin`, and collect its output and status.
+    pub async fn exec_with_input(&self, command: &str, stdin: Vec<u8>, timeout: Duration) -> Result<Output, SshError> {
+        let session = self.session.clone();
+        let cmd = command.to_string();
+        let res = tokio::task::spawn_blocking(move || {
+            let guard = session.lock().unwrap();
+            let sess = guard.as_ref().ok_or(SshError::NotConnected)?;
+            sess.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
+            run(sess, &cmd, &stdin).map_err(|e| {
+                // libssh2 reports its session timeout as error -9.
+                if e.contains("[Session(-9)]") || e.to_lowercase().contains("timed out") {
+                    SshError::Timeout { command: cmd.clone(), timeout }
+                } else {
+                    SshError::Session(format!("`{cmd}`: {e}"))
+                }
+            })
+        })
+        .await
+        .map_err(|e| SshError::Session(e.to_string()))?;
+        match &res {
+            Ok(o) => {
+                let mut t = format!("$ {command}\n");
+                for l in o.stdout.lines() {
+                    t.push_str(&format!("  {l}\n"));
+                }
+                for l in o.stderr.lines() {
+                    t.push_str(&format!("  stderr: {l}\n"));
+                }
+                t.push_str(&format!("  exit {}", o.status));
+                self.note(&t);
+            }
+            Err(e) => self.note(&format!("$ {command}\n  error: {e}")),
+        }
+        if matches!(res, Err(SshError::Session(_) | SshError::Timeout { .. })) {
+            self.disconnect();
+        }
+        res
+    }
+
+    pub async fn exec(&self, command: &str, timeout: Duration) -> Result<Output, SshError> {
+        self.exec_with_input(command, Vec::new(), timeout).await
+    }
+
+    /// Write `data` to `remote` in the guest (through `cat`, which every
+    /// busybox has; no sftp server needed).
+    pub async fn upload(&self, data: Vec<u8>, remote: &str, mode: u32, timeout: Duration) -> Result<(), SshError> {
+        let q = crate::machine::shell_quote(remote);
+        let out = self.exec_with_input(&format!("cat > {q} && chmod {mode:o} {q}"), data, timeout).await?;
+        if out.status != 0 {
+            return Err(SshError::Session(format!("upload to {remote} failed: {}", out.stderr.trim())));
+        }
+        Ok(())
+    }
+
+    /// Read a file from the guest.
+    pub async fn download(&self, remote: &str, timeout: Duration) -> Result<String, SshError> {
+        let out = self.exec(&format!("cat {}", crate::machine::shell_quote(remote)), timeout).await?;
+        if out.status != 0 {
+            return Err(SshError::Session(format!("download of {remote} failed: {}", out.stderr.trim())));
+        }
+        Ok(out.stdout)
+    }
+}
+
+/// One attempt: connect and wait (bounded) until the server's banner starts.
+async fn banner_attempt(port: u16) -> Result<TcpStream, String> {
+    let attempt = async {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4];
+        loop {
+            let n = s.peek(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("connection closed before the banner".to_string());
+            }
+            if n >= 4 {
+                return if &buf == b"SSH-" { Ok(s) } else { Err(format!("not an SSH banner: {buf:?}")) };
+            }
+            // Fewer than 4 bytes so far: wait for more to arrive.
+            s.readable().await.map_err(|e| e.to_string())?;
+        }
+    };
+    tokio::time::timeout(ATTEMPT_PATIENCE, attempt).await.map_err(|_| "no banner within 0.5 s".to_string())?
+}
+
+fn login(stream: StdTcpStream, user: &str, key: &Path, timeout: Duration) -> Result<ssh2::Session, SshError> {
+    let err = |what: &str, e: ssh2::Error| SshError::Session(format!("{what}: {e}"));
+    let mut sess = ssh2::Session::new().map_err(|e| err("session", e))?;
+    sess.set_timeout(timeout.as_millis() as u32);
+    sess.set_tcp_stream(stream);
+    sess.handshake().map_err(|e| err("handshake", e))?;
+    sess.userauth_pubkey_file(user, None, key, None)
+        .map_err(|e| err(&format!("public key login as {user} with {}", key.display()), e))?;
+    if !sess.authenticated() {
+        return Err(SshError::Session("not authenticated".into()));
+    }
+    Ok(sess)
+}
+
+fn run(sess: &ssh2::Session, cmd: &str, stdin: &[u8]) -> Result<Output, String> {
+    fn e(what: &'static str) -> impl Fn(ssh2::Error) -> String {
+        move |err| format!("{what}: {err} [{:?}]", err.code())
+    }
+    fn io(what: &'static str) -> impl Fn(std::io::Error) -> String {
+        move |err| format!("{what}: {err}")
+    }
+    let mut ch = sess.channel_session().map_err(e("channel"))?;
+    ch.exec(cmd).map_err(e("exec"))?;
+    if !stdin.is_empty() {
+        ch.write_all(stdin).map_err(io("stdin"))?;
+    }
+    ch.send_eof().map_err(e("eof"))?;
+    let mut stdout = Vec::new();
+    ch.read_to_end(&mut stdout).map_err(io("stdout"))?;
+    let mut stderr = Vec::new();
+    ch.stderr().read_to_end(&mut stderr).map_err(io("stderr"))?;
+    ch.wait_close().map_err(e("close"))?;
+    Ok(Output {
+        status: ch.exit_status().map_err(e("exit status"))?,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A listener that accepts but stays silent (like slirp before sshd is
+    /// up), then one that sends a banner: only the banner counts as "up".
+    #[tokio::test]
+    async fn banner_attempt_requires_the_banner() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let err = banner_attempt(port).await.unwrap_err();
+        assert!(err.contains("no banner"), "{err}");
+        keep.abort();
+
+        let talker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = talker.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = talker.accept().await.unwrap();
+            s.write_all(b"SS").await.unwrap();
+            s.write_all(b"H-2.0-dropbear\r\n").await.unwrap();
+            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
+        });
+        let s = banner_attempt(port).await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(s.peek(&mut buf).await.unwrap(), 8, "banner still unread for libssh2");
+    }
+
+    #[tokio::test]
+    async fn wait_up_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        // A port with nothing listening.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let ssh = Ssh::new(port, Path::new("/nonexistent"), dir.path().join("ssh.log"), Instant::now());
+        let started = Instant::now();
+        let err = ssh.wait_up(Duration::from_millis(400)).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(matches!(err, SshError::NotUp { .. }), "{err}");
+    }
+}
