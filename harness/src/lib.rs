@@ -1,0 +1,19 @@
+//! devlab's harness: boots virtual boards (QEMU) through real firmware,
+//! drives them over the serial console, QMP and SSH, and records a timeline
+//! of each run. See ARCHITECTURE.md for the modules and their invariants.
+
+pub mod accel;
+pub mod board;
+pub mod console;
+pub mod disk;
+pub mod error;
+pub mod machine;
+pub mod qmp;
+pub mod rundir;
+pub mod runner;
+pub mod scenario;
+pub mod snapshot;
+pub mod ssh;
+pub mod timeline;
+
+pub use error::{Error, Result};

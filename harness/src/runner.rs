@@ -1,0 +1,632 @@
+//! The scenario runner: executes a scenario's typed steps on one board with a
+//! plain `match`, records the timeline, and leaves a run directory with
+//! everything (serial log, QMP log, QEMU command line, SSH transcript,
+//! `timeline.json`, `run.json`, and on failure `failure.txt`). Every wait is
+//! "until X, at most T"; the whole run is bounded by the scenario's timeout.
+//! No QEMU outlives a run unless `keep_on_failure` asked for it.
+
+use crate::accel::{self, AccelChoice};
+use crate::board::Board;
+use crate::console::{ConsoleError, ERROR_LINES};
+use crate::disk;
+use crate::error::{Error, Failure, Result};
+use crate::machine::{Machine, MachineSpec};
+use crate::scenario::{PlacedStep, Scenario, Source, Step};
+use crate::ssh::Ssh;
+use crate::timeline::{console_marker, qmp_event, Entry, Event, Origin, Redactor, Timeline};
+use devlab_images::BuiltImage;
+use regex::bytes::Regex as BytesRegex;
+use regex::Regex;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How a run treats its stored timeline snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// Compare; a changed snapshot fails the run (a missing one is written
+    /// as `.snap.new` for review).
+    Check,
+    /// Write the snapshot.
+    Update,
+    /// Leave snapshots to the caller (tests assert with insta themselves).
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub runs_root: PathBuf,
+    pub keep_on_failure: bool,
+    pub snapshots: SnapshotMode,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { runs_root: crate::rundir::runs_root(), keep_on_failure: false, snapshots: SnapshotMode::Skip }
+    }
+}
+
+/// The result of one scenario × board run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scenario: String,
+    pub board: String,
+    pub arch: devlab_images::Arch,
+    pub run_dir: Option<PathBuf>,
+    pub timeline: Timeline,
+    /// The normalised timeline, as snapshotted.
+    pub normalised: Vec<Event>,
+    pub duration: Duration,
+    pub result: Result<()>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// The snapshot name: `<scenario>@<arch>`.
+    pub fn snapshot_name(&self) -> String {
+        format!("{}@{}", self.scenario, self.arch)
+    }
+}
+
+/// Run `scenario` on `board`.
+pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outcome {
+    let started = Instant::now();
+    let mut out = Outcome {
+        scenario: scenario.name().to_string(),
+        board: board.name.clone(),
+        arch: board.arch,
+        run_dir: None,
+        timeline: Timeline::default(),
+        normalised: Vec::new(),
+        duration: Duration::ZERO,
+        result: Ok(()),
+    };
+    let prepared = prepare(scenario, board, opts);
+    let (image, run_dir) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            out.result = Err(e);
+            return out;
+        }
+    };
+    out.run_dir = Some(run_dir.clone());
+    let accel = accel::choose(board);
+    let mut r = Run::new(scenario, board, image, run_dir.clone(), accel);
+    let bound = scenario.header.timeout.0;
+    let result = match tokio::time::timeout(bound, r.steps()).await {
+        Ok(res) => res,
+        Err(_) => Err(r.failure(format!("scenario exceeded its timeout of {}", humantime::format_duration(bound)))),
+    };
+    r.drain(None);
+    if let Err(Error::Failed(f)) = &result {
+        r.timeline.push(r.now(), Origin::Step, Event::Failed { step: f.step.clone() });
+        let _ = std::fs::write(run_dir.join("failure.txt"), f.to_string());
+    }
+    let redactor = Redactor::new(&[(&run_dir.to_string_lossy(), "[run]")]);
+    out.normalised = r.timeline.normalised(&redactor);
+    out.timeline = r.timeline.clone();
+    let _ =
+        std::fs::write(run_dir.join("timeline.json"), serde_json::to_string_pretty(&r.timeline).unwrap_or_default());
+    let mut result = result;
+    if result.is_err() && opts.keep_on_failure && r.machine_running() {
+        r.keep().await;
+    }
+    r.teardown().await;
+    if result.is_ok() && opts.snapshots != SnapshotMode::Skip {
+        let dir = crate::snapshot::dir_for(&scenario.path);
+        if let Err(msg) = crate::snapshot::check(&dir, &out.snapshot_name(), &out.normalised, opts.snapshots) {
+            result = Err(Error::Failed(Box::new(Failure {
+                step: "timeline snapshot".into(),
+                message: msg,
+                run_dir: run_dir.clone(),
+                last_lines: Vec::new(),
+            })));
+        }
+    }
+    out.duration = started.elapsed();
+    let _ = std::fs::write(
+        run_dir.join("run.json"),
+        serde_json::to_string_pretty(&json!({
+            "scenario": out.scenario,
+            "scenario_file": scenario.path,
+            "board": out.board,
+            "arch": out.arch,
+            "accel": r.accel,
+            "image": {"dir": r.image.dir, "key": r.image.manifest.key},
+            "passed": result.is_ok(),
+            "error": result.as_ref().err().map(|e| e.to_string()),
+            "duration_s": out.duration.as_secs_f64(),
+        }))
+        .unwrap_or_default(),
+    );
+    out.result = result;
+    out
+}
+
+fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<(BuiltImage, PathBuf)> {
+    board.check_firmware()?;
+    let recipe = scenario.recipe_path(&crate::rundir::workspace_root())?;
+    let image = devlab_images::locate(&recipe, board.arch)?;
+    let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &board.name)?;
+    Ok((image, dir))
+}
+
+struct Run<'a> {
+    scenario: &'a Scenario,
+    board: &'a Board,
+    image: BuiltImage,
+    run_dir: PathBuf,
+    accel: AccelChoice,
+    machine: Option<Machine>,
+    ssh: Option<Ssh>,
+    timeline: Timeline,
+    /// Time zero of the run: the first power-on.
+    t_first: Option<Instant>,
+    /// Console bytes already scanned for markers.
+    marker_offset: usize,
+    /// QMP events already in the timeline.
+    qmp_cursor: usize,
+    /// Start of a line whose marker was taken before the line was complete.
+    marker_taken_line: Option<usize>,
+    /// Which step is running (for failure messages).
+    current: String,
+}
+
+impl<'a> Run<'a> {
+    fn new(scenario: &'a Scenario, board: &'a Board, image: BuiltImage, run_dir: PathBuf, accel: AccelChoice) -> Self {
+        Run {
+            scenario,
+            board,
+            image,
+            run_dir,
+            accel,
+            machine: None,
+            ssh: None,
+            timeline: Timeline::default(),
+            t_first: None,
+            marker_offset: 0,
+            qmp_cursor: 0,
+            marker_taken_line: None,
+            current: "setup".into(),
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.t_first.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    /// Seconds from the run's time zero to the current machine's.
+    fn machine_offset(&self) -> f64 {
+        match (&self.machine, self.t_first) {
+            (Some(m), Some(t)) => m.t0.duration_since(t).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    fn machine_running(&mut self) -> bool {
+        self.machine.as_mut().is_some_and(|m| m.exited().is_none())
+    }
+
+    fn last_lines(&self) -> Vec<String> {
+        self.machine.as_ref().map(|m| m.console.last_lines(ERROR_LINES)).unwrap_or_default()
+    }
+
+    fn failure(&self, message: String) -> Error {
+        Error::Failed(Box::new(Failure {
+            step: self.current.clone(),
+            message,
+            run_dir: self.run_dir.clone(),
+            last_lines: self.last_lines(),
+        }))
+    }
+
+    fn console_failure(&self, e: ConsoleError) -> Error {
+        let last = e.last_lines().to_vec();
+        let mut err = self.failure(e.to_string());
+        if let Error::Failed(f) = &mut err {
+            if !last.is_empty() {
+                f.last_lines = last;
+            }
+        }
+        err
+    }
+
+    fn machine(&mut self) -> Result<&mut Machine> {
+        if !self.machine_running() {
+            return Err(self.failure("the machine is not running (add a power_on step)".into()));
+        }
+        Ok(self.machine.as_mut().expect("running"))
+    }
+
+    fn ssh(&self) -> Result<&Ssh> {
+        self.ssh.as_ref().ok_or_else(|| self.failure("no SSH session (add a wait_ssh step)".into()))
+    }
+
+    /// Move console markers (up to byte `upto`, or all complete lines) and
+    /// new QMP events into the timeline, merged by arrival time.
+    fn drain(&mut self, upto: Option<usize>) {
+        let offset = self.machine_offset();
+        let Some(m) = self.machine.as_ref() else { return };
+        let mut batch = Vec::new();
+        let mut push_marker = |line: &str, t: f64| {
+            if let Some(event) = console_marker(line) {
+                batch.push(Entry { t: offset + t, origin: Origin::Console, event });
+            }
+        };
+        for (line, t, end) in m.console.lines_from(self.marker_offset) {
+            // Every line that starts before the bound belongs to this step.
+            let start = self.marker_offset;
+            if upto.is_some_and(|u| start >= u) {
+                break;
+            }
+            self.marker_offset = end;
+            if self.marker_taken_line.take() == Some(start) {
+                continue;
+            }
+            push_marker(&line, t);
+        }
+        // A step that matched inside a line still arriving owns that line's
+        // marker; remember it so the completed line is not counted again.
+        if let Some(u) = upto {
+            if let Some((start, line, t)) = m.console.line_at(u) {
+                if start == self.marker_offset && start < u && self.marker_taken_line != Some(start) {
+                    push_marker(&line, t);
+                    self.marker_taken_line = Some(start);
+                }
+            }
+        }
+        let events = m.qmp.events();
+        for e in &events[self.qmp_cursor.min(events.len())..] {
+            if let Some(event) = qmp_event(&e.name, &e.data) {
+                batch.push(Entry { t: offset + e.at, origin: Origin::Qmp, event });
+            }
+        }
+        self.qmp_cursor = events.len();
+        self.timeline.extend_merged(batch);
+    }
+
+    fn record(&mut self, event: Event) {
+        let t = self.now();
+        self.timeline.push(t, Origin::Step, event);
+    }
+
+    fn subst(&self, s: &str) -> String {
+        s.replace("{arch}", self.board.arch.uname()).replace("{board}", &self.board.name)
+    }
+
+    async fn steps(&mut self) -> Result<()> {
+        for (i, placed) in self.scenario.steps.iter().enumerate() {
+            self.current =
+                format!("step {} ({}, {}:{})", i + 1, placed.step.action(), self.scenario.path.display(), placed.line);
+            self.step(placed).await?;
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self, placed: &PlacedStep) -> Result<()> {
+        match &placed.step {
+            Step::PowerOn(_) => self.power_on().await,
+            Step::Boot(b) => {
+                let prompts = self.board.uboot.clone();
+                let timeout = b.timeout.0;
+                let autoboot = BytesRegex::new(&regex::escape(&prompts.autoboot_prompt)).unwrap();
+                let prompt = BytesRegex::new(&regex::escape(&prompts.prompt)).unwrap();
+                let m = self.machine()?;
+                m.console.expect(&[autoboot], timeout).await.map_err(|e| self.console_failure(e))?;
+                // Any key stops autoboot; U-Boot then shows its prompt.
+                self.send(b" ").await?;
+                let m = self.machine()?;
+                let got = m.console.expect(std::slice::from_ref(&prompt), timeout).await;
+                let got = got.map_err(|e| self.console_failure(e))?;
+                self.drain(Some(got.end));
+                self.record(Event::AutobootInterrupted);
+                let boot = b.boot_command.clone().unwrap_or(prompts.boot_command);
+                for cmd in &b.commands {
+                    self.send(format!("{cmd}\r").as_bytes()).await?;
+                    let m = self.machine()?;
+                    let got = m.console.expect(std::slice::from_ref(&prompt), timeout).await;
+                    let got = got.map_err(|e| self.console_failure(e))?;
+                    self.drain(Some(got.end));
+                    self.record(Event::UbootCommand { command: cmd.clone() });
+                }
+                self.send(format!("{boot}\r").as_bytes()).await?;
+                self.record(Event::UbootCommand { command: boot });
+                Ok(())
+            }
+            Step::Expect(e) => {
+                let pattern = self.subst(&e.pattern.0);
+                let re = BytesRegex::new(&pattern).map_err(|err| self.failure(format!("bad pattern: {err}")))?;
+                let m = self.machine()?;
+                let got = m.console.expect(&[re], e.timeout.0).await.map_err(|err| self.console_failure(err))?;
+                self.drain(Some(got.end));
+                self.record(Event::Expected { label: e.label.clone().unwrap_or(e.pattern.0.clone()) });
+                Ok(())
+            }
+            Step::WaitSsh(w) => {
+                let t0 = self.machine()?.t0;
+                let port = self.machine()?.ssh_port().await?;
+                let ssh = Ssh::new(port, &self.image.ssh_key, self.run_dir.join("ssh.log"), t0);
+                let m = self.machine()?;
+                tokio::select! {
+                    r = ssh.wait_up(w.timeout.0) => r.map_err(|e| self.failure(e.to_string()))?,
+                    bad = m.console.wait_bad() => return Err(self.console_failure(bad)),
+                }
+                self.ssh = Some(ssh);
+                self.drain(None);
+                self.record(Event::SshUp);
+                Ok(())
+            }
+            Step::Ssh(s) => {
+                let command = self.subst(&s.command);
+                let out = self.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| self.failure(e.to_string()))?;
+                if out.status != s.expect_status {
+                    return Err(self.failure(format!(
+                        "`{command}` exited {} (expected {}); stdout: {:?}; stderr: {:?}",
+                        out.status,
+                        s.expect_status,
+                        out.stdout.trim(),
+                        out.stderr.trim()
+                    )));
+                }
+                let mut recorded = None;
+                if let Some(p) = &s.expect_stdout {
+                    let pattern = self.subst(&p.0);
+                    let re = Regex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
+                    let stdout = out.stdout.trim();
+                    let Some(m) = re.find(stdout) else {
+                        return Err(
+                            self.failure(format!("`{command}` printed {stdout:?}, which does not match `{pattern}`"))
+                        );
+                    };
+                    recorded = Some(m.as_str().to_string());
+                }
+                self.drain(None);
+                self.record(Event::Command { command, status: out.status, stdout: recorded });
+                Ok(())
+            }
+            Step::AssertSlot(a) => {
+                let out = self
+                    .ssh()?
+                    .exec("cat /proc/cmdline", Duration::from_secs(30))
+                    .await
+                    .map_err(|e| self.failure(e.to_string()))?;
+                let slot = out
+                    .stdout
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("devlab.slot="))
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        self.failure(format!("no devlab.slot= on the kernel command line: {:?}", out.stdout.trim()))
+                    })?;
+                if slot != a.slot.as_str() {
+                    return Err(self.failure(format!("booted slot {slot}, expected {}", a.slot.as_str())));
+                }
+                self.drain(None);
+                self.record(Event::SlotBooted { slot });
+                Ok(())
+            }
+            Step::AssertEnv(a) => {
+                let actual: BTreeMap<String, String> = match a.source {
+                    Source::Guest => {
+                        let out = self
+                            .ssh()?
+                            .exec("fw_printenv", Duration::from_secs(30))
+                            .await
+                            .map_err(|e| self.failure(e.to_string()))?;
+                        if out.status != 0 {
+                            return Err(self.failure(format!(
+                                "fw_printenv exited {}: {}",
+                                out.status,
+                                out.stderr.trim()
+                            )));
+                        }
+                        parse_printenv(&out.stdout)
+                    }
+                    Source::Disk => {
+                        let overlay = self.overlay()?;
+                        let state = disk::read_env(&overlay, &self.image.manifest)?;
+                        state.vars().cloned().ok_or_else(|| {
+                            self.failure("both U-Boot environment copies on the disk are corrupt".into())
+                        })?
+                    }
+                };
+                let mut seen = BTreeMap::new();
+                for (k, want) in &a.vars {
+                    let got = actual.get(k).cloned().unwrap_or_default();
+                    if &got != want {
+                        return Err(self.failure(format!(
+                            "U-Boot env ({}) {k}={got:?}, expected {want:?}; whole env: {actual:?}",
+                            source_name(a.source)
+                        )));
+                    }
+                    seen.insert(k.clone(), got);
+                }
+                self.drain(None);
+                self.record(Event::Env { source: source_name(a.source).into(), vars: seen });
+                Ok(())
+            }
+            Step::AssertFile(a) => {
+                let content = match a.source {
+                    Source::Guest => self
+                        .ssh()?
+                        .download(&a.path, Duration::from_secs(30))
+                        .await
+                        .map_err(|e| self.failure(e.to_string()))?,
+                    Source::Disk => {
+                        let (label, path) = a
+                            .path
+                            .split_once(':')
+                            .ok_or_else(|| self.failure(format!("disk path `{}` must be LABEL:/path", a.path)))?;
+                        let overlay = self.overlay()?;
+                        let bytes = disk::read_file(&overlay, &self.image.manifest, label, path)
+                            .map_err(|e| self.failure(e.to_string()))?;
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    }
+                };
+                if let Some(eq) = &a.equals {
+                    if content.trim_end() != eq.trim_end() {
+                        return Err(self.failure(format!("{} holds {:?}, expected {eq:?}", a.path, content)));
+                    }
+                }
+                if let Some(c) = &a.contains {
+                    if !content.contains(c.as_str()) {
+                        return Err(self.failure(format!("{} does not contain {c:?}: {:?}", a.path, content)));
+                    }
+                }
+                self.drain(None);
+                self.record(Event::File { source: source_name(a.source).into(), path: a.path.clone() });
+                Ok(())
+            }
+            Step::Poweroff(p) => {
+                // busybox `poweroff` signals init and returns; the session may drop.
+                let _ = self.ssh()?.exec("poweroff", Duration::from_secs(10)).await;
+                if let Some(s) = self.ssh.as_ref() {
+                    s.disconnect();
+                }
+                let timeout = p.timeout.0;
+                let m = self.machine.as_mut().expect("checked by ssh()");
+                if m.wait_exit(timeout).await.is_none() {
+                    return Err(self.failure(format!(
+                        "QEMU did not exit within {} of `poweroff`",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                self.drain(None);
+                self.record(Event::PoweredOff);
+                Ok(())
+            }
+            Step::PowerCut(_) => {
+                let m = self.machine()?;
+                m.power_cut().await?;
+                if let Some(s) = self.ssh.take() {
+                    s.disconnect();
+                }
+                self.drain(None);
+                self.record(Event::PowerCut);
+                Ok(())
+            }
+            Step::Reset(_) => {
+                let m = self.machine()?;
+                m.qmp
+                    .execute_timeout("system_reset", None, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| Error::infra(format!("system_reset: {e}")))?;
+                if let Some(s) = self.ssh.take() {
+                    s.disconnect();
+                }
+                self.record(Event::Reset);
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        let r = self.machine()?.console.send(bytes).await;
+        r.map_err(|e| self.console_failure(e))
+    }
+
+    fn overlay(&self) -> Result<PathBuf> {
+        self.machine
+            .as_ref()
+            .map(|m| m.overlay.clone())
+            .ok_or_else(|| self.failure("no disk yet (the machine was never powered on)".into()))
+    }
+
+    async fn power_on(&mut self) -> Result<()> {
+        if self.machine_running() {
+            return Err(self.failure("the machine is already on".into()));
+        }
+        let spec = MachineSpec {
+            board: self.board,
+            accel: self.accel.accel,
+            base_disk: &self.image.disk,
+            run_dir: &self.run_dir,
+        };
+        let machine = match self.machine.take() {
+            // Powering on again boots the same disk.
+            Some(old) => {
+                let overlay = old.overlay.clone();
+                drop(old);
+                Machine::start_on(spec, overlay).await?
+            }
+            None => Machine::start(spec).await?,
+        };
+        if self.t_first.is_none() {
+            self.t_first = Some(machine.t0);
+        }
+        self.machine = Some(machine);
+        self.marker_offset = 0;
+        self.marker_taken_line = None;
+        self.qmp_cursor = 0;
+        let bad: Vec<String> = self.scenario.header.bad_patterns.iter().map(|p| self.subst(&p.0)).collect();
+        let m = self.machine.as_mut().unwrap();
+        for p in bad {
+            let re = BytesRegex::new(&p).map_err(|e| Error::infra(format!("bad pattern {p}: {e}")))?;
+            m.console.arm_bad(&p, re);
+        }
+        let t = self.machine_offset();
+        self.timeline.push(t, Origin::Step, Event::PowerOn);
+        Ok(())
+    }
+
+    /// Leave the failed machine running for a person to inspect, until Ctrl-C.
+    async fn keep(&mut self) {
+        let Some(m) = self.machine.as_ref() else { return };
+        let attach = self.run_dir.join("attach.sock");
+        let server = m.console.serve_attach(&attach);
+        let port = self.ssh.as_ref().map(|s| s.port());
+        eprintln!("\nmachine kept running for inspection (pid {}); press Ctrl-C to stop it", m.pid());
+        eprintln!("  serial console: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{}", attach.display());
+        if let Some(port) = port {
+            eprintln!(
+                "  ssh:            ssh -i {} -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1",
+                self.image.ssh_key.display()
+            );
+        }
+        eprintln!("  QEMU monitor:   socat - UNIX-CONNECT:{}", self.run_dir.join("monitor.sock").display());
+        let _ = tokio::signal::ctrl_c().await;
+        if let Ok(task) = server {
+            task.abort();
+        }
+    }
+
+    async fn teardown(&mut self) {
+        if let Some(m) = self.machine.as_mut() {
+            m.shutdown().await;
+        }
+    }
+}
+
+fn source_name(s: Source) -> &'static str {
+    match s {
+        Source::Guest => "guest",
+        Source::Disk => "disk",
+    }
+}
+
+/// `fw_printenv` output → variables.
+pub fn parse_printenv(text: &str) -> BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+}
+
+/// Where snapshots of a scenario file live.
+pub fn snapshot_dir(scenario: &Path) -> PathBuf {
+    crate::snapshot::dir_for(scenario)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printenv_output_is_parsed() {
+        let v = parse_printenv("BOOT_ORDER=A B\nBOOT_A_LEFT=2\nnoise\n");
+        assert_eq!(v.get("BOOT_ORDER").map(String::as_str), Some("A B"));
+        assert_eq!(v.get("BOOT_A_LEFT").map(String::as_str), Some("2"));
+        assert_eq!(v.len(), 2);
+    }
+}

@@ -1,0 +1,488 @@
+//! Scenario files (TOML) read into a typed step enum. Control flow lives in
+//! the runner's `match`; the file is data. Unknown steps and fields are
+//! refused with `file:line:column`, the field and what was expected: each
+//! `[[step]]` table is deserialized on its own against its variant's struct,
+//! so toml's spans stay exact. Parsing never boots anything.
+
+use crate::error::{InputError, Result};
+use regex::Regex;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A duration written as `"30s"`, `"2m"`, `"500ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"30s\" or \"2m\": {e}")))
+    }
+}
+
+/// A regex, checked when the file is read.
+#[derive(Debug, Clone)]
+pub struct Pattern(pub String);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        // `{arch}` and friends are substituted per board before compiling.
+        let probe = s.replace("{arch}", "x").replace("{board}", "x");
+        Regex::new(&probe).map_err(|e| serde::de::Error::custom(format!("not a valid regex: {e}")))?;
+        Ok(Pattern(s))
+    }
+}
+
+/// Where an assertion reads its state: the running guest (over SSH) or the
+/// disk, read from the host (works when the guest is off or does not boot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Guest,
+    Disk,
+}
+
+fn default_boot_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_step_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_ssh_timeout() -> Dur {
+    Dur(Duration::from_secs(120))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerOn {}
+
+/// Stop U-Boot's autoboot at its prompt, run `commands` at the `=> `
+/// prompt, then the board's boot command (or `boot_command`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub boot_command: Option<String>,
+    #[serde(default = "default_boot_timeout")]
+    pub timeout: Dur,
+}
+
+/// Wait for a regex on the serial console.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub pattern: Pattern,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Dur,
+    /// The name recorded in the timeline (default: the pattern).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitSsh {
+    #[serde(default = "default_ssh_timeout")]
+    pub timeout: Dur,
+}
+
+/// Run a command over SSH and check its status and output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshRun {
+    pub command: String,
+    #[serde(default)]
+    pub expect_status: i32,
+    /// Regex the trimmed stdout must match; its match is recorded.
+    #[serde(default)]
+    pub expect_stdout: Option<Pattern>,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Dur,
+}
+
+/// The slot the guest booted (kernel command line `devlab.slot=`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertSlot {
+    pub slot: Slot,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::A => "A",
+            Slot::B => "B",
+        }
+    }
+}
+
+/// U-Boot environment variables, read with `fw_printenv` (guest) or from
+/// the disk's env copies (disk). A value of `""` asserts the variable is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertEnv {
+    #[serde(default = "guest")]
+    pub source: Source,
+    pub vars: BTreeMap<String, String>,
+}
+
+fn guest() -> Source {
+    Source::Guest
+}
+
+/// A file's content, in the guest or on a disk partition (`data:/path`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertFile {
+    #[serde(default = "guest")]
+    pub source: Source,
+    /// Guest path, or `LABEL:/path` on an ext4 partition for `source = "disk"`.
+    pub path: String,
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default)]
+    pub contains: Option<String>,
+}
+
+/// Power off from inside the guest and wait for QEMU to exit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Poweroff {
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Dur,
+}
+
+/// Cut the power: QEMU is killed, nothing is flushed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerCut {}
+
+/// Hardware reset (QMP `system_reset`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reset {}
+
+/// One step of a scenario.
+#[derive(Debug, Clone)]
+pub enum Step {
+    PowerOn(PowerOn),
+    Boot(Boot),
+    Expect(Expect),
+    WaitSsh(WaitSsh),
+    Ssh(SshRun),
+    AssertSlot(AssertSlot),
+    AssertEnv(AssertEnv),
+    AssertFile(AssertFile),
+    Poweroff(Poweroff),
+    PowerCut(PowerCut),
+    Reset(Reset),
+}
+
+/// The action names, in the order the docs list them.
+pub const ACTIONS: &[&str] = &[
+    "power_on",
+    "boot",
+    "expect",
+    "wait_ssh",
+    "ssh",
+    "assert_slot",
+    "assert_env",
+    "assert_file",
+    "poweroff",
+    "power_cut",
+    "reset",
+];
+
+impl Step {
+    pub fn action(&self) -> &'static str {
+        match self {
+            Step::PowerOn(_) => "power_on",
+            Step::Boot(_) => "boot",
+            Step::Expect(_) => "expect",
+            Step::WaitSsh(_) => "wait_ssh",
+            Step::Ssh(_) => "ssh",
+            Step::AssertSlot(_) => "assert_slot",
+            Step::AssertEnv(_) => "assert_env",
+            Step::AssertFile(_) => "assert_file",
+            Step::Poweroff(_) => "poweroff",
+            Step::PowerCut(_) => "power_cut",
+            Step::Reset(_) => "reset",
+        }
+    }
+
+    fn parse(action: &str, text: &str) -> std::result::Result<Option<Step>, toml::de::Error> {
+        fn p<T: serde::de::DeserializeOwned>(t: &str) -> std::result::Result<T, toml::de::Error> {
+            toml::from_str(t)
+        }
+        Ok(Some(match action {
+            "power_on" => Step::PowerOn(p(text)?),
+            "boot" => Step::Boot(p(text)?),
+            "expect" => Step::Expect(p(text)?),
+            "wait_ssh" => Step::WaitSsh(p(text)?),
+            "ssh" => Step::Ssh(p(text)?),
+            "assert_slot" => Step::AssertSlot(p(text)?),
+            "assert_env" => Step::AssertEnv(p(text)?),
+            "assert_file" => Step::AssertFile(p(text)?),
+            "poweroff" => Step::Poweroff(p(text)?),
+            "power_cut" => Step::PowerCut(p(text)?),
+            "reset" => Step::Reset(p(text)?),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// A step with where it was written.
+#[derive(Debug, Clone)]
+pub struct PlacedStep {
+    pub step: Step,
+    /// 1-based line of the step's `[[step]]` header.
+    pub line: usize,
+}
+
+/// The `[scenario]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub boards: Vec<toml::Spanned<String>>,
+    /// The image recipe (`images/recipes/<image>.toml`).
+    #[serde(default = "base")]
+    pub image: toml::Spanned<String>,
+    /// Bound on the whole run.
+    #[serde(default = "default_run_timeout")]
+    pub timeout: Dur,
+    /// Console patterns that fail the run at once.
+    #[serde(default = "default_bad_patterns")]
+    pub bad_patterns: Vec<Pattern>,
+}
+
+fn base() -> toml::Spanned<String> {
+    toml::Spanned::new(0..0, "base".to_string())
+}
+fn default_run_timeout() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_bad_patterns() -> Vec<Pattern> {
+    vec![Pattern("Kernel panic".into()), Pattern("Unknown command".into())]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    scenario: Header,
+    #[serde(default)]
+    step: Vec<toml::Spanned<toml::Table>>,
+}
+
+/// A parsed scenario file.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub path: PathBuf,
+    pub header: Header,
+    pub steps: Vec<PlacedStep>,
+    text: String,
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| InputError::new(path, format!("cannot read scenario: {e}")))?;
+        Self::parse(path, text)
+    }
+
+    pub fn parse(path: &Path, text: String) -> Result<Scenario> {
+        let raw: Raw = toml::from_str(&text).map_err(|e| InputError::from_toml(path, &text, 0, &e))?;
+        let mut steps = Vec::new();
+        for spanned in &raw.step {
+            let span = spanned.span();
+            let at = |msg: String, field: &str| InputError::new(path, msg).at(&text, span.start).field(field);
+            let action = match spanned.get_ref().get("action") {
+                Some(toml::Value::String(a)) => a.clone(),
+                Some(_) => return Err(at("`action` must be a string".into(), "action").into()),
+                None => {
+                    return Err(at(format!("missing field `action` (one of: {})", ACTIONS.join(", ")), "action").into())
+                }
+            };
+            // Parse the step's own text with its header and `action` line
+            // blanked out (same length), so spans still point into the file.
+            let slice = blank_header_and_action(&text[span.clone()]);
+            match Step::parse(&action, &slice) {
+                Ok(Some(step)) => steps.push(PlacedStep { step, line: crate::error::line_col(&text, span.start).0 }),
+                Ok(None) => {
+                    let offset = text[span.clone()].find("action").map_or(span.start, |o| span.start + o);
+                    return Err(InputError::new(
+                        path,
+                        format!("unknown action `{action}`, expected one of: {}", ACTIONS.join(", ")),
+                    )
+                    .at(&text, offset)
+                    .field("action")
+                    .into());
+                }
+                Err(e) => return Err(InputError::from_toml(path, &text, span.start, &e).into()),
+            }
+        }
+        if steps.is_empty() {
+            return Err(InputError::new(path, "a scenario needs at least one [[step]]").into());
+        }
+        if raw.scenario.boards.is_empty() {
+            let offset = crate::board::find_key(&text, "boards").unwrap_or(0);
+            return Err(InputError::new(path, "name at least one board").at(&text, offset).field("boards").into());
+        }
+        Ok(Scenario { path: path.to_path_buf(), header: raw.scenario, steps, text })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.header.name
+    }
+
+    /// Boards named in the file, resolved to profiles; an unknown one is an
+    /// input error pointing at its entry.
+    pub fn resolve_boards(&self) -> Result<Vec<crate::board::Board>> {
+        self.header.boards.iter().map(|b| self.resolve_board(b)).collect()
+    }
+
+    fn resolve_board(&self, b: &toml::Spanned<String>) -> Result<crate::board::Board> {
+        crate::board::find(b.get_ref()).map_err(|e| match e {
+            crate::error::Error::Input(ie) if !ie.file.exists() => {
+                InputError::new(&self.path, ie.message).at(&self.text, b.span().start).field("boards").into()
+            }
+            other => other,
+        })
+    }
+
+    /// The image recipe path, or an input error at the `image` field.
+    pub fn recipe_path(&self, root: &Path) -> Result<PathBuf> {
+        let name = self.header.image.get_ref();
+        let path = root.join("images").join("recipes").join(format!("{name}.toml"));
+        if path.is_file() {
+            return Ok(path);
+        }
+        Err(InputError::new(&self.path, format!("no image recipe `{name}` ({} does not exist)", path.display()))
+            .at(&self.text, self.header.image.span().start)
+            .field("image")
+            .into())
+    }
+}
+
+/// Is `path` a scenario file? (`*.toml`, but not a crate's `Cargo.toml`.)
+pub fn is_scenario_file(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "toml") && path.file_name().is_some_and(|n| n != "Cargo.toml")
+}
+
+fn blank_header_and_action(slice: &str) -> String {
+    let mut out = String::with_capacity(slice.len());
+    for line in slice.split_inclusive('\n') {
+        let t = line.trim_start();
+        let is_action = t.strip_prefix("action").is_some_and(|r| r.trim_start().starts_with('='));
+        if t.starts_with("[[") || is_action {
+            out.extend(line.chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Scenario> {
+        Scenario::parse(Path::new("s.toml"), text.to_string())
+    }
+
+    const HEAD: &str = "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\n\n";
+
+    #[test]
+    fn steps_parse_in_order() {
+        let s = parse(&format!(
+            "{HEAD}[[step]]\naction = \"power_on\"\n\n[[step]]\naction = \"expect\"\npattern = 'slot (?<s>[AB])'\ntimeout = \"5s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.steps.len(), 2);
+        assert_eq!(s.steps[1].line, 8);
+        match &s.steps[1].step {
+            Step::Expect(e) => assert_eq!(e.timeout.0, Duration::from_secs(5)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_field_points_at_its_line() {
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"expect\"\npatern = \"x\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:7:1: field `patern`: unknown field `patern`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_action_lists_the_known_ones() {
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"explode\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:6:1: field `action`: unknown action `explode`"), "{err}");
+        assert!(err.contains("power_on"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_and_regex_are_refused_at_the_value() {
+        let err =
+            parse(&format!("{HEAD}[[step]]\naction = \"wait_ssh\"\ntimeout = \"soon\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:7:11:"), "{err}");
+        assert!(err.contains("not a duration"), "{err}");
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"expect\"\npattern = \"(\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:7:11:"), "{err}");
+        assert!(err.contains("regex"), "{err}");
+    }
+
+    #[test]
+    fn missing_action_and_header_fields() {
+        let err = parse(&format!("{HEAD}[[step]]\ntimeout = \"1s\"\n")).unwrap_err().to_string();
+        assert!(err.contains("missing field `action`"), "{err}");
+        let err = parse("[scenario]\nname = \"t\"\n[[step]]\naction = \"power_on\"\n").unwrap_err().to_string();
+        assert!(err.contains("missing field `boards`"), "{err}");
+        let err = parse(
+            "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\ncolour = 1\n[[step]]\naction = \"power_on\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("s.toml:4:1: field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_board_points_at_the_entry() {
+        let s = parse(
+            "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\", \"qemu-riscv\"]\n[[step]]\naction = \"power_on\"\n",
+        )
+        .unwrap();
+        let err = s.resolve_boards().unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:3:26: field `boards`: unknown board `qemu-riscv`"), "{err}");
+    }
+
+    #[test]
+    fn shipped_scenarios_parse() {
+        let dir = crate::rundir::workspace_root().join("scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if is_scenario_file(&p) {
+                let s = Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                s.resolve_boards().unwrap();
+                s.recipe_path(&crate::rundir::workspace_root()).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no scenarios in {}", dir.display());
+    }
+}

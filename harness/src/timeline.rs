@@ -1,0 +1,274 @@
+//! The timeline of a run: typed events from the console (boot markers), QMP
+//! (RESET, SHUTDOWN, WATCHDOG …) and the runner's own steps, each with its
+//! time since power-on. `timeline.json` keeps the times; the normalised form
+//! (no times, redacted strings) is what insta snapshots. Every snapshot goes
+//! through the one [`Redactor`]. Nothing here touches a machine.
+
+use regex::Regex;
+use serde::Serialize;
+use std::sync::OnceLock;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    PowerOn,
+    UbootBanner,
+    AutobootInterrupted,
+    UbootCommand {
+        command: String,
+    },
+    BootScript,
+    EnvCopy {
+        copy: String,
+    },
+    SlotChosen {
+        slot: String,
+        tries_left: u32,
+    },
+    NoSlotLeft,
+    KernelStarted,
+    Initramfs,
+    RootMounted {
+        slot: String,
+    },
+    DropbearStarted,
+    KernelPanic,
+    Expected {
+        label: String,
+    },
+    SshUp,
+    Command {
+        command: String,
+        status: i32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stdout: Option<String>,
+    },
+    SlotBooted {
+        slot: String,
+    },
+    Env {
+        source: String,
+        vars: std::collections::BTreeMap<String, String>,
+    },
+    File {
+        source: String,
+        path: String,
+    },
+    Qmp {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    PoweredOff,
+    PowerCut,
+    Reset,
+    Failed {
+        step: String,
+    },
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Console,
+    Qmp,
+    Step,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    /// Seconds since the first power-on.
+    pub t: f64,
+    pub origin: Origin,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// The run's events in order.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Timeline {
+    pub entries: Vec<Entry>,
+}
+
+impl Timeline {
+    pub fn push(&mut self, t: f64, origin: Origin, event: Event) {
+        self.entries.push(Entry { t, origin, event });
+    }
+
+    /// Append events from the console and QMP that arrived since the last
+    /// drain, merged by arrival time (stable, console first on ties).
+    pub fn extend_merged(&mut self, mut batch: Vec<Entry>) {
+        batch.sort_by(|a, b| a.t.total_cmp(&b.t));
+        self.entries.extend(batch);
+    }
+
+    /// The normalised form for snapshots: events only, strings redacted.
+    pub fn normalised(&self, redactor: &Redactor) -> Vec<Event> {
+        self.entries.iter().map(|e| redactor.event(&e.event)).collect()
+    }
+
+    pub fn has(&self, pred: impl Fn(&Event) -> bool) -> bool {
+        self.entries.iter().any(|e| pred(&e.event))
+    }
+}
+
+/// A console line that marks a boot stage, turned into its event.
+pub fn console_marker(line: &str) -> Option<Event> {
+    struct M {
+        re: Regex,
+        make: fn(&regex::Captures) -> Event,
+    }
+    static MARKERS: OnceLock<Vec<M>> = OnceLock::new();
+    let markers = MARKERS.get_or_init(|| {
+        let m = |re: &str, make: fn(&regex::Captures) -> Event| M { re: Regex::new(re).unwrap(), make };
+        vec![
+            m(r"^U-Boot \d{4}\.\d{2}", |_| Event::UbootBanner),
+            m(r"devlab-boot: start", |_| Event::BootScript),
+            m(r"devlab-boot: env (?<c>\w+)", |c| Event::EnvCopy { copy: c["c"].to_string() }),
+            m(r"devlab-boot: slot (?<s>[AB]) tries-left (?<n>\d+)", |c| Event::SlotChosen {
+                slot: c["s"].to_string(),
+                tries_left: c["n"].parse().unwrap_or(0),
+            }),
+            m(r"devlab-boot: no slot left", |_| Event::NoSlotLeft),
+            m(r"Starting kernel", |_| Event::KernelStarted),
+            m(r"devlab-init: initramfs", |_| Event::Initramfs),
+            m(r"devlab-init: root slot=(?<s>[AB])", |c| Event::RootMounted { slot: c["s"].to_string() }),
+            m(r"devlab-rc: dropbear", |_| Event::DropbearStarted),
+            m(r"Kernel panic", |_| Event::KernelPanic),
+        ]
+    });
+    markers.iter().find_map(|m| m.re.captures(line).map(|c| (m.make)(&c)))
+}
+
+/// QMP events worth a timeline entry, with the detail that stays stable.
+pub fn qmp_event(name: &str, data: &serde_json::Value) -> Option<Event> {
+    let detail = match name {
+        "RESET" | "SHUTDOWN" => data.get("reason").and_then(|v| v.as_str()).map(str::to_string),
+        "WATCHDOG" => data.get("action").and_then(|v| v.as_str()).map(str::to_string),
+        "GUEST_PANICKED" => data.get("action").and_then(|v| v.as_str()).map(str::to_string),
+        "STOP" | "RESUME" | "POWERDOWN" | "BLOCK_IO_ERROR" | "NIC_RX_FILTER_CHANGED" => None,
+        _ => return None,
+    };
+    if name == "NIC_RX_FILTER_CHANGED" {
+        return None;
+    }
+    Some(Event::Qmp { name: name.to_string(), detail })
+}
+
+/// Replaces what differs between runs (times, ports, paths, ids) with fixed
+/// placeholders, so snapshots compare behaviour only.
+pub struct Redactor {
+    rules: Vec<(Regex, String)>,
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new(&[])
+    }
+}
+
+impl Redactor {
+    /// `literals`: exact strings to replace first (run directory → `[run]` …).
+    pub fn new(literals: &[(&str, &str)]) -> Redactor {
+        let mut rules: Vec<(Regex, String)> = literals
+            .iter()
+            .filter(|(lit, _)| !lit.is_empty())
+            .map(|(lit, with)| (Regex::new(&regex::escape(lit)).unwrap(), with.to_string()))
+            .collect();
+        let fixed: &[(&str, &str)] = &[
+            (r"\b[0-9a-f]{64}\b", "[sha256]"),
+            (r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "[uuid]"),
+            (r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?Z?\b", "[timestamp]"),
+            (r"\[\s*\d+\.\d{6}\]", "[time]"),
+            (r"\b(127\.0\.0\.1|localhost):\d+", "$1:[port]"),
+            (r"(/tmp|/var/tmp)/[^\s'\x22]+", "[tmp]"),
+        ];
+        rules.extend(fixed.iter().map(|(re, with)| (Regex::new(re).unwrap(), with.to_string())));
+        Redactor { rules }
+    }
+
+    pub fn text(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for (re, with) in &self.rules {
+            out = re.replace_all(&out, with.as_str()).into_owned();
+        }
+        out
+    }
+
+    pub fn event(&self, e: &Event) -> Event {
+        let r = |s: &String| self.text(s);
+        match e {
+            Event::UbootCommand { command } => Event::UbootCommand { command: r(command) },
+            Event::Expected { label } => Event::Expected { label: r(label) },
+            Event::Command { command, status, stdout } => {
+                Event::Command { command: r(command), status: *status, stdout: stdout.as_ref().map(r) }
+            }
+            Event::Env { source, vars } => {
+                Event::Env { source: source.clone(), vars: vars.iter().map(|(k, v)| (k.clone(), r(v))).collect() }
+            }
+            Event::File { source, path } => Event::File { source: source.clone(), path: r(path) },
+            Event::Qmp { name, detail } => Event::Qmp { name: name.clone(), detail: detail.as_ref().map(r) },
+            other => other.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_become_events() {
+        assert_eq!(console_marker("U-Boot 2023.01+dfsg-2 (Jan 01 2024)"), Some(Event::UbootBanner));
+        assert_eq!(
+            console_marker("devlab-boot: slot B tries-left 1"),
+            Some(Event::SlotChosen { slot: "B".into(), tries_left: 1 })
+        );
+        assert_eq!(console_marker("devlab-boot: env b"), Some(Event::EnvCopy { copy: "b".into() }));
+        assert_eq!(
+            console_marker("devlab-init: root slot=A dev=/dev/vda4"),
+            Some(Event::RootMounted { slot: "A".into() })
+        );
+        assert_eq!(console_marker("random noise"), None);
+        // The banner must start the line (U-Boot repeats its name elsewhere).
+        assert_eq!(console_marker("Booting U-Boot 2023.01"), None);
+    }
+
+    #[test]
+    fn redactor_hides_ports_paths_times_and_ids() {
+        let r = Redactor::new(&[("/work/target/devlab-runs/x-1", "[run]")]);
+        assert_eq!(r.text("ssh -p 40123 root@127.0.0.1:40123"), "ssh -p 40123 root@127.0.0.1:[port]");
+        assert_eq!(r.text("log at /work/target/devlab-runs/x-1/serial.log"), "log at [run]/serial.log");
+        assert_eq!(r.text("tmp /tmp/.tmpAbC/file ok"), "tmp [tmp] ok");
+        assert_eq!(r.text("[  12.345678] hello"), "[time] hello");
+        assert_eq!(r.text("at 2026-11-24T01:02:03Z"), "at [timestamp]");
+        assert_eq!(r.text("id 6b1e4c2a-0d3f-4a51-9f0e-000000000001"), "id [uuid]");
+        assert_eq!(r.text(&"ab".repeat(32)), "[sha256]");
+    }
+
+    #[test]
+    fn normalised_timeline_drops_times_and_redacts() {
+        let mut t = Timeline::default();
+        t.push(0.0, Origin::Step, Event::PowerOn);
+        t.extend_merged(vec![
+            Entry { t: 0.3, origin: Origin::Qmp, event: Event::Qmp { name: "RESET".into(), detail: None } },
+            Entry { t: 0.1, origin: Origin::Console, event: Event::UbootBanner },
+        ]);
+        t.push(1.0, Origin::Step, Event::Command { command: "echo 127.0.0.1:99".into(), status: 0, stdout: None });
+        let n = t.normalised(&Redactor::default());
+        assert_eq!(n[1], Event::UbootBanner, "merged by time");
+        assert_eq!(n[3], Event::Command { command: "echo 127.0.0.1:[port]".into(), status: 0, stdout: None });
+        let yaml = serde_json::to_string(&n[0]).unwrap();
+        assert_eq!(yaml, r#"{"event":"power_on"}"#);
+    }
+
+    #[test]
+    fn qmp_events_keep_stable_detail_only() {
+        let e = qmp_event("SHUTDOWN", &serde_json::json!({"guest": true, "reason": "guest-shutdown"}));
+        assert_eq!(e, Some(Event::Qmp { name: "SHUTDOWN".into(), detail: Some("guest-shutdown".into()) }));
+        assert_eq!(qmp_event("NIC_RX_FILTER_CHANGED", &serde_json::json!({})), None);
+        assert_eq!(qmp_event("SOMETHING_NEW", &serde_json::json!({})), None);
+    }
+}
