@@ -1,0 +1,324 @@
+//! `cargo xtask bench boot`: power-on → first SSH command done, devlab
+//! against the same QEMU command line run bare (this file drives QEMU's
+//! stdio and the system's OpenSSH client, no harness code), interleaved in
+//! one run so both see the same machine. Writes `target/bench/boot.json`
+//! and `boot.md`. A benchmark, not a test: it reports, it does not judge.
+
+use anyhow::{bail, Context, Result};
+use devlab_images::Arch;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BENCH_SCENARIO: &str = "scenarios/bench/boot-ssh.toml";
+/// What the board profiles type at the U-Boot prompt.
+const BOOT_CMD: &str = "setenv devnum 0; virtio scan; load virtio 0:1 ${scriptaddr} boot.scr; source ${scriptaddr}\r";
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut runs = 5usize;
+    let mut arches = Vec::new();
+    let mut what = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs N")?,
+            "boot" => what = Some("boot"),
+            other => arches.push(Arch::parse(other).with_context(|| format!("unknown argument `{other}`"))?),
+        }
+    }
+    if what != Some("boot") {
+        bail!("usage: cargo xtask bench boot [--runs N] [x86_64|aarch64 ...]");
+    }
+    if arches.is_empty() {
+        arches = Arch::ALL.to_vec();
+    }
+    crate::cargo(&["build", "--release", "-q", "-p", "harness"])?;
+    let root = crate::root();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let recipe = root.join("images/recipes/base.toml");
+
+    let mut results = Vec::new();
+    for arch in arches {
+        let started = Instant::now();
+        let image = devlab_images::build(&recipe, arch, &mut |_| {})?;
+        let cached_build_s = started.elapsed().as_secs_f64();
+        let board = format!("qemu-{arch}");
+        eprintln!("bench boot {arch}: warm-up");
+        let warm = devlab_once(&root, &board, &out_dir)?;
+        let argv: Vec<String> = serde_json::from_str(&std::fs::read_to_string(warm.run_dir.join("qemu.argv.json"))?)?;
+        let (mut d, mut b) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let dr = devlab_once(&root, &board, &out_dir)?;
+            let br = bare_once(&argv, &image.disk, &image.ssh_key, &out_dir)?;
+            eprintln!("  run {}: devlab {:.2}s  bare {:.2}s", i + 1, dr.wall, br.wall);
+            d.push(dr);
+            b.push(br);
+        }
+        let ratios: Vec<f64> = d.iter().zip(&b).map(|(x, y)| x.wall / y.wall).collect();
+        let phase = |v: &[Sample], f: fn(&Sample) -> Option<f64>| median(v.iter().filter_map(f).collect());
+        results.push(json!({
+            "arch": arch.uname(),
+            "board": board,
+            "runs": runs,
+            "devlab_median_s": median(d.iter().map(|s| s.wall).collect()),
+            "bare_median_s": median(b.iter().map(|s| s.wall).collect()),
+            "ratio": median(ratios.clone()),
+            "ratios": ratios,
+            "devlab": {
+                "uboot_banner_s": phase(&d, |s| s.banner),
+                "kernel_start_s": phase(&d, |s| s.kernel),
+                "ssh_ready_s": phase(&d, |s| s.ssh),
+            },
+            "bare": {
+                "uboot_banner_s": phase(&b, |s| s.banner),
+                "kernel_start_s": phase(&b, |s| s.kernel),
+                "ssh_ready_s": phase(&b, |s| s.ssh),
+            },
+            "cached_image_build_s": cached_build_s,
+            "accel": warm.accel,
+        }));
+    }
+    let report = json!({ "benchmark": "boot", "what": "process start to first SSH command done", "results": results });
+    std::fs::write(out_dir.join("boot.json"), serde_json::to_string_pretty(&report)?)?;
+    let md = markdown(&results);
+    std::fs::write(out_dir.join("boot.md"), &md)?;
+    println!("{md}");
+    eprintln!("wrote {} and boot.md", out_dir.join("boot.json").display());
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Sample {
+    wall: f64,
+    banner: Option<f64>,
+    kernel: Option<f64>,
+    ssh: Option<f64>,
+    run_dir: PathBuf,
+    accel: Value,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 })
+}
+
+/// One `devlab run` of the bench scenario, timed as a whole process.
+fn devlab_once(root: &Path, board: &str, out_dir: &Path) -> Result<Sample> {
+    let runs = out_dir.join("runs");
+    std::fs::create_dir_all(&runs)?;
+    let before: Vec<PathBuf> = list(&runs);
+    let started = Instant::now();
+    let out = Command::new(root.join("target/release/devlab"))
+        .args(["run", BENCH_SCENARIO, "--board", board, "--no-snapshots"])
+        .current_dir(root)
+        .env("DEVLAB_RUNS", &runs)
+        .output()
+        .context("running devlab")?;
+    let wall = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("devlab run failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let run_dir = list(&runs).into_iter().find(|p| !before.contains(p)).context("devlab left no run directory")?;
+    let timeline: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("timeline.json"))?)?;
+    let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json"))?)?;
+    let at = |event: &str| {
+        timeline["entries"].as_array()?.iter().find(|e| e["event"] == event).and_then(|e| e["t"].as_f64())
+    };
+    Ok(Sample {
+        wall,
+        banner: at("uboot_banner"),
+        kernel: at("kernel_started"),
+        ssh: at("command"),
+        run_dir,
+        accel: run["accel"].clone(),
+    })
+}
+
+fn list(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect()
+}
+
+/// The same QEMU command line, bare: serial on stdio, no QMP, a fixed
+/// forwarded port, autoboot stopped by writing to stdin, and the system
+/// `ssh` client tried every 50 ms (each try capped at 0.5 s) until `true` runs.
+fn bare_once(argv: &[String], base: &Path, key: &Path, out_dir: &Path) -> Result<Sample> {
+    let started = Instant::now();
+    let overlay = out_dir.join(format!("bare-{}.qcow2", std::process::id()));
+    let _ = std::fs::remove_file(&overlay);
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(&overlay)
+        .status()?;
+    if !st.success() {
+        bail!("qemu-img create failed");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut args = Vec::new();
+    let mut i = 1;
+    while i < argv.len() {
+        let a = &argv[i];
+        let next = argv.get(i + 1).cloned().unwrap_or_default();
+        match a.as_str() {
+            "-chardev" if next.starts_with("socket,id=con0") => {
+                args.extend(["-chardev".to_string(), "stdio,id=con0,signal=off".to_string()]);
+                i += 2;
+            }
+            "-chardev" if next.starts_with("socket,id=qmp0") => i += 2,
+            "-mon" | "-monitor" => i += 2,
+            "-drive" => {
+                args.extend([
+                    "-drive".to_string(),
+                    format!("if=none,id=disk0,file={},format=qcow2", overlay.display()),
+                ]);
+                i += 2;
+            }
+            _ => {
+                args.push(a.replace("hostfwd=tcp:127.0.0.1:0-:22", &format!("hostfwd=tcp:127.0.0.1:{port}-:22")));
+                i += 1;
+            }
+        }
+    }
+    let mut qemu = Command::new(&argv[0])
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawning bare QEMU")?;
+    let spawned = Instant::now();
+    let mut stdin = qemu.stdin.take().unwrap();
+    let mut stdout = qemu.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<(&'static str, f64)>();
+    let console = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut stage = 0;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let t = spawned.elapsed().as_secs_f64();
+            let has = |s: &str| seen.windows(s.len()).any(|w| w == s.as_bytes());
+            if stage == 0 && has("U-Boot 20") {
+                let _ = tx.send(("banner", t));
+                stage = 1;
+            }
+            if stage == 1 && has("Hit any key to stop autoboot") {
+                let _ = stdin.write_all(b" ");
+                stage = 2;
+            }
+            if stage == 2 && has("=> ") {
+                let _ = stdin.write_all(BOOT_CMD.as_bytes());
+                stage = 3;
+            }
+            if stage == 3 && has("Starting kernel") {
+                let _ = tx.send(("kernel", t));
+                stage = 4;
+            }
+            if stage == 4 {
+                seen.clear();
+            }
+        }
+    });
+    let ssh = wait_ssh(port, key, Duration::from_secs(120));
+    let ssh_t = spawned.elapsed().as_secs_f64();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let wall = started.elapsed().as_secs_f64();
+    let _ = console.join();
+    let _ = std::fs::remove_file(&overlay);
+    ssh?;
+    let mut s =
+        Sample { wall, banner: None, kernel: None, ssh: Some(ssh_t), run_dir: PathBuf::new(), accel: Value::Null };
+    for (what, t) in rx.try_iter() {
+        match what {
+            "banner" => s.banner = Some(t),
+            _ => s.kernel = Some(t),
+        }
+    }
+    Ok(s)
+}
+
+fn wait_ssh(port: u16, key: &Path, bound: Duration) -> Result<()> {
+    let started = Instant::now();
+    let mut tries: Vec<(Child, Instant)> = Vec::new();
+    let mut last_spawn: Option<Instant> = None;
+    loop {
+        if started.elapsed() > bound {
+            bail!("bare SSH not up after {bound:?}");
+        }
+        if last_spawn.is_none_or(|t| t.elapsed() >= Duration::from_millis(50)) {
+            let child = Command::new("ssh")
+                .args(["-q", "-i"])
+                .arg(key)
+                .args(["-p", &port.to_string()])
+                .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+                .args(["root@127.0.0.1", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            tries.push((child, Instant::now()));
+            last_spawn = Some(Instant::now());
+        }
+        let mut done = false;
+        tries.retain_mut(|(c, t)| match c.try_wait() {
+            Ok(Some(st)) => {
+                done |= st.success();
+                false
+            }
+            _ if t.elapsed() > Duration::from_millis(500) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                false
+            }
+            _ => true,
+        });
+        if done {
+            for (c, _) in &mut tries {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5)); // backoff between child checks of the bare client
+    }
+}
+
+fn markdown(results: &[Value]) -> String {
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    let mut md = String::from(
+        "# Boot benchmark: process start → first SSH command done\n\n\
+         devlab and bare QEMU (same command line, OpenSSH client) interleaved in one run; medians in seconds.\n\n\
+         | arch | runs | devlab | bare | ratio (median of pairs) | devlab banner / kernel / SSH | bare banner / kernel / SSH | cached image build |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} / {} / {} | {} / {} / {} | {} |\n",
+            r["arch"].as_str().unwrap_or("?"),
+            r["runs"],
+            f(&r["devlab_median_s"]),
+            f(&r["bare_median_s"]),
+            f(&r["ratio"]),
+            f(&r["devlab"]["uboot_banner_s"]),
+            f(&r["devlab"]["kernel_start_s"]),
+            f(&r["devlab"]["ssh_ready_s"]),
+            f(&r["bare"]["uboot_banner_s"]),
+            f(&r["bare"]["kernel_start_s"]),
+            f(&r["bare"]["ssh_ready_s"]),
+            f(&r["cached_image_build_s"]),
+        ));
+    }
+    md
+}

@@ -1,0 +1,86 @@
+//! `cargo xtask`: project chores in plain Rust. `setup` installs host
+//! packages (idempotent: a second run changes nothing and says so) and builds
+//! the guest images; `images` builds the images only; `test` is the README's
+//! test command (setup, format and lint checks, every test); `bench` times
+//! boots against bare QEMU. xtask never depends on the harness crate, so it
+//! builds before the host has the harness's C libraries.
+
+mod bench;
+mod setup;
+
+use anyhow::{bail, Context, Result};
+use devlab_images::Arch;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup            install host packages (root; idempotent) and build guest images
+  images [ARCH..]  build guest images (cached) for x86_64 and/or aarch64
+  test             setup, then cargo fmt --check, clippy -D warnings and every test
+  bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let res = match args.first().map(String::as_str) {
+        Some("setup") => setup::run().and_then(|_| images(&[])),
+        Some("images") => images(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench::run(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = res {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+fn images(args: &[String]) -> Result<()> {
+    let arches: Vec<Arch> = if args.is_empty() {
+        Arch::ALL.to_vec()
+    } else {
+        args.iter()
+            .map(|a| Arch::parse(a).with_context(|| format!("unknown architecture `{a}` (x86_64, aarch64)")))
+            .collect::<Result<_>>()?
+    };
+    let recipe = root().join("images/recipes/base.toml");
+    for arch in arches {
+        let started = Instant::now();
+        let img = devlab_images::build(&recipe, arch, &mut |line: &str| eprintln!("  [{arch}] {line}"))
+            .with_context(|| format!("building the {arch} image"))?;
+        eprintln!("image {arch}: {} ({:.1}s)", img.dir.display(), started.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo).args(args).current_dir(root()).status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    setup::run()?;
+    images(&[])?;
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    if std::env::var_os("CI").is_some() {
+        // CI never writes snapshots: a changed timeline fails.
+        std::env::set_var("INSTA_UPDATE", "no");
+    }
+    cargo(&["test", "--workspace", "--release"])
+}
