@@ -46,6 +46,42 @@ fn partition_by_index(m: &Manifest, index: u32) -> Result<&devlab_images::Partit
         .ok_or_else(|| Error::infra(format!("image manifest has no partition {index}")))
 }
 
+/// Overwrite `length` bytes at `offset` of the partition labelled `label`
+/// with `byte` (a fault injected while the machine is off; the base image
+/// is never touched: writes land in the overlay).
+pub fn corrupt(overlay: &Path, m: &Manifest, label: &str, offset: u64, length: u64, byte: u8) -> Result<()> {
+    let part = partition_by_label(m, label)?;
+    if offset + length > part.size {
+        return Err(Error::infra(format!(
+            "{label}: {length} bytes at {offset} run past its end ({} bytes)",
+            part.size
+        )));
+    }
+    let qemu_io = tool("qemu-io", "qemu-utils")?;
+    let res = Command::new(qemu_io)
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P {byte} {} {length}", part.start + offset))
+        .arg(overlay)
+        .output()
+        .map_err(|e| Error::infra(format!("qemu-io: {e}")))?;
+    if !res.status.success() || String::from_utf8_lossy(&res.stdout).contains("failed") {
+        return Err(Error::infra(format!(
+            "qemu-io write on {}: {}{}",
+            overlay.display(),
+            String::from_utf8_lossy(&res.stdout).trim(),
+            String::from_utf8_lossy(&res.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn partition_by_label<'m>(m: &'m Manifest, label: &str) -> Result<&'m devlab_images::Partition> {
+    m.partitions.iter().find(|p| p.label == label).ok_or_else(|| {
+        let known: Vec<&str> = m.partitions.iter().map(|p| p.label.as_str()).collect();
+        Error::infra(format!("no partition labelled `{label}` (known: {})", known.join(", ")))
+    })
+}
+
 /// Both U-Boot environment copies, decoded, and which one is current.
 pub fn read_env(overlay: &Path, m: &Manifest) -> Result<EnvState> {
     let mut bufs = Vec::new();
@@ -61,10 +97,7 @@ pub fn read_env(overlay: &Path, m: &Manifest) -> Result<EnvState> {
 
 /// A file from the ext4 partition labelled `label` (e.g. `data`).
 pub fn read_file(overlay: &Path, m: &Manifest, label: &str, path: &str) -> Result<Vec<u8>> {
-    let part = m.partitions.iter().find(|p| p.label == label).ok_or_else(|| {
-        let known: Vec<&str> = m.partitions.iter().map(|p| p.label.as_str()).collect();
-        Error::infra(format!("no partition labelled `{label}` (known: {})", known.join(", ")))
-    })?;
+    let part = partition_by_label(m, label)?;
     let debugfs = tool("debugfs", "e2fsprogs")?;
     let image = tempfile::NamedTempFile::new().map_err(|e| Error::infra(format!("temp file: {e}")))?;
     std::fs::write(image.path(), read_bytes(overlay, part.start, part.size)?)

@@ -509,6 +509,17 @@ impl<'a> Run<'a> {
                 self.record(Event::PowerCut);
                 Ok(())
             }
+            Step::CorruptDisk(c) => {
+                if self.machine_running() {
+                    return Err(
+                        self.failure("corrupt_disk needs the machine off (add poweroff or power_cut first)".into())
+                    );
+                }
+                let overlay = self.overlay()?;
+                disk::corrupt(&overlay, &self.image.manifest, &c.partition, c.offset, c.length, c.byte)?;
+                self.record(Event::Fault { kind: "corrupt_disk".into(), target: c.partition.clone() });
+                Ok(())
+            }
             Step::Reset(_) => {
                 let m = self.machine()?;
                 m.qmp
@@ -518,6 +529,7 @@ impl<'a> Run<'a> {
                 if let Some(s) = self.ssh.take() {
                     s.disconnect();
                 }
+                self.drain(None);
                 self.record(Event::Reset);
                 Ok(())
             }

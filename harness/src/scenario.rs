@@ -170,6 +170,29 @@ pub struct Poweroff {
 #[serde(deny_unknown_fields)]
 pub struct PowerCut {}
 
+/// Overwrite bytes of a partition on the powered-off disk (a fault: a torn
+/// or bit-rotted write). The machine must be off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorruptDisk {
+    /// GPT partition label, e.g. `uboot-env-a`.
+    pub partition: String,
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default = "sixteen")]
+    pub length: u64,
+    /// The byte written over the range.
+    #[serde(default = "ff")]
+    pub byte: u8,
+}
+
+fn sixteen() -> u64 {
+    16
+}
+fn ff() -> u8 {
+    0xff
+}
+
 /// Hardware reset (QMP `system_reset`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +212,7 @@ pub enum Step {
     Poweroff(Poweroff),
     PowerCut(PowerCut),
     Reset(Reset),
+    CorruptDisk(CorruptDisk),
 }
 
 /// The action names, in the order the docs list them.
@@ -220,6 +244,7 @@ impl Step {
             Step::Poweroff(_) => "poweroff",
             Step::PowerCut(_) => "power_cut",
             Step::Reset(_) => "reset",
+            Step::CorruptDisk(_) => "corrupt_disk",
         }
     }
 
@@ -239,6 +264,7 @@ impl Step {
             "poweroff" => Step::Poweroff(p(text)?),
             "power_cut" => Step::PowerCut(p(text)?),
             "reset" => Step::Reset(p(text)?),
+            "corrupt_disk" => Step::CorruptDisk(p(text)?),
             _ => return Ok(None),
         }))
     }

@@ -63,6 +63,10 @@ pub enum Event {
     PoweredOff,
     PowerCut,
     Reset,
+    Fault {
+        kind: String,
+        target: String,
+    },
     Failed {
         step: String,
     },
@@ -209,6 +213,7 @@ impl Redactor {
                 Event::Env { source: source.clone(), vars: vars.iter().map(|(k, v)| (k.clone(), r(v))).collect() }
             }
             Event::File { source, path } => Event::File { source: source.clone(), path: r(path) },
+            Event::Fault { kind, target } => Event::Fault { kind: kind.clone(), target: r(target) },
             Event::Qmp { name, detail } => Event::Qmp { name: name.clone(), detail: detail.as_ref().map(r) },
             other => other.clone(),
         }
