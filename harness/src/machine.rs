@@ -32,6 +32,10 @@ pub struct MachineSpec<'a> {
     /// The read-only base disk; the machine boots a qcow2 overlay on it.
     pub base_disk: &'a Path,
     pub run_dir: &'a Path,
+    /// Time zero for logs and events; `None` = this spawn. A run that powers
+    /// the board on again passes its first power-on, so `serial.log`,
+    /// `qmp.jsonl` and the timeline share one clock.
+    pub epoch: Option<Instant>,
 }
 
 /// A running (or stopped) QEMU machine.
@@ -41,7 +45,7 @@ pub struct Machine {
     pub overlay: PathBuf,
     pub console: Console,
     pub qmp: Qmp,
-    /// When QEMU was spawned: time zero of the run's timeline.
+    /// Time zero of this machine's log and event times (see `MachineSpec::epoch`).
     pub t0: Instant,
     child: Child,
     pidfd: AsyncFd<OwnedFd>,
@@ -162,7 +166,7 @@ impl Machine {
                 Ok(())
             });
         }
-        let t0 = Instant::now();
+        let t0 = spec.epoch.unwrap_or_else(Instant::now);
         let child = cmd.spawn().map_err(|e| Error::infra(format!("cannot start {binary}: {e}")))?;
         let _ = std::fs::write(run.join("qemu.pid"), format!("{}\n", child.id()));
         let mut m = MachineHalf { child: Some(child), pidfd: None, exit: None };

@@ -122,6 +122,7 @@ fn main() {
                 tokio::select! {
                     code = run(&paths, &boards, &opts) => code,
                     _ = tokio::signal::ctrl_c() => {
+                        // Dropping the run future tears every machine down.
                         eprintln!("\ninterrupted: stopping machines");
                         EXIT_INTERRUPTED
                     }

@@ -112,8 +112,11 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     let _ =
         std::fs::write(run_dir.join("timeline.json"), serde_json::to_string_pretty(&r.timeline).unwrap_or_default());
     let mut result = result;
-    if result.is_err() && opts.keep_on_failure && r.machine_running() {
-        r.keep().await;
+    if let Err(e) = &result {
+        if opts.keep_on_failure && r.machine_running() {
+            eprintln!("FAIL {} on {}\n{e}", scenario.name(), board.name);
+            r.keep().await;
+        }
     }
     r.teardown().await;
     if result.is_ok() && opts.snapshots != SnapshotMode::Skip {
@@ -557,6 +560,7 @@ impl<'a> Run<'a> {
             accel: self.accel.accel,
             base_disk: &self.image.disk,
             run_dir: &self.run_dir,
+            epoch: self.t_first,
         };
         let machine = match self.machine.take() {
             // Powering on again boots the same disk.
@@ -585,7 +589,9 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Leave the failed machine running for a person to inspect, until Ctrl-C.
+    /// Leave the failed machine running for a person to inspect. Returns
+    /// never: the caller's Ctrl-C handling drops the run, and with it the
+    /// machine (teardown ladder).
     async fn keep(&mut self) {
         let Some(m) = self.machine.as_ref() else { return };
         let attach = self.run_dir.join("attach.sock");
@@ -600,10 +606,8 @@ impl<'a> Run<'a> {
             );
         }
         eprintln!("  QEMU monitor:   socat - UNIX-CONNECT:{}", self.run_dir.join("monitor.sock").display());
-        let _ = tokio::signal::ctrl_c().await;
-        if let Ok(task) = server {
-            task.abort();
-        }
+        let _server = server;
+        std::future::pending::<()>().await;
     }
 
     async fn teardown(&mut self) {

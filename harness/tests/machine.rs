@@ -120,40 +120,45 @@ fn a_timed_out_step_fails_with_run_dir_and_console_and_leaves_no_qemu() {
     assert!(!alive(pid), "QEMU {pid} is still running");
 }
 
-#[test]
-fn a_sigkilled_harness_leaves_no_qemu() {
+/// A `devlab run` of a hanging scenario, with its QEMU up: the harness
+/// process, its run directory and QEMU's pid (temp dirs kept alive).
+struct Hanging {
+    harness: std::process::Child,
+    run_dir: PathBuf,
+    qemu: i32,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn start_hanging(board: &str) -> Hanging {
     let d = tempfile::tempdir().unwrap();
     let runs = tempfile::tempdir().unwrap();
-    let s = hanging_scenario(d.path(), "qemu-aarch64", "2m");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devlab"))
+    let s = hanging_scenario(d.path(), board, "2m");
+    let harness = Command::new(env!("CARGO_BIN_EXE_devlab"))
         .args(["run", s.to_str().unwrap(), "--no-snapshots"])
         .env("DEVLAB_RUNS", runs.path())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (_, pid) = wait_for_qemu(runs.path());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(gone_within(pid, Duration::from_secs(10)), "QEMU {pid} outlived its SIGKILLed harness");
+    let (run_dir, qemu) = wait_for_qemu(runs.path());
+    Hanging { harness, run_dir, qemu, _dirs: (d, runs) }
+}
+
+#[test]
+fn a_sigkilled_harness_leaves_no_qemu() {
+    let mut h = start_hanging("qemu-aarch64");
+    h.harness.kill().unwrap();
+    h.harness.wait().unwrap();
+    assert!(gone_within(h.qemu, Duration::from_secs(10)), "QEMU {} outlived its SIGKILLed harness", h.qemu);
 }
 
 #[test]
 fn ctrl_c_stops_the_machine_and_exits_130() {
-    let d = tempfile::tempdir().unwrap();
-    let runs = tempfile::tempdir().unwrap();
-    let s = hanging_scenario(d.path(), "qemu-x86_64", "2m");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_devlab"))
-        .args(["run", s.to_str().unwrap(), "--no-snapshots"])
-        .env("DEVLAB_RUNS", runs.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (dir, pid) = wait_for_qemu(runs.path());
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
+    let mut h = start_hanging("qemu-x86_64");
+    unsafe { libc::kill(h.harness.id() as i32, libc::SIGINT) };
+    let status = h.harness.wait().unwrap();
     assert_eq!(status.code(), Some(130));
-    assert!(!alive(pid), "QEMU {pid} survived Ctrl-C");
-    assert!(dir.join("serial.log").is_file(), "the run directory is kept");
+    assert!(!alive(h.qemu), "QEMU {} survived Ctrl-C", h.qemu);
+    assert!(h.run_dir.join("serial.log").is_file(), "the run directory is kept");
 }
 
 #[test]
@@ -171,6 +176,7 @@ fn a_panic_while_a_machine_runs_leaves_no_qemu() {
                 accel: harness::board::Accel::Tcg,
                 base_disk: &image.disk,
                 run_dir: &run_dir,
+                epoch: None,
             };
             let m = Machine::start(spec).await.unwrap();
             std::fs::write(run_dir.join("pid"), m.pid().to_string()).unwrap();

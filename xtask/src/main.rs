@@ -18,7 +18,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   setup            install host packages (root; idempotent) and build guest images
-  images [ARCH..]  build guest images (cached) for x86_64 and/or aarch64
+  images [--recipe NAME] [ARCH..]
+                   build guest images (cached) for x86_64 and/or aarch64
   test             setup, then cargo fmt --check, clippy -D warnings and every test
   bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/";
 
@@ -46,14 +47,20 @@ pub fn root() -> PathBuf {
 }
 
 fn images(args: &[String]) -> Result<()> {
-    let arches: Vec<Arch> = if args.is_empty() {
-        Arch::ALL.to_vec()
-    } else {
-        args.iter()
-            .map(|a| Arch::parse(a).with_context(|| format!("unknown architecture `{a}` (x86_64, aarch64)")))
-            .collect::<Result<_>>()?
-    };
-    let recipe = root().join("images/recipes/base.toml");
+    let mut recipe_name = "base".to_string();
+    let mut arches = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--recipe" {
+            recipe_name = it.next().context("--recipe NAME (a file in images/recipes/)")?.clone();
+        } else {
+            arches.push(Arch::parse(a).with_context(|| format!("unknown architecture `{a}` (x86_64, aarch64)"))?);
+        }
+    }
+    if arches.is_empty() {
+        arches = Arch::ALL.to_vec();
+    }
+    let recipe = root().join("images/recipes").join(format!("{recipe_name}.toml"));
     for arch in arches {
         let started = Instant::now();
         let img = devlab_images::build(&recipe, arch, &mut |line: &str| eprintln!("  [{arch}] {line}"))
@@ -82,5 +89,38 @@ fn test() -> Result<()> {
         // CI never writes snapshots: a changed timeline fails.
         std::env::set_var("INSTA_UPDATE", "no");
     }
-    cargo(&["test", "--workspace", "--release"])
+    cargo_test(&["test", "--workspace", "--release", "--lib", "--bins", "--tests"])
+}
+
+/// Run `cargo test`, echoing its output, and end with one total line
+/// (`N passed, M failed`) summed over every test binary.
+fn cargo_test(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+            };
+            passed += count(" passed").unwrap_or(0);
+            failed += count(" failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() || failed > 0 {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
