@@ -1,13 +1,21 @@
-//! The `devlab` command: `run` scenarios on boards, `check` scenario files
-//! without booting, list `boards`. Exit codes: 0 passed, 1 a scenario
-//! failed, 2 bad input, 69 infrastructure failure, 130 interrupted.
+//! The `devlab` command: `run` scenarios (or a named `suite`) on boards,
+//! in parallel, sharded, with retries that mark flakes, writing JUnit/JSON/
+//! Markdown reports; `check` scenario files without booting; list `boards`.
+//! Exit codes: 0 passed, 1 a scenario failed, 2 bad input, 69
+//! infrastructure failure, 130 interrupted.
 
 use clap::{Parser, Subcommand};
 use harness::board::{self, Board};
 use harness::error::{Error, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_PASSED};
+use harness::plan::{self, Job, Shard};
+use harness::report::{self, Record, Status};
 use harness::runner::{self, RunOptions, SnapshotMode};
 use harness::scenario::Scenario;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 #[derive(Parser)]
 #[command(name = "devlab", about = "A virtual device lab: real firmware, real boots, forced failures.")]
@@ -18,22 +26,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run scenario files (or every *.toml in a folder) on their boards.
+    /// Run scenario files (or every scenario in a folder) on their boards.
     Run {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Only these boards (default: the boards each scenario names).
-        #[arg(long = "board")]
-        boards: Vec<String>,
-        /// On failure, keep the machine running and print how to reach it.
-        #[arg(long)]
-        keep: bool,
-        /// Write the timeline snapshots instead of checking them.
-        #[arg(long)]
-        update_snapshots: bool,
-        /// Do not compare timelines with their snapshots.
-        #[arg(long, conflicts_with = "update_snapshots")]
-        no_snapshots: bool,
+        #[command(flatten)]
+        opts: Common,
+    },
+    /// Run a named suite (`scenarios/suites/<name>.toml`: smoke, release,
+    /// board-validation). Here `--board` replaces the scenarios' boards, so
+    /// a new board can run the standard suite.
+    Suite {
+        name: String,
+        #[command(flatten)]
+        opts: Common,
     },
     /// Validate scenario files without booting anything.
     Check {
@@ -42,6 +48,37 @@ enum Cmd {
     },
     /// List board profiles and whether their firmware is present.
     Boards,
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Only these boards (for `run`: of those each scenario names).
+    #[arg(long = "board")]
+    boards: Vec<String>,
+    /// Machines at once (default: one per core, bounded by memory).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Run only the K-th of N disjoint parts (for N CI machines).
+    #[arg(long, value_name = "K/N")]
+    shard: Option<Shard>,
+    /// Retry a failed run up to N times; a later pass is reported as flaky.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Print the runs that would be made, and make none.
+    #[arg(long)]
+    list: bool,
+    /// Where junit.xml, summary.json and summary.md go.
+    #[arg(long, value_name = "DIR")]
+    report_dir: Option<PathBuf>,
+    /// On failure, keep the machine running and print how to reach it (implies --jobs 1).
+    #[arg(long)]
+    keep: bool,
+    /// Write the timeline snapshots instead of checking them.
+    #[arg(long)]
+    update_snapshots: bool,
+    /// Do not compare timelines with their snapshots.
+    #[arg(long, conflicts_with = "update_snapshots")]
+    no_snapshots: bool,
 }
 
 fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
@@ -65,15 +102,17 @@ fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
-fn load_all(paths: &[PathBuf], only: &[String]) -> Result<Vec<(Scenario, Vec<Board>)>, Error> {
-    for name in only {
-        board::find(name)?;
-    }
+/// Load scenarios and their boards. `only` filters the boards each scenario
+/// names; `replace` runs every scenario on exactly these boards instead.
+fn load_all(paths: &[PathBuf], only: &[String], replace: bool) -> Result<Vec<(Scenario, Vec<Board>)>, Error> {
+    let chosen: Vec<Board> = only.iter().map(|n| board::find(n)).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for f in scenario_files(paths)? {
         let s = Scenario::load(&f)?;
         let mut boards = s.resolve_boards()?;
-        if !only.is_empty() {
+        if replace && !chosen.is_empty() {
+            boards = chosen.clone();
+        } else if !only.is_empty() {
             boards.retain(|b| only.contains(&b.name));
         }
         out.push((s, boards));
@@ -85,91 +124,183 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Boards => boards(),
-        Cmd::Check { paths } => match load_all(&paths, &[]) {
+        Cmd::Check { paths } => match load_all(&paths, &[], false) {
             Ok(all) => {
                 for (s, boards) in &all {
                     let names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
-                    match s.recipe_path(&harness::rundir::workspace_root()) {
-                        Ok(_) => println!(
-                            "ok   {} ({} steps; boards: {})",
-                            s.path.display(),
-                            s.steps.len(),
-                            names.join(", ")
-                        ),
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            std::process::exit(EXIT_BAD_INPUT);
-                        }
+                    if let Err(e) = s.recipe_path(&harness::rundir::workspace_root()) {
+                        std::process::exit(report_error(&e));
                     }
+                    println!("ok   {} ({} steps; boards: {})", s.path.display(), s.steps.len(), names.join(", "));
                 }
                 EXIT_PASSED
             }
             Err(e) => report_error(&e),
         },
-        Cmd::Run { paths, boards, keep, update_snapshots, no_snapshots } => {
-            let snapshots = if update_snapshots {
-                SnapshotMode::Update
-            } else if no_snapshots {
-                SnapshotMode::Skip
-            } else {
-                SnapshotMode::Check
-            };
-            let opts = RunOptions { keep_on_failure: keep, snapshots, ..RunOptions::default() };
-            // A current-thread runtime: QEMU is spawned from the main thread,
-            // which PR_SET_PDEATHSIG ties it to.
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(async {
-                tokio::select! {
-                    code = run(&paths, &boards, &opts) => code,
-                    _ = tokio::signal::ctrl_c() => {
-                        // Dropping the run future tears every machine down.
-                        eprintln!("\ninterrupted: stopping machines");
-                        EXIT_INTERRUPTED
-                    }
-                }
-            })
+        Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false), &opts),
+        Cmd::Suite { name, opts } => {
+            let loaded = plan::load_suite(&name).and_then(|(files, suite_boards)| {
+                let boards = if opts.boards.is_empty() { suite_boards } else { opts.boards.clone() };
+                load_all(&files, &boards, !opts.boards.is_empty())
+            });
+            run_jobs(loaded, &opts)
         }
     };
     std::process::exit(code);
 }
 
+fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i32 {
+    let jobs = match loaded {
+        Ok(all) => plan::shard(plan::expand(all), c.shard),
+        Err(e) => return report_error(&e),
+    };
+    if c.list {
+        for j in &jobs {
+            println!("{}", j.id);
+        }
+        return EXIT_PASSED;
+    }
+    let snapshots = if c.update_snapshots {
+        SnapshotMode::Update
+    } else if c.no_snapshots {
+        SnapshotMode::Skip
+    } else {
+        SnapshotMode::Check
+    };
+    let opts = RunOptions { keep_on_failure: c.keep, snapshots, ..RunOptions::default() };
+    let parallel = if c.keep { 1 } else { c.jobs.unwrap_or_else(plan::default_jobs).max(1) };
+    let report_dir =
+        c.report_dir.clone().unwrap_or_else(|| harness::rundir::workspace_root().join("target/devlab-report"));
+    // A current-thread runtime: QEMU is spawned from the main thread, which
+    // PR_SET_PDEATHSIG ties it to.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    // Runs share this thread (a LocalSet), so spawning stays on it.
+    let local = tokio::task::LocalSet::new();
+    rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, &report_dir)))
+}
+
+async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32, report_dir: &Path) -> i32 {
+    let started = Instant::now();
+    let n = jobs.len();
+    eprintln!("{n} run(s), {parallel} at a time");
+    let mut records: Vec<Option<Record>> = vec![None; n];
+    let mut worst = EXIT_PASSED;
+    let sem = Arc::new(Semaphore::new(parallel));
+    let mut set = JoinSet::new();
+    for (i, job) in jobs.iter().cloned().enumerate() {
+        let sem = sem.clone();
+        let opts = opts.clone();
+        set.spawn_local(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore");
+            (i, run_with_retries(job, &opts, retries).await)
+        });
+    }
+    let interrupted = loop {
+        tokio::select! {
+            next = set.join_next() => match next {
+                Some(Ok((i, (record, code)))) => {
+                    worst = worse(worst, code);
+                    records[i] = Some(record);
+                }
+                Some(Err(e)) => eprintln!("a run task ended abnormally: {e}"),
+                None => break false,
+            },
+            _ = tokio::signal::ctrl_c() => break true,
+        }
+    };
+    if interrupted {
+        eprintln!("\ninterrupted: stopping machines (Ctrl-C again to quit at once)");
+        tokio::task::spawn_local(async {
+            let _ = tokio::signal::ctrl_c().await;
+            std::process::exit(EXIT_INTERRUPTED);
+        });
+        // Dropping the runs tears their machines down (teardown ladder).
+        set.abort_all();
+        while set.join_next().await.is_some() {}
+        worst = EXIT_INTERRUPTED;
+    }
+    let records: Vec<Record> = records
+        .into_iter()
+        .zip(&jobs)
+        .map(|(r, j)| {
+            r.unwrap_or(Record {
+                id: j.id.clone(),
+                scenario: j.scenario.name().to_string(),
+                board: j.board.name.clone(),
+                status: Status::NotRun,
+                attempts: 0,
+                duration_s: 0.0,
+                message: None,
+                run_dir: None,
+            })
+        })
+        .collect();
+    let duration = started.elapsed().as_secs_f64();
+    match report::write(report_dir, &records, duration) {
+        Ok(()) => eprintln!("reports: {}/{{junit.xml,summary.json,summary.md}}", report_dir.display()),
+        Err(e) => {
+            eprintln!("error: cannot write reports to {}: {e}", report_dir.display());
+            worst = worse(worst, EXIT_INFRA);
+        }
+    }
+    let count = |s: Status| records.iter().filter(|r| r.status == s).count();
+    let failed = count(Status::Failed) + count(Status::Error);
+    eprintln!(
+        "{} passed, {failed} failed ({} flaky, {} not run) in {duration:.1}s",
+        count(Status::Passed) + count(Status::Flaky),
+        count(Status::Flaky),
+        count(Status::NotRun)
+    );
+    worst
+}
+
+/// Run one job, retrying a failure up to `retries` times.
+async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32) -> (Record, i32) {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        eprintln!("RUN  {}{}", job.id, if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() });
+        let out = runner::run(&job.scenario, &job.board, opts).await;
+        let dir = out.run_dir.clone();
+        let shown = dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default();
+        let (status, code, message) = match &out.result {
+            Ok(()) => {
+                let status = if attempt > 1 { Status::Flaky } else { Status::Passed };
+                eprintln!("{} {} in {:.1}s ({shown})", status.word(), job.id, out.duration.as_secs_f64());
+                (status, EXIT_PASSED, None)
+            }
+            Err(e) => {
+                let code = e.exit_code();
+                let status = if code == EXIT_FAILED { Status::Failed } else { Status::Error };
+                eprintln!("{} {} after {:.1}s\n{e}", status.word(), job.id, out.duration.as_secs_f64());
+                if !shown.is_empty() && !matches!(e, Error::Failed(_)) {
+                    eprintln!("run directory: {shown}");
+                }
+                (status, code, Some(e.to_string()))
+            }
+        };
+        // Only a product failure is worth a retry: bad input stays bad.
+        let retry = status == Status::Failed && attempt <= retries;
+        if !retry {
+            let record = Record {
+                id: job.id.clone(),
+                scenario: job.scenario.name().to_string(),
+                board: job.board.name.clone(),
+                status,
+                attempts: attempt,
+                duration_s: started.elapsed().as_secs_f64(),
+                message,
+                run_dir: dir,
+            };
+            return (record, code);
+        }
+    }
+}
+
 fn report_error(e: &Error) -> i32 {
     eprintln!("error: {e}");
     e.exit_code()
-}
-
-async fn run(paths: &[PathBuf], only: &[String], opts: &RunOptions) -> i32 {
-    let all = match load_all(paths, only) {
-        Ok(a) => a,
-        Err(e) => return report_error(&e),
-    };
-    let mut worst = EXIT_PASSED;
-    let mut summary = Vec::new();
-    for (scenario, boards) in &all {
-        for board in boards {
-            eprintln!("RUN  {} on {}", scenario.name(), board.name);
-            let out = runner::run(scenario, board, opts).await;
-            let dir = out.run_dir.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default();
-            match &out.result {
-                Ok(()) => {
-                    eprintln!("PASS {} on {} in {:.1}s ({dir})", out.scenario, out.board, out.duration.as_secs_f64());
-                }
-                Err(e) => {
-                    let code = e.exit_code();
-                    let word = if code == EXIT_FAILED { "FAIL" } else { "ERROR" };
-                    eprintln!("{word} {} on {} after {:.1}s\n{e}", out.scenario, out.board, out.duration.as_secs_f64());
-                    if !dir.is_empty() && !matches!(e, Error::Failed(_)) {
-                        eprintln!("run directory: {dir}");
-                    }
-                    worst = worse(worst, code);
-                }
-            }
-            summary.push((out.scenario.clone(), out.board.clone(), out.result.is_ok()));
-        }
-    }
-    let passed = summary.iter().filter(|s| s.2).count();
-    eprintln!("{passed} passed, {} failed", summary.len() - passed);
-    worst
 }
 
 /// Infrastructure beats input beats failure when several runs end badly.

@@ -1,0 +1,138 @@
+//! `devlab run`/`suite` as CI uses them: deterministic shards whose union is
+//! the whole run, retries that count attempts, JUnit/JSON/Markdown reports,
+//! and Ctrl-C marking unfinished runs as not run. The last two boot QEMU.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn devlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_devlab"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn list(args: &[&str]) -> Vec<String> {
+    let out = devlab().args(args).arg("--list").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn shard_union_equals_the_unsharded_run() {
+    let scenarios = root().join("scenarios");
+    let all = list(&["run", scenarios.to_str().unwrap()]);
+    assert!(all.len() >= 6, "{all:?}");
+    for n in [1, 2, 4, 7] {
+        let mut union = Vec::new();
+        for k in 1..=n {
+            union.extend(list(&["run", scenarios.to_str().unwrap(), "--shard", &format!("{k}/{n}")]));
+        }
+        union.sort();
+        let before = union.len();
+        union.dedup();
+        assert_eq!(before, union.len(), "shards of {n} overlap");
+        let mut want = all.clone();
+        want.sort();
+        assert_eq!(union, want, "union of {n} shards");
+    }
+}
+
+#[test]
+fn bad_shard_and_unknown_suite_are_bad_input() {
+    let out = devlab().args(["suite", "release", "--shard", "3/2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("need 1 <= K <= N"));
+    let out = devlab().args(["suite", "nightly"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no suite `nightly`"));
+}
+
+#[test]
+fn board_validation_runs_the_standard_suite_on_the_given_board() {
+    let ids = list(&["suite", "board-validation", "--board", "qemu-aarch64"]);
+    assert!(ids.len() >= 3 && ids.iter().all(|i| i.ends_with("@qemu-aarch64")), "{ids:?}");
+}
+
+fn failing_scenario(dir: &Path, name: &str, wait: &str) -> PathBuf {
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[scenario]\nname = \"{name}\"\nboards = [\"qemu-aarch64\"]\n\
+             [[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\"\n\
+             [[step]]\naction = \"expect\"\npattern = \"never <here> & there\"\ntimeout = \"{wait}\"\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_failure_is_retried_and_reported_in_junit_json_and_markdown() {
+    let d = tempfile::tempdir().unwrap();
+    let s = failing_scenario(d.path(), "always-fails", "1s");
+    let reports = d.path().join("reports");
+    let out = devlab()
+        .args(["run", s.to_str().unwrap(), "--retries", "1", "--no-snapshots", "--report-dir"])
+        .arg(&reports)
+        .env("DEVLAB_RUNS", d.path().join("runs"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("RUN  always-fails@qemu-aarch64 (attempt 2)"), "{err}");
+    let junit = std::fs::read_to_string(reports.join("junit.xml")).unwrap();
+    assert!(junit.contains("tests=\"1\" failures=\"1\" errors=\"0\""), "{junit}");
+    assert!(junit.contains("<testcase classname=\"always-fails\" name=\"qemu-aarch64\""), "{junit}");
+    assert!(junit.contains("never &lt;here&gt; &amp; there"), "{junit}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["failed"], 1);
+    assert_eq!(json["runs"][0]["attempts"], 2);
+    assert_eq!(json["runs"][0]["status"], "failed");
+    let md = std::fs::read_to_string(reports.join("summary.md")).unwrap();
+    assert!(md.contains("| always-fails | qemu-aarch64 | FAIL | 2 |"), "{md}");
+    // Each attempt left its own run directory.
+    assert_eq!(std::fs::read_dir(d.path().join("runs")).unwrap().count(), 2);
+}
+
+#[test]
+fn ctrl_c_reports_unfinished_runs_as_not_run() {
+    let d = tempfile::tempdir().unwrap();
+    failing_scenario(d.path(), "hangs-a", "5m");
+    failing_scenario(d.path(), "hangs-b", "5m");
+    let reports = d.path().join("reports");
+    let runs = d.path().join("runs");
+    let mut child = devlab()
+        .args(["run", d.path().to_str().unwrap(), "--jobs", "1", "--no-snapshots", "--report-dir"])
+        .arg(&reports)
+        .env("DEVLAB_RUNS", &runs)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Bounded backoff until the first machine shows U-Boot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(10);
+    let qemu: i32 = loop {
+        let dir = std::fs::read_dir(&runs).ok().and_then(|mut r| r.next()).and_then(|e| e.ok()).map(|e| e.path());
+        if let Some(dir) = dir {
+            let log = std::fs::read_to_string(dir.join("serial.log")).unwrap_or_default();
+            if let (true, Ok(pid)) = (log.contains("U-Boot"), std::fs::read_to_string(dir.join("qemu.pid"))) {
+                break pid.trim().parse().unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "no machine came up");
+        std::thread::sleep(pause); // bounded backoff
+        pause = (pause * 2).min(Duration::from_millis(200));
+    };
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(!Path::new(&format!("/proc/{qemu}")).exists(), "QEMU {qemu} survived Ctrl-C");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["total"], 2);
+    assert_eq!(json["not_run"], 2, "{json}");
+}
