@@ -140,6 +140,27 @@ pub fn resolve(
     exclude: &[String],
     kernel: &str,
 ) -> Result<Resolution, ImageError> {
+    // Recipes that extend one another share their package set: resolve each
+    // set once per process (apt's answer cannot change under us here).
+    type Memo = std::sync::Mutex<std::collections::HashMap<String, Resolution>>;
+    static MEMO: std::sync::OnceLock<Memo> = std::sync::OnceLock::new();
+    let memo_key = format!("{}|{arch:?}|{packages:?}|{exclude:?}|{kernel}", cache_root.display());
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(r) = memo.lock().unwrap().get(&memo_key) {
+        return Ok(r.clone());
+    }
+    let r = resolve_uncached(cache_root, arch, packages, exclude, kernel)?;
+    memo.lock().unwrap().insert(memo_key, r.clone());
+    Ok(r)
+}
+
+fn resolve_uncached(
+    cache_root: &Path,
+    arch: Arch,
+    packages: &[String],
+    exclude: &[String],
+    kernel: &str,
+) -> Result<Resolution, ImageError> {
     let deb = arch.debian();
     let native = host_arch()? == deb;
     let qualify = |p: &str| {

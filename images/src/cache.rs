@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the builder's output format changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `$DEVLAB_CACHE`, else `$XDG_CACHE_HOME/devlab`, else `~/.cache/devlab`.
 pub fn cache_root() -> PathBuf {
@@ -73,6 +73,11 @@ pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8]) -> Result<String, Image
     Ok(hex::encode(h.finalize()))
 }
 
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
 /// The entry key: inputs hash, resolved package list and arch.
 pub fn entry_key(inputs: &str, lock: &[String], arch: crate::Arch) -> String {
     let mut h = Sha256::new();
@@ -122,5 +127,49 @@ pub fn remove_stale(images: &Path, prefix: &str) {
         if !alive {
             let _ = std::fs::remove_dir_all(e.path());
         }
+    }
+}
+
+/// Removes finished entries `<name>-<key16>` other than `keep`: once the
+/// pointer names `keep`, nothing refers to them (a checkout whose inputs
+/// match one again rebuilds it in seconds). Keeps the cache from growing
+/// by a disk image per change.
+pub fn prune_superseded(images: &Path, name: &str, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return;
+    };
+    let prefix = format!("{name}-");
+    for e in rd.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(key) = file.strip_prefix(&prefix) else { continue };
+        let finished = key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit());
+        if finished && e.path() != keep && e.path().join("manifest.json").is_file() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn only_superseded_finished_entries_of_that_image_go() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |n: &str, done: bool| {
+            let p = d.path().join(n);
+            std::fs::create_dir_all(&p).unwrap();
+            if done {
+                std::fs::write(p.join("manifest.json"), "{}").unwrap();
+            }
+            p
+        };
+        let keep = mk("v2-x86_64-0123456789abcdef", true);
+        let old = mk("v2-x86_64-fedcba9876543210", true);
+        let other = mk("v2-hang-x86_64-fedcba9876543210", true);
+        let building = mk("v2-x86_64-aaaaaaaaaaaaaaaa.tmp-1", false);
+        prune_superseded(d.path(), "v2-x86_64", &keep);
+        assert!(keep.exists() && other.exists() && building.exists());
+        assert!(!old.exists());
     }
 }

@@ -19,7 +19,7 @@ pub mod ubootenv;
 pub use arch::Arch;
 pub use cache::cache_root;
 pub use error::ImageError;
-pub use recipe::Recipe;
+pub use recipe::{Fault, Recipe};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -33,8 +33,71 @@ pub struct BuiltImage {
     /// The read-only base disk (boot it through a qcow2 overlay).
     pub disk: PathBuf,
     /// Private key (PEM, ECDSA P-256) for `root` over SSH; `.pub` next to it.
+    /// The same pair for every recipe of one arch (see [`arch_keys`]), so a
+    /// release slot written onto a base disk accepts the base image's key.
     pub ssh_key: PathBuf,
     pub manifest: Manifest,
+    /// The read-only ext4 slot image (`rootfs.ext4`, 0444): what a release
+    /// ships; the disk holds it in both rootfs-a and rootfs-b.
+    pub rootfs: PathBuf,
+}
+
+/// The per-arch key material shared by every recipe: the SSH client pair
+/// and dropbear's host key.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Private client key (`id_devlab`; `id_devlab.pub` next to it).
+    pub ssh_key: PathBuf,
+    pub pubkey: Vec<u8>,
+    /// dropbear's ed25519 host key (dropbear format).
+    pub host_key: Vec<u8>,
+}
+
+/// The key material for `arch`, generated once into `<cache_root>/keys/<arch>/`
+/// (in a temp folder renamed into place, so a half-made set is never used)
+/// and reused by every recipe.
+pub fn arch_keys(root: &Path, arch: Arch) -> Result<Keys, ImageError> {
+    let dir = root.join("keys").join(arch.to_string());
+    let ssh_key = dir.join("id_devlab");
+    let read = |dir: &Path| -> Result<Keys, ImageError> {
+        let pubp = dir.join("id_devlab.pub");
+        let hostp = dir.join("dropbear_ed25519_host_key");
+        Ok(Keys {
+            ssh_key: dir.join("id_devlab"),
+            pubkey: std::fs::read(&pubp).map_err(ImageError::io(&pubp))?,
+            host_key: std::fs::read(&hostp).map_err(ImageError::io(&hostp))?,
+        })
+    };
+    if ssh_key.is_file() {
+        return read(&dir);
+    }
+    let parent = root.join("keys");
+    std::fs::create_dir_all(&parent).map_err(ImageError::io(&parent))?;
+    let tmp = parent.join(format!("{arch}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
+    let made = (|| {
+        tools::Tool::new("ssh-keygen")?
+            .args(["-q", "-t", "ecdsa", "-b", "256", "-m", "PEM", "-N", "", "-C"])
+            .arg(format!("devlab-{arch}"))
+            .arg("-f")
+            .arg(tmp.join("id_devlab"))
+            .run()?;
+        tools::Tool::new("dropbearkey")?
+            .args(["-t", "ed25519", "-f"])
+            .arg(tmp.join("dropbear_ed25519_host_key"))
+            .run()?;
+        Ok(())
+    })();
+    if let Err(e) = made {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Made concurrently by another build: keep theirs.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    read(&dir)
 }
 
 /// What an entry contains; `manifest.json` in the entry.
@@ -126,8 +189,11 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     let res = timed(log, "resolve packages", || {
         apt::resolve(&root, arch, &recipe.packages, &recipe.exclude, recipe.kernel_package(arch))
     })?;
+    let keys = arch_keys(&root, arch)?;
     let mut lock: Vec<String> = res.packages.iter().map(|r| r.lock_line()).collect();
     lock.push(format!("kernel:{}", res.kernel.lock_line()));
+    lock.push(format!("ssh-key:{}", String::from_utf8_lossy(&keys.pubkey).trim()));
+    lock.push(format!("host-key:{}", cache::sha256_hex(&keys.host_key)));
     let key = cache::entry_key(&inputs, &lock, arch);
     let name = image_name(&recipe, arch);
     let entry = images.join(format!("{name}-{}", &key[..16]));
@@ -137,7 +203,7 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
         let t = Instant::now();
-        let built = build_entry(&root, &recipe, arch, &res, &key, &tmp, log);
+        let built = build_entry(&root, &recipe, arch, &res, &keys, &key, &tmp, log);
         if let Err(e) = built {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -155,6 +221,7 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     let pointer = cache::Pointer { entry: entry.clone(), inputs };
     let json = serde_json::to_vec_pretty(&pointer).expect("pointer serialises");
     cache::write_atomic(&cache::pointer_path(&root, &recipe.name, arch), &json)?;
+    cache::prune_superseded(&images, &name, &entry);
     open_entry(&entry)
 }
 
@@ -196,6 +263,7 @@ fn open_entry(entry: &Path) -> Result<BuiltImage, ImageError> {
         disk: entry.join("disk.raw"),
         ssh_key: entry.join("id_devlab"),
         manifest,
+        rootfs: entry.join("rootfs.ext4"),
     })
 }
 
@@ -215,11 +283,13 @@ pub fn render_boot_script(template: &str, recipe: &Recipe) -> String {
         .replace("@CMDLINE@", &recipe.kernel.cmdline)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build_entry(
     root: &Path,
     recipe: &Recipe,
     arch: Arch,
     res: &apt::Resolution,
+    keys: &Keys,
     key: &str,
     out: &Path,
     log: &mut dyn FnMut(&str),
@@ -271,23 +341,15 @@ fn build_entry(
     let initrd = timed(log, "initramfs", || initramfs::build(&busybox, &init, &modules))?;
     let vmlinuz = std::fs::read(&vmlinuz_path).map_err(ImageError::io(&vmlinuz_path))?;
 
-    // Keys.
-    let ssh_key = out.join("id_devlab");
-    let host_key = work.join("dropbear_ed25519_host_key");
-    timed(log, "keys", || {
-        tools::Tool::new("ssh-keygen")?
-            .args(["-q", "-t", "ecdsa", "-b", "256", "-m", "PEM", "-N", "", "-C"])
-            .arg(format!("devlab-{}", &key[..16]))
-            .arg("-f")
-            .arg(&ssh_key)
-            .run()?;
-        tools::Tool::new("dropbearkey")?.args(["-t", "ed25519", "-f"]).arg(&host_key).run()?;
-        Ok(())
-    })?;
-    let pubkey = std::fs::read(out.join("id_devlab.pub")).map_err(ImageError::io(out.join("id_devlab.pub")))?;
-    let host_key_bytes = std::fs::read(&host_key).map_err(ImageError::io(&host_key))?;
+    // Keys: the per-arch pair, copied into the entry (private key 0600).
+    for name in ["id_devlab", "id_devlab.pub"] {
+        let from = keys.ssh_key.with_file_name(name);
+        std::fs::copy(&from, out.join(name)).map_err(ImageError::io(&from))?;
+    }
+    std::fs::set_permissions(out.join("id_devlab"), std::fs::Permissions::from_mode(0o600))
+        .map_err(ImageError::io(out.join("id_devlab")))?;
 
-    add_generated(&mut tree, recipe, key, &pubkey, &host_key_bytes);
+    add_generated(&mut tree, recipe, key, &keys.pubkey, &keys.host_key);
     tree.file("boot/vmlinuz", 0o644, vmlinuz);
     tree.file("boot/initrd.img", 0o644, initrd);
     tree.overlay(&recipe.fixtures.rootfs_overlay)?;
@@ -297,7 +359,7 @@ fn build_entry(
     let tar = work.join("rootfs.tar");
     timed(log, "rootfs tar", || tree.write_tar(&tar))?;
     drop(tree);
-    let rootfs_img = work.join("rootfs.ext4");
+    let rootfs_img = out.join("rootfs.ext4");
     timed(log, "mke2fs rootfs", || disk::mke2fs(&rootfs_img, recipe.sizes.rootfs * MIB, "rootfs", Some(&tar)))?;
     let data_img = work.join("data.ext4");
     disk::mke2fs(&data_img, recipe.sizes.data * MIB, "data", None)?;
@@ -329,7 +391,9 @@ fn build_entry(
             &[(parts[1].start, &env0), (parts[2].start, &env1)],
         )
     })?;
-    std::fs::set_permissions(&disk_path, std::fs::Permissions::from_mode(0o444)).map_err(ImageError::io(&disk_path))?;
+    for p in [&disk_path, &rootfs_img] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444)).map_err(ImageError::io(p))?;
+    }
 
     let manifest = Manifest {
         arch,
@@ -405,6 +469,8 @@ fn add_generated(tree: &mut rootfs::Tree, recipe: &Recipe, key: &str, pubkey: &[
     );
     let initial: String = recipe.env.defaults.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     tree.file("etc/u-boot-initial-env", 0o644, initial);
+    tree.dir("etc/devlab", 0o755);
+    tree.file("etc/devlab/fault", 0o644, format!("{}\n", recipe.fault.as_str()));
     tree.dir("etc/dropbear", 0o755);
     tree.file("etc/dropbear/dropbear_ed25519_host_key", 0o600, host_key.to_vec());
     for applet in &recipe.busybox_applets {

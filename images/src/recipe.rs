@@ -1,7 +1,14 @@
 //! Image recipes: the TOML data that says what goes into an image (packages,
-//! kernel, sizes, U-Boot env, fixtures). Parsing and validation only; must not
-//! run tools or build anything. Unknown fields are refused; errors carry
-//! file:line:column.
+//! kernel, sizes, U-Boot env, fixtures, injected fault). Parsing and
+//! validation only; must not run tools or build anything. Unknown fields are
+//! refused; errors carry file:line:column.
+//!
+//! A recipe may start with `extends = "base.toml"` (relative to its own
+//! folder) and then set only what differs: tables are merged key by key,
+//! everything else is replaced; `name` must be set, `pretty_name` is never
+//! inherited. Each file is checked on its own text first
+//! (every field optional), so errors keep the line of the file that has them;
+//! fixture paths resolve against the file that names them.
 use crate::{Arch, ImageError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -17,6 +24,9 @@ pub struct Recipe {
     pub pretty_name: String,
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// A fault the guest injects on its own (`/etc/devlab/fault`).
+    #[serde(default)]
+    pub fault: Fault,
     pub packages: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
@@ -74,6 +84,158 @@ pub struct Fixtures {
     pub rootfs_overlay: PathBuf,
 }
 
+/// What a release variant does wrong on purpose, read by the guest scripts
+/// from `/etc/devlab/fault`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// Boots and passes the health check.
+    #[default]
+    None,
+    /// The initramfs panics the kernel right after mounting the root.
+    Panic,
+    /// rcS hangs before dropbear and the watchdog feeder start.
+    Hang,
+    /// Everything starts, but the health check fails (nothing is committed).
+    Unhealthy,
+}
+
+impl Fault {
+    /// The word written to `/etc/devlab/fault`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::Panic => "panic",
+            Fault::Hang => "hang",
+            Fault::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// One recipe file as written: every field optional, so a file that extends
+/// another is checked (unknown fields, types) against its own text and lines.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Layer {
+    extends: Option<String>,
+    name: Option<String>,
+    version: Option<String>,
+    pretty_name: Option<String>,
+    hostname: Option<String>,
+    fault: Option<Fault>,
+    packages: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    strip: Option<Vec<String>>,
+    busybox_applets: Option<Vec<String>>,
+    kernel: Option<KernelLayer>,
+    sizes: Option<SizesLayer>,
+    env: Option<EnvLayer>,
+    fixtures: Option<FixturesLayer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct KernelLayer {
+    package: Option<BTreeMap<String, String>>,
+    modules: Option<Vec<String>>,
+    cmdline: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct SizesLayer {
+    boot: Option<u64>,
+    env: Option<u64>,
+    rootfs: Option<u64>,
+    data: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct EnvLayer {
+    size: Option<u64>,
+    defaults: Option<BTreeMap<String, String>>,
+    vars: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct FixturesLayer {
+    boot_script: Option<PathBuf>,
+    init: Option<PathBuf>,
+    rootfs_overlay: Option<PathBuf>,
+}
+
+/// How many `extends` links a recipe may follow.
+const MAX_EXTENDS: usize = 8;
+
+fn recipe_error(path: &Path, text: &str, e: &toml::de::Error) -> ImageError {
+    let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+    ImageError::Recipe { path: path.to_path_buf(), line, column, message: e.message().to_string() }
+}
+
+/// Merges `over` into `base`: tables key by key, anything else replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Loads one recipe file and the chain it extends: the merged table, the
+/// bytes of every file in the chain (for the cache key) and this file's text.
+fn load_layers(path: &Path, depth: usize) -> Result<(toml::Table, Vec<u8>, String), ImageError> {
+    let bytes = std::fs::read(path).map_err(ImageError::io(path))?;
+    let text = String::from_utf8(bytes.clone()).map_err(|_| ImageError::invalid(path, "recipe is not UTF-8"))?;
+    toml::from_str::<Layer>(&text).map_err(|e| recipe_error(path, &text, &e))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| recipe_error(path, &text, &e))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = std::fs::canonicalize(dir).map_err(ImageError::io(dir))?;
+    if let Some(toml::Value::Table(f)) = table.get_mut("fixtures") {
+        for (_, v) in f.iter_mut() {
+            if let toml::Value::String(s) = v {
+                let joined = dir.join(s.as_str()).to_string_lossy().into_owned();
+                *v = toml::Value::String(joined);
+            }
+        }
+    }
+    let Some(toml::Value::String(parent)) = table.remove("extends") else {
+        return Ok((table, bytes, text));
+    };
+    let at = |field: &str, message: String| {
+        let (line, column) = text.find(field).map(|i| line_col(&text, i)).unwrap_or((1, 1));
+        ImageError::Recipe { path: path.to_path_buf(), line, column, message }
+    };
+    if depth >= MAX_EXTENDS {
+        return Err(at("extends", format!("extends: more than {MAX_EXTENDS} levels (a cycle?)")));
+    }
+    if !table.contains_key("name") {
+        return Err(at("extends", "a recipe that extends another must set its own `name`".into()));
+    }
+    let parent_path = dir.join(&parent);
+    if !parent_path.is_file() {
+        return Err(at("extends", format!("extends: {} does not exist", parent_path.display())));
+    }
+    let (mut merged, parent_bytes, _) = load_layers(&parent_path, depth + 1)?;
+    // Identity is not inherited: without its own pretty_name a child gets
+    // the default made from its own name and version.
+    merged.remove("pretty_name");
+    merge(&mut merged, table);
+    let mut all = bytes;
+    all.extend_from_slice(format!("\n# extends {parent}\n").as_bytes());
+    all.extend_from_slice(&parent_bytes);
+    Ok((merged, all, text))
+}
+
 fn default_pretty() -> String {
     String::new()
 }
@@ -83,19 +245,16 @@ fn default_hostname() -> String {
 }
 
 impl Recipe {
-    /// Reads and validates a recipe; fixture paths become absolute.
+    /// Reads and validates a recipe (following `extends`); fixture paths
+    /// become absolute. The bytes are those of every file in the chain.
     pub fn load(path: &Path) -> Result<(Recipe, Vec<u8>), ImageError> {
-        let bytes = std::fs::read(path).map_err(ImageError::io(path))?;
-        let text = String::from_utf8(bytes.clone()).map_err(|_| ImageError::invalid(path, "recipe is not UTF-8"))?;
-        let mut recipe: Recipe = toml::from_str(&text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((1, 1));
-            ImageError::Recipe { path: path.to_path_buf(), line, column, message: e.message().to_string() }
+        let (table, bytes, text) = load_layers(path, 0)?;
+        let mut recipe = Recipe::deserialize(toml::Value::Table(table)).map_err(|e| ImageError::Recipe {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: e.message().to_string(),
         })?;
-        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let base = std::fs::canonicalize(base).map_err(ImageError::io(base))?;
-        for p in [&mut recipe.fixtures.boot_script, &mut recipe.fixtures.init, &mut recipe.fixtures.rootfs_overlay] {
-            *p = base.join(&*p);
-        }
         recipe.validate(path, &text)?;
         if recipe.pretty_name.is_empty() {
             recipe.pretty_name = format!("devlab {} {}", recipe.name, recipe.version);
@@ -171,6 +330,51 @@ mod tests {
         let (r, _) = Recipe::load(&p).unwrap();
         assert_eq!(r.name, "base");
         assert!(r.fixtures.boot_script.is_file());
+    }
+
+    #[test]
+    fn extends_overrides_and_keeps_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/base.toml");
+        std::fs::copy(&base, dir.path().join("base.toml")).unwrap();
+        std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+        let p = dir.path().join("sub/v9.toml");
+        std::fs::write(&p, "extends = \"../base.toml\"\nname = \"v9\"\nversion = \"9\"\nfault = \"hang\"\n").unwrap();
+        let (r, bytes) = Recipe::load(&p).unwrap();
+        assert_eq!((r.name.as_str(), r.version.as_str(), r.fault), ("v9", "9", Fault::Hang));
+        assert_eq!(r.pretty_name, "devlab v9 9");
+        assert!(r.packages.iter().any(|p| p == "dropbear-bin"));
+        assert_eq!(r.env.defaults.get("BOOT_ORDER").map(String::as_str), Some("A B"));
+        // Fixture paths resolve against base.toml's folder, not sub/.
+        assert_eq!(r.fixtures.init, dir.path().canonicalize().unwrap().join("../../fixtures/initramfs/init"));
+        // The parent's bytes are part of the input.
+        assert!(bytes.windows(14).any(|w| w == b"busybox-static"));
+
+        std::fs::write(&p, "extends = \"../base.toml\"\nname = \"v9\"\n\n[kernel]\nbogus = 1\n").unwrap();
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("v9.toml:5:1") && e.contains("bogus"), "{e}");
+        std::fs::write(&p, "extends = \"../base.toml\"\nname = \"v9\"\nfault = \"melt\"\n").unwrap();
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("v9.toml:3:"), "{e}");
+        std::fs::write(&p, "extends = \"../base.toml\"\nversion = \"2\"\n").unwrap();
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("v9.toml:1:1") && e.contains("name"), "{e}");
+    }
+
+    #[test]
+    fn shipped_recipes_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+        for (file, version, fault) in [
+            ("v2.toml", "2", Fault::None),
+            ("v3.toml", "3", Fault::None),
+            ("v2-panic.toml", "2", Fault::Panic),
+            ("v2-hang.toml", "2", Fault::Hang),
+            ("v2-unhealthy.toml", "2", Fault::Unhealthy),
+        ] {
+            let (r, _) = Recipe::load(&dir.join(file)).unwrap();
+            assert_eq!(format!("{}.toml", r.name), file);
+            assert_eq!((r.version.as_str(), r.fault), (version, fault), "{file}");
+        }
     }
 
     #[test]

@@ -18,8 +18,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   setup            install host packages (root; idempotent) and build guest images
-  images [--recipe NAME] [ARCH..]
-                   build guest images (cached) for x86_64 and/or aarch64
+  images [--recipe NAME].. [ARCH..]
+                   build guest images (cached) for x86_64 and/or aarch64;
+                   every recipe in images/recipes unless --recipe is given
   test             setup, then cargo fmt --check, clippy -D warnings and every test
   bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/";
 
@@ -47,12 +48,12 @@ pub fn root() -> PathBuf {
 }
 
 fn images(args: &[String]) -> Result<()> {
-    let mut recipe_name = "base".to_string();
+    let mut recipe_names = Vec::new();
     let mut arches = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--recipe" {
-            recipe_name = it.next().context("--recipe NAME (a file in images/recipes/)")?.clone();
+            recipe_names.push(it.next().context("--recipe NAME (a file in images/recipes/)")?.clone());
         } else {
             arches.push(Arch::parse(a).with_context(|| format!("unknown architecture `{a}` (x86_64, aarch64)"))?);
         }
@@ -60,12 +61,26 @@ fn images(args: &[String]) -> Result<()> {
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();
     }
-    let recipe = root().join("images/recipes").join(format!("{recipe_name}.toml"));
-    for arch in arches {
-        let started = Instant::now();
-        let img = devlab_images::build(&recipe, arch, &mut |line: &str| eprintln!("  [{arch}] {line}"))
-            .with_context(|| format!("building the {arch} image"))?;
-        eprintln!("image {arch}: {} ({:.1}s)", img.dir.display(), started.elapsed().as_secs_f64());
+    let dir = root().join("images/recipes");
+    if recipe_names.is_empty() {
+        // Every recipe (a cached one is a no-op); base first.
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = name.strip_suffix(".toml") {
+                recipe_names.push(stem.to_string());
+            }
+        }
+        recipe_names.sort_by_key(|n| (n != "base", n.clone()));
+    }
+    for recipe_name in &recipe_names {
+        let recipe = dir.join(format!("{recipe_name}.toml"));
+        for &arch in &arches {
+            let started = Instant::now();
+            let img =
+                devlab_images::build(&recipe, arch, &mut |line: &str| eprintln!("  [{recipe_name} {arch}] {line}"))
+                    .with_context(|| format!("building the {recipe_name} {arch} image"))?;
+            eprintln!("image {recipe_name} {arch}: {} ({:.1}s)", img.dir.display(), started.elapsed().as_secs_f64());
+        }
     }
     Ok(())
 }

@@ -27,6 +27,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", ""),
     ("dropbear-bin", ""),
     ("openssh-client", ""),
+    // The harness encrypts releases with `openssl enc` (the guest decrypts).
+    ("openssl", ""),
     ("ostree", ""),
     ("rauc", ""),
     ("squashfs-tools", ""),
