@@ -30,6 +30,10 @@ pub struct Board {
     #[serde(default)]
     pub smbios: Option<Smbios>,
     pub uboot: UbootPrompts,
+    /// A hardware watchdog model (`i6300esb`), reset on expiry; `None` if
+    /// the board has none (a scenario that needs one is refused).
+    #[serde(default)]
+    pub watchdog: Option<String>,
     /// Extra QEMU arguments, appended last.
     #[serde(default)]
     pub extra_args: Vec<String>,
@@ -215,6 +219,9 @@ impl Board {
                 ),
             ]);
             push(&["-uuid", &s.uuid]);
+        }
+        if let Some(model) = &self.watchdog {
+            push(&["-device", model, "-action", "watchdog=reset"]);
         }
         a.extend(self.extra_args.iter().cloned());
         a

@@ -190,6 +190,27 @@ impl Console {
         Some((start, text.trim_matches(['\r', '\n']).to_string(), inner.time_at(start)))
     }
 
+    /// Wait (at most `timeout`) until the line containing byte `offset` is
+    /// complete; the expect cursor does not move. Returns whether it is.
+    pub async fn wait_line_end(&self, offset: usize, timeout: Duration) -> bool {
+        let mut rx = self.shared.len_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let inner = self.shared.inner.lock().unwrap();
+                if inner.bytes.get(offset..).is_some_and(|rest| rest.contains(&b'\n')) {
+                    return true;
+                }
+                if inner.closed {
+                    return false;
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Send bytes to the guest's serial port.
     pub async fn send(&self, bytes: &[u8]) -> Result<(), ConsoleError> {
         let mut w = self.writer.lock().await;

@@ -17,5 +17,6 @@ pub mod scenario;
 pub mod snapshot;
 pub mod ssh;
 pub mod timeline;
+pub mod update_server;
 
 pub use error::{Error, Result};

@@ -47,6 +47,10 @@ pub struct Machine {
     pub qmp: Qmp,
     /// Time zero of this machine's log and event times (see `MachineSpec::epoch`).
     pub t0: Instant,
+    /// The machine's unix sockets live here, not in the run directory: a
+    /// socket path must fit in 108 bytes, and run directories can be deep.
+    /// Removed when the machine drops.
+    sockets: tempfile::TempDir,
     child: Child,
     pidfd: AsyncFd<OwnedFd>,
     exit: Option<ExitStatus>,
@@ -113,12 +117,13 @@ impl Machine {
             };
             Error::infra(format!("{binary} not found: install Debian package {pkg} (cargo xtask setup)"))
         })?;
-        let console_sock = run.join("console.sock");
-        let qmp_sock = run.join("qmp.sock");
-        let monitor_sock = run.join("monitor.sock");
-        for s in [&console_sock, &qmp_sock, &monitor_sock] {
-            let _ = std::fs::remove_file(s);
-        }
+        let sockets = tempfile::Builder::new()
+            .prefix("devlab-")
+            .tempdir()
+            .map_err(|e| Error::infra(format!("cannot create a socket folder: {e}")))?;
+        let console_sock = sockets.path().join("console.sock");
+        let qmp_sock = sockets.path().join("qmp.sock");
+        let monitor_sock = sockets.path().join("monitor.sock");
         let bind = |p: &Path| {
             UnixListener::bind(p).map_err(|e| Error::infra(format!("cannot listen on {}: {e}", p.display())))
         };
@@ -209,8 +214,25 @@ impl Machine {
         for s in [&console_sock, &qmp_sock] {
             let _ = std::fs::remove_file(s);
         }
+        let _ = std::fs::write(run.join("monitor.path"), format!("{}\n", monitor_sock.display()));
         let (child, pidfd, exit) = m.into_parts();
-        Ok(Machine { board: board.clone(), run_dir: run.to_path_buf(), overlay, console, qmp, t0, child, pidfd, exit })
+        Ok(Machine {
+            board: board.clone(),
+            run_dir: run.to_path_buf(),
+            overlay,
+            console,
+            qmp,
+            t0,
+            sockets,
+            child,
+            pidfd,
+            exit,
+        })
+    }
+
+    /// Path of a unix socket belonging to this machine (`monitor.sock`, …).
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.sockets.path().join(name)
     }
 
     pub fn pid(&self) -> u32 {

@@ -177,6 +177,10 @@ struct Run<'a> {
     marker_taken_line: Option<usize>,
     /// Which step is running (for failure messages).
     current: String,
+    /// The update server, started by the first `serve_release`.
+    server: Option<crate::update_server::UpdateServer>,
+    /// Console sync barriers issued so far.
+    syncs: u32,
 }
 
 impl<'a> Run<'a> {
@@ -195,6 +199,8 @@ impl<'a> Run<'a> {
             qmp_cursor: 0,
             marker_taken_line: None,
             current: "setup".into(),
+            server: None,
+            syncs: 0,
         }
     }
 
@@ -273,7 +279,7 @@ impl<'a> Run<'a> {
             push_marker(&line, t);
         }
         // A step that matched inside a line still arriving owns that line's
-        // marker; remember it so the completed line is not counted again.
+        // marker (see `settle_line`); take it now, whole or not.
         if let Some(u) = upto {
             if let Some((start, line, t)) = m.console.line_at(u) {
                 if start == self.marker_offset && start < u && self.marker_taken_line != Some(start) {
@@ -290,6 +296,17 @@ impl<'a> Run<'a> {
         }
         self.qmp_cursor = events.len();
         self.timeline.extend_merged(batch);
+    }
+
+    /// After a match ending at `end`: if that line carries a timeline
+    /// marker and is still arriving, wait (bounded) for the rest of it, so
+    /// the marker's text is whole and the timeline the same every run.
+    async fn settle_line(&mut self, end: usize) {
+        let Some(m) = self.machine.as_ref() else { return };
+        let Some((_, line, _)) = m.console.line_at(end) else { return };
+        if console_marker(&line).is_some() {
+            m.console.wait_line_end(end, Duration::from_secs(5)).await;
+        }
     }
 
     fn record(&mut self, event: Event) {
@@ -345,6 +362,7 @@ impl<'a> Run<'a> {
                 let re = BytesRegex::new(&pattern).map_err(|err| self.failure(format!("bad pattern: {err}")))?;
                 let m = self.machine()?;
                 let got = m.console.expect(&[re], e.timeout.0).await.map_err(|err| self.console_failure(err))?;
+                self.settle_line(got.end).await;
                 self.drain(Some(got.end));
                 self.record(Event::Expected { label: e.label.clone().unwrap_or(e.pattern.0.clone()) });
                 Ok(())
@@ -523,6 +541,126 @@ impl<'a> Run<'a> {
                 self.record(Event::Fault { kind: "corrupt_disk".into(), target: c.partition.clone() });
                 Ok(())
             }
+            Step::ServeRelease(r) => {
+                let recipe = self.scenario.recipe_for(&crate::rundir::workspace_root(), &r.image)?;
+                let image = devlab_images::locate(&recipe, self.board.arch)?;
+                if image.manifest.version != r.version {
+                    return Err(self.failure(format!(
+                        "image `{}` is version {}, not {}",
+                        r.image.get_ref(),
+                        image.manifest.version,
+                        r.version
+                    )));
+                }
+                if self.server.is_none() {
+                    let server = crate::update_server::UpdateServer::start(self.run_dir.join("http.log"))
+                        .await
+                        .map_err(|e| Error::infra(format!("starting the update server: {e}")))?;
+                    self.server = Some(server);
+                }
+                let key = release_key(&image.manifest.key);
+                let file = image.dir.join(format!("release-{}-{}.img.gz.enc", image.manifest.recipe, self.board.arch));
+                let rootfs = image.rootfs.clone();
+                let (f, k) = (file.clone(), key.clone());
+                tokio::task::spawn_blocking(move || crate::update_server::package(&rootfs, &f, &k))
+                    .await
+                    .map_err(|e| Error::infra(e.to_string()))?
+                    .map_err(Error::infra)?;
+                let release = crate::update_server::load_release(&r.version, &file, &key)
+                    .map_err(|e| Error::infra(format!("reading {}: {e}", file.display())))?;
+                self.server.as_ref().expect("started").add_release(release);
+                self.record(Event::ReleaseServed { version: r.version.clone(), image: r.image.get_ref().clone() });
+                Ok(())
+            }
+            Step::HttpFault(f) => {
+                let server = self
+                    .server
+                    .as_ref()
+                    .ok_or_else(|| self.failure("no update server yet (add a serve_release step first)".into()))?;
+                server.add_fault(f.fault.clone(), f.count);
+                self.record(Event::Fault { kind: f.fault.name(), target: "update server".into() });
+                Ok(())
+            }
+            Step::Update(u) => {
+                let url = self
+                    .server
+                    .as_ref()
+                    .ok_or_else(|| self.failure("no update server yet (add a serve_release step first)".into()))?
+                    .guest_api_url(&u.version);
+                let command = format!("devlab-update --no-reboot {url}");
+                if let Some(p) = &u.power_cut_at {
+                    let pattern = self.subst(&p.0);
+                    let re = BytesRegex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
+                    self.ssh()?;
+                    self.machine()?;
+                    let (ssh, machine) = (self.ssh.as_ref().expect("checked"), self.machine.as_mut().expect("checked"));
+                    let cut = tokio::select! {
+                        out = ssh.exec(&command, u.timeout.0) => Err(format!(
+                            "the update agent ended ({}) before `{pattern}` appeared",
+                            out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string())
+                        )),
+                        m = machine.console.expect(std::slice::from_ref(&re), u.timeout.0) => m.map_err(|e| e.to_string()),
+                    };
+                    let got = cut.map_err(|e| self.failure(e))?;
+                    self.machine.as_mut().expect("running").power_cut().await?;
+                    if let Some(s) = self.ssh.take() {
+                        s.disconnect();
+                    }
+                    self.drain(Some(got.end));
+                    self.record(Event::PowerCut);
+                    return Ok(());
+                }
+                let out = self.ssh()?.exec(&command, u.timeout.0).await;
+                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                self.console_barrier().await?;
+                let got = crate::scenario::UpdateOutcome::from_exit_status(out.status);
+                if got != Some(u.expect) {
+                    return Err(self.failure(format!(
+                        "update to {} ended {} (exit {}), expected {:?}; output: {}{}",
+                        u.version,
+                        got.map_or("unexpectedly".to_string(), |g| format!("{g:?}")),
+                        out.status,
+                        u.expect,
+                        out.stdout.trim(),
+                        out.stderr.trim()
+                    )));
+                }
+                self.record(Event::UpdateResult {
+                    version: u.version.clone(),
+                    outcome: serde_json::to_value(u.expect)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                });
+                if u.expect == crate::scenario::UpdateOutcome::Installed && u.reboot {
+                    let _ = self.ssh()?.exec("reboot", Duration::from_secs(10)).await;
+                    if let Some(s) = self.ssh.take() {
+                        s.disconnect();
+                    }
+                }
+                Ok(())
+            }
+            Step::AssertVersion(a) => {
+                let out = self.ssh()?.exec(". /etc/os-release && echo \"$VERSION_ID\"", Duration::from_secs(30)).await;
+                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                let running = out.stdout.trim().to_string();
+                if running != a.version {
+                    return Err(self.failure(format!("running version {running:?}, expected {:?}", a.version)));
+                }
+                self.drain(None);
+                self.record(Event::VersionRunning { version: running });
+                Ok(())
+            }
+            Step::Link(l) => {
+                let m = self.machine()?;
+                let r = m
+                    .qmp
+                    .execute_timeout("set_link", Some(json!({"name": "net0", "up": l.up})), Duration::from_secs(10))
+                    .await;
+                r.map_err(|e| Error::infra(format!("set_link: {e}")))?;
+                self.record(Event::Link { up: l.up });
+                Ok(())
+            }
             Step::Reset(_) => {
                 let m = self.machine()?;
                 m.qmp
@@ -542,6 +680,23 @@ impl<'a> Run<'a> {
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         let r = self.machine()?.console.send(bytes).await;
         r.map_err(|e| self.console_failure(e))
+    }
+
+    /// A console barrier: write a sync line to the guest's console over SSH
+    /// and wait for it on the serial port, then drain the timeline up to it.
+    /// Everything the guest printed before (same tty, in order) is then in
+    /// the timeline, whatever the race between SSH and the UART.
+    async fn console_barrier(&mut self) -> Result<()> {
+        self.syncs += 1;
+        let tag = format!("devlab-sync {}", self.syncs);
+        let out = self.ssh()?.exec(&format!("echo '{tag}' > /dev/console"), Duration::from_secs(30)).await;
+        out.map_err(|e| self.failure(format!("console barrier: {e}")))?;
+        let re = BytesRegex::new(&regex::escape(&tag)).expect("literal");
+        let m = self.machine()?;
+        let got = m.console.expect(&[re], Duration::from_secs(30)).await;
+        let got = got.map_err(|e| self.console_failure(e))?;
+        self.drain(Some(got.end));
+        Ok(())
     }
 
     fn overlay(&self) -> Result<PathBuf> {
@@ -594,7 +749,7 @@ impl<'a> Run<'a> {
     /// machine (teardown ladder).
     async fn keep(&mut self) {
         let Some(m) = self.machine.as_ref() else { return };
-        let attach = self.run_dir.join("attach.sock");
+        let attach = m.socket("attach.sock");
         let server = m.console.serve_attach(&attach);
         let port = self.ssh.as_ref().map(|s| s.port());
         eprintln!("\nmachine kept running for inspection (pid {}); press Ctrl-C to stop it", m.pid());
@@ -605,7 +760,7 @@ impl<'a> Run<'a> {
                 self.image.ssh_key.display()
             );
         }
-        eprintln!("  QEMU monitor:   socat - UNIX-CONNECT:{}", self.run_dir.join("monitor.sock").display());
+        eprintln!("  QEMU monitor:   socat - UNIX-CONNECT:{}", m.socket("monitor.sock").display());
         let _server = server;
         std::future::pending::<()>().await;
     }
@@ -615,6 +770,13 @@ impl<'a> Run<'a> {
             m.shutdown().await;
         }
     }
+}
+
+/// The passphrase a release package of image `key` is encrypted with
+/// (derived, so a cached package stays valid; a test secret, not a real one).
+fn release_key(image_key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("devlab-release:{image_key}")))[..32].to_string()
 }
 
 fn source_name(s: Source) -> &'static str {

@@ -193,6 +193,111 @@ fn ff() -> u8 {
     0xff
 }
 
+/// Build (or reuse) the release package of an image recipe and serve it
+/// from the harness's update server as `version`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeRelease {
+    pub version: String,
+    /// The image recipe whose root slot is the release (`images/recipes/<image>.toml`).
+    pub image: toml::Spanned<String>,
+}
+
+/// Arm a fault on the update server for its next `count` requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFault {
+    pub fault: crate::update_server::Fault,
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What an update attempt must end in (the agent's exit status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateOutcome {
+    Installed,
+    ApiFailed,
+    AlreadyRunning,
+    DownloadFailed,
+    ChecksumMismatch,
+    WriteFailed,
+}
+
+impl UpdateOutcome {
+    pub const ALL: [UpdateOutcome; 6] = [
+        UpdateOutcome::Installed,
+        UpdateOutcome::ApiFailed,
+        UpdateOutcome::AlreadyRunning,
+        UpdateOutcome::DownloadFailed,
+        UpdateOutcome::ChecksumMismatch,
+        UpdateOutcome::WriteFailed,
+    ];
+
+    /// The update agent's exit status for this outcome.
+    pub fn exit_status(self) -> i32 {
+        match self {
+            UpdateOutcome::Installed => 0,
+            UpdateOutcome::ApiFailed => 2,
+            UpdateOutcome::AlreadyRunning => 3,
+            UpdateOutcome::DownloadFailed => 4,
+            UpdateOutcome::ChecksumMismatch => 5,
+            UpdateOutcome::WriteFailed => 6,
+        }
+    }
+
+    pub fn from_exit_status(code: i32) -> Option<UpdateOutcome> {
+        Self::ALL.into_iter().find(|o| o.exit_status() == code)
+    }
+}
+
+/// Run the device's update agent against a served release.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    pub version: String,
+    #[serde(default = "installed")]
+    pub expect: UpdateOutcome,
+    /// Reboot into the new slot when installed (default true).
+    #[serde(default = "yes")]
+    pub reboot: bool,
+    #[serde(default = "default_update_timeout")]
+    pub timeout: Dur,
+    /// Cut the power when this console pattern appears while the agent
+    /// runs (e.g. `devlab-update: writing slot`): the step then ends in a
+    /// power cut instead of an outcome.
+    #[serde(default)]
+    pub power_cut_at: Option<Pattern>,
+}
+
+fn installed() -> UpdateOutcome {
+    UpdateOutcome::Installed
+}
+fn yes() -> bool {
+    true
+}
+fn default_update_timeout() -> Dur {
+    Dur(Duration::from_secs(180))
+}
+
+/// The running release (`VERSION_ID` in the guest's /etc/os-release).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertVersion {
+    pub version: String,
+}
+
+/// Take the board's network link down or up (QMP `set_link`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub up: bool,
+}
+
 /// Hardware reset (QMP `system_reset`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,6 +318,11 @@ pub enum Step {
     PowerCut(PowerCut),
     Reset(Reset),
     CorruptDisk(CorruptDisk),
+    ServeRelease(ServeRelease),
+    HttpFault(HttpFault),
+    Update(Update),
+    AssertVersion(AssertVersion),
+    Link(Link),
 }
 
 /// The action names, in the order the docs list them.
@@ -245,6 +355,11 @@ impl Step {
             Step::PowerCut(_) => "power_cut",
             Step::Reset(_) => "reset",
             Step::CorruptDisk(_) => "corrupt_disk",
+            Step::ServeRelease(_) => "serve_release",
+            Step::HttpFault(_) => "http_fault",
+            Step::Update(_) => "update",
+            Step::AssertVersion(_) => "assert_version",
+            Step::Link(_) => "link",
         }
     }
 
@@ -265,6 +380,11 @@ impl Step {
             "power_cut" => Step::PowerCut(p(text)?),
             "reset" => Step::Reset(p(text)?),
             "corrupt_disk" => Step::CorruptDisk(p(text)?),
+            "serve_release" => Step::ServeRelease(p(text)?),
+            "http_fault" => Step::HttpFault(p(text)?),
+            "update" => Step::Update(p(text)?),
+            "assert_version" => Step::AssertVersion(p(text)?),
+            "link" => Step::Link(p(text)?),
             _ => return Ok(None),
         }))
     }
@@ -295,6 +415,10 @@ pub struct Header {
     /// Console patterns that fail the run at once.
     #[serde(default = "default_bad_patterns")]
     pub bad_patterns: Vec<Pattern>,
+    /// Board features the scenario relies on (`"watchdog"`): a board that
+    /// lacks one is refused before anything boots.
+    #[serde(default)]
+    pub needs: Vec<String>,
 }
 
 fn base() -> toml::Spanned<String> {
@@ -333,7 +457,7 @@ impl Scenario {
 
     pub fn parse(path: &Path, text: String) -> Result<Scenario> {
         let raw: Raw = toml::from_str(&text).map_err(|e| InputError::from_toml(path, &text, 0, &e))?;
-        let mut steps = Vec::new();
+        let mut steps: Vec<PlacedStep> = Vec::new();
         for spanned in &raw.step {
             let span = spanned.span();
             let at = |msg: String, field: &str| InputError::new(path, msg).at(&text, span.start).field(field);
@@ -365,11 +489,28 @@ impl Scenario {
         if steps.is_empty() {
             return Err(InputError::new(path, "a scenario needs at least one [[step]]").into());
         }
+        // Step spans are relative to each step's own text; `image` fields
+        // were parsed from a blanked copy of the same length, so they point
+        // into the file too.
+        for (placed, spanned) in steps.iter_mut().zip(&raw.step) {
+            if let Step::ServeRelease(r) = &mut placed.step {
+                let span = r.image.span();
+                let base = spanned.span().start;
+                r.image = toml::Spanned::new(base + span.start..base + span.end, r.image.get_ref().clone());
+            }
+        }
         if raw.scenario.boards.is_empty() {
             let offset = crate::board::find_key(&text, "boards").unwrap_or(0);
             return Err(InputError::new(path, "name at least one board").at(&text, offset).field("boards").into());
         }
-        Ok(Scenario { path: path.to_path_buf(), header: raw.scenario, steps, text })
+        let scenario = Scenario { path: path.to_path_buf(), header: raw.scenario, steps, text };
+        let root = crate::rundir::workspace_root();
+        for placed in &scenario.steps {
+            if let Step::ServeRelease(r) = &placed.step {
+                scenario.recipe_for(&root, &r.image)?;
+            }
+        }
+        Ok(scenario)
     }
 
     pub fn name(&self) -> &str {
@@ -383,23 +524,57 @@ impl Scenario {
     }
 
     fn resolve_board(&self, b: &toml::Spanned<String>) -> Result<crate::board::Board> {
-        crate::board::find(b.get_ref()).map_err(|e| match e {
+        let board = crate::board::find(b.get_ref()).map_err(|e| match e {
             crate::error::Error::Input(ie) if !ie.file.exists() => {
                 InputError::new(&self.path, ie.message).at(&self.text, b.span().start).field("boards").into()
             }
             other => other,
-        })
+        })?;
+        self.check_board(&board)?;
+        Ok(board)
+    }
+
+    /// Refuse a board that lacks a feature the scenario `needs`.
+    pub fn check_board(&self, board: &crate::board::Board) -> Result<()> {
+        for need in &self.header.needs {
+            let ok = match need.as_str() {
+                "watchdog" => board.watchdog.is_some(),
+                other => {
+                    let offset = self.text.find(&format!("\"{other}\"")).unwrap_or(0);
+                    return Err(InputError::new(&self.path, format!("unknown need `{other}` (known: watchdog)"))
+                        .at(&self.text, offset)
+                        .field("needs")
+                        .into());
+                }
+            };
+            if !ok {
+                let offset = crate::board::find_key(&self.text, "needs").unwrap_or(0);
+                return Err(InputError::new(
+                    &self.path,
+                    format!("board `{}` has no {need} (its profile {} sets none)", board.name, board.path.display()),
+                )
+                .at(&self.text, offset)
+                .field("needs")
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// The image recipe path, or an input error at the `image` field.
     pub fn recipe_path(&self, root: &Path) -> Result<PathBuf> {
-        let name = self.header.image.get_ref();
+        self.recipe_for(root, &self.header.image)
+    }
+
+    /// The recipe named by a (spanned) `image` field anywhere in the file.
+    pub fn recipe_for(&self, root: &Path, image: &toml::Spanned<String>) -> Result<PathBuf> {
+        let name = image.get_ref();
         let path = root.join("images").join("recipes").join(format!("{name}.toml"));
         if path.is_file() {
             return Ok(path);
         }
         Err(InputError::new(&self.path, format!("no image recipe `{name}` ({} does not exist)", path.display()))
-            .at(&self.text, self.header.image.span().start)
+            .at(&self.text, image.span().start)
             .field("image")
             .into())
     }

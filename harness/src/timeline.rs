@@ -67,6 +67,30 @@ pub enum Event {
         kind: String,
         target: String,
     },
+    WatchdogArmed,
+    FaultTriggered {
+        kind: String,
+    },
+    Update {
+        stage: String,
+    },
+    Health {
+        result: String,
+    },
+    ReleaseServed {
+        version: String,
+        image: String,
+    },
+    UpdateResult {
+        version: String,
+        outcome: String,
+    },
+    VersionRunning {
+        version: String,
+    },
+    Link {
+        up: bool,
+    },
     Failed {
         step: String,
     },
@@ -141,6 +165,10 @@ pub fn console_marker(line: &str) -> Option<Event> {
             m(r"devlab-init: root slot=(?<s>[AB])", |c| Event::RootMounted { slot: c["s"].to_string() }),
             m(r"devlab-rc: dropbear", |_| Event::DropbearStarted),
             m(r"Kernel panic", |_| Event::KernelPanic),
+            m(r"devlab-init: watchdog armed", |_| Event::WatchdogArmed),
+            m(r"devlab-(init|rc): fault (?<f>\w+)", |c| Event::FaultTriggered { kind: c["f"].to_string() }),
+            m(r"devlab-update: (?<s>.+)", |c| Event::Update { stage: c["s"].trim().to_string() }),
+            m(r"devlab-health: (?<s>.+)", |c| Event::Health { result: c["s"].trim().to_string() }),
         ]
     });
     markers.iter().find_map(|m| m.re.captures(line).map(|c| (m.make)(&c)))
@@ -214,6 +242,8 @@ impl Redactor {
             }
             Event::File { source, path } => Event::File { source: source.clone(), path: r(path) },
             Event::Fault { kind, target } => Event::Fault { kind: kind.clone(), target: r(target) },
+            Event::Update { stage } => Event::Update { stage: r(stage) },
+            Event::Health { result } => Event::Health { result: r(result) },
             Event::Qmp { name, detail } => Event::Qmp { name: name.clone(), detail: detail.as_ref().map(r) },
             other => other.clone(),
         }

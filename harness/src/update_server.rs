@@ -1,0 +1,492 @@
+//! The update server a real fleet talks to, run by the harness on
+//! 127.0.0.1 (guests reach it as 10.0.2.2 through user-mode networking).
+//! `GET /api/releases/<version>` answers `key=value` lines with a signed,
+//! expiring download URL (HMAC-SHA256 over path and expiry), the file's
+//! sha256 and size, and the decryption passphrase; `GET /releases/<file>`
+//! checks the signature and expiry and serves the bytes. Fault switches
+//! (corrupt, truncate, drop, stall, slow, expire, HTTP 500) apply to the
+//! next N requests they target. Hand-written HTTP/1.1 (one request per
+//! connection) because the faults need byte-level control of the body.
+//! Every request is logged to `http.log`. It serves only what it is given.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A release the server hands out.
+#[derive(Clone)]
+pub struct Release {
+    pub version: String,
+    pub file_name: String,
+    pub bytes: Arc<Vec<u8>>,
+    pub sha256: String,
+    pub key: String,
+}
+
+/// A fault applied to the next `count` requests of its kind.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// Flip `bytes` bytes in the middle of the file (checksum must refuse it).
+    Corrupt { bytes: usize },
+    /// Serve only the first `percent` % of the file, as if it were whole.
+    Truncate { percent: u8 },
+    /// Close the connection after `percent` % of the file (a broken transfer).
+    Drop { percent: u8 },
+    /// Pause `seconds` half-way through the body, then go on.
+    Stall { seconds: u64 },
+    /// Send at most `kib_per_s` KiB per second.
+    Slow { kib_per_s: u64 },
+    /// Hand out a URL that has already expired.
+    Expire,
+    /// Answer `500 Internal Server Error` (to the API when `api`, else to the download).
+    Error500 {
+        #[serde(default)]
+        api: bool,
+    },
+}
+
+impl Fault {
+    fn targets_api(&self) -> bool {
+        matches!(self, Fault::Expire | Fault::Error500 { api: true })
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Fault::Corrupt { bytes } => format!("corrupt {bytes} bytes"),
+            Fault::Truncate { percent } => format!("truncate at {percent}%"),
+            Fault::Drop { percent } => format!("drop the connection at {percent}%"),
+            Fault::Stall { seconds } => format!("stall {seconds}s"),
+            Fault::Slow { kib_per_s } => format!("slow {kib_per_s} KiB/s"),
+            Fault::Expire => "expired URL".into(),
+            Fault::Error500 { api } => format!("HTTP 500 on the {}", if *api { "API" } else { "download" }),
+        }
+    }
+}
+
+struct State {
+    releases: BTreeMap<String, Release>,
+    faults: Vec<(Fault, u32)>,
+    secret: [u8; 32],
+    url_ttl: Duration,
+    log: Option<std::fs::File>,
+    t0: Instant,
+    /// (path, status, bytes sent) of every request.
+    served: Vec<(String, u16, usize)>,
+}
+
+impl State {
+    fn log(&mut self, line: &str) {
+        let t = self.t0.elapsed().as_secs_f64();
+        if let Some(f) = self.log.as_mut() {
+            let _ = writeln!(f, "[{t:10.6}] {line}");
+        }
+    }
+
+    /// Take one use of the first fault matching `api`.
+    fn take_fault(&mut self, api: bool) -> Option<Fault> {
+        let i = self.faults.iter().position(|(f, n)| *n > 0 && f.targets_api() == api)?;
+        self.faults[i].1 -= 1;
+        let f = self.faults[i].0.clone();
+        self.faults.retain(|(_, n)| *n > 0);
+        Some(f)
+    }
+}
+
+/// A running update server.
+pub struct UpdateServer {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for UpdateServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn sign(secret: &[u8], path: &str, expires: u64) -> String {
+    let mut mac = HmacSha256::new_from_slice(secret).expect("any key length");
+    mac.update(format!("{path}|{expires}").as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl UpdateServer {
+    /// Listen on 127.0.0.1 (a port the kernel picks) and log to `log`.
+    pub async fn start(log: PathBuf) -> std::io::Result<UpdateServer> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        let mut secret = [0u8; 32];
+        let seed = Sha256::digest(format!("{:?}{}{port}", SystemTime::now(), std::process::id()));
+        secret.copy_from_slice(&seed);
+        let state = Arc::new(Mutex::new(State {
+            releases: BTreeMap::new(),
+            faults: Vec::new(),
+            secret,
+            url_ttl: Duration::from_secs(600),
+            log: std::fs::OpenOptions::new().create(true).append(true).open(&log).ok(),
+            t0: Instant::now(),
+            served: Vec::new(),
+        }));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(handle(conn, st.clone()));
+            }
+        });
+        Ok(UpdateServer { port, state, task })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The API URL of a release as the guest sees it.
+    pub fn guest_api_url(&self, version: &str) -> String {
+        format!("http://10.0.2.2:{}/api/releases/{version}", self.port)
+    }
+
+    pub fn add_release(&self, r: Release) {
+        let mut s = self.state.lock().unwrap();
+        s.log(&format!("release {} = {} ({} bytes, sha256 {})", r.version, r.file_name, r.bytes.len(), r.sha256));
+        s.releases.insert(r.version.clone(), r);
+    }
+
+    pub fn add_fault(&self, fault: Fault, count: u32) {
+        let mut s = self.state.lock().unwrap();
+        s.log(&format!("fault armed: {} (next {count} request(s))", fault.name()));
+        s.faults.push((fault, count.max(1)));
+    }
+
+    /// (path, status, bytes) of every request so far.
+    pub fn served(&self) -> Vec<(String, u16, usize)> {
+        self.state.lock().unwrap().served.clone()
+    }
+}
+
+async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    // Read the request head (bounded: 16 KiB, 10 s).
+    let head = tokio::time::timeout(Duration::from_secs(10), async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
+            let n = conn.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    })
+    .await;
+    let Ok(Some(head)) = head else { return };
+    let line = head.lines().next().unwrap_or_default().to_string();
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+    let reply = route(method, path, &query, &state);
+    let sent = send(&mut conn, &reply, &state).await;
+    let mut s = state.lock().unwrap();
+    s.log(&format!(
+        "{method} {target} -> {} ({sent} of {} bytes){}",
+        reply.status,
+        reply.body.len(),
+        reply.fault.as_ref().map(|f| format!(" [fault: {}]", f.name())).unwrap_or_default()
+    ));
+    s.served.push((path.to_string(), reply.status, sent));
+}
+
+struct Reply {
+    status: u16,
+    body: Arc<Vec<u8>>,
+    fault: Option<Fault>,
+}
+
+fn text(status: u16, body: &str) -> Reply {
+    Reply { status, body: Arc::new(body.as_bytes().to_vec()), fault: None }
+}
+
+fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mutex<State>>) -> Reply {
+    let mut s = state.lock().unwrap();
+    if method != "GET" {
+        return text(405, "only GET\n");
+    }
+    if let Some(version) = path.strip_prefix("/api/releases/") {
+        let fault = s.take_fault(true);
+        if let Some(f @ Fault::Error500 { .. }) = &fault {
+            return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
+        }
+        let Some(r) = s.releases.get(version).cloned() else { return text(404, "no such release\n") };
+        let expires = if fault == Some(Fault::Expire) { now_unix() - 60 } else { now_unix() + s.url_ttl.as_secs() };
+        let file_path = format!("/releases/{}", r.file_name);
+        let sig = sign(&s.secret, &file_path, expires);
+        let body = format!(
+            "version={}\nurl=http://10.0.2.2:{{port}}{file_path}?expires={expires}&sig={sig}\nsha256={}\nsize={}\nkey={}\n",
+            r.version,
+            r.sha256,
+            r.bytes.len(),
+            r.key
+        );
+        return Reply { fault, ..text(200, &body) };
+    }
+    if let Some(file) = path.strip_prefix("/releases/") {
+        let Some(r) = s.releases.values().find(|r| r.file_name == file).cloned() else {
+            return text(404, "no such file\n");
+        };
+        let expires: u64 = query.get("expires").and_then(|e| e.parse().ok()).unwrap_or(0);
+        let sig = query.get("sig").copied().unwrap_or("");
+        if sig != sign(&s.secret, path, expires) {
+            return text(403, "bad signature\n");
+        }
+        if expires < now_unix() {
+            return text(403, "URL expired\n");
+        }
+        let fault = s.take_fault(false);
+        if let Some(f @ Fault::Error500 { .. }) = &fault {
+            return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
+        }
+        return Reply { status: 200, body: r.bytes.clone(), fault };
+    }
+    text(404, "not found\n")
+}
+
+/// Write the reply, applying a body fault; returns the body bytes sent.
+async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) -> usize {
+    let port = conn.local_addr().map_or(0, |a| a.port());
+    let mut body: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(&reply.body[..]);
+    if reply.status == 200 && body.starts_with(b"version=") {
+        body =
+            std::borrow::Cow::Owned(String::from_utf8_lossy(&body).replace("{port}", &port.to_string()).into_bytes());
+    }
+    let len = body.len();
+    let (mut limit, mut declared) = (len, len);
+    let mut stall = None;
+    let mut rate = None;
+    match &reply.fault {
+        Some(Fault::Corrupt { bytes }) => {
+            let mut owned = body.into_owned();
+            let start = owned.len() / 2;
+            for b in owned.iter_mut().skip(start).take(*bytes) {
+                *b ^= 0xA5;
+            }
+            body = std::borrow::Cow::Owned(owned);
+        }
+        Some(Fault::Truncate { percent }) => {
+            limit = len * usize::from(*percent).min(100) / 100;
+            declared = limit;
+        }
+        Some(Fault::Drop { percent }) => limit = len * usize::from(*percent).min(100) / 100,
+        Some(Fault::Stall { seconds }) => stall = Some(Duration::from_secs(*seconds)),
+        Some(Fault::Slow { kib_per_s }) => rate = Some((*kib_per_s).max(1) * 1024),
+        _ => {}
+    }
+    let reason = match reply.status {
+        200 => "OK",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Length: {declared}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+        reply.status
+    );
+    if conn.write_all(head.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut sent = 0;
+    let block = 64 * 1024;
+    let started = Instant::now();
+    while sent < limit {
+        let end = (sent + block).min(limit);
+        if let Some(d) = stall.filter(|_| sent >= len / 2) {
+            state.lock().unwrap().log(&format!("stalling {d:?} at byte {sent}"));
+            // The fault itself: hold the transfer until the stall is over.
+            tokio::time::sleep_until(tokio::time::Instant::now() + d).await;
+            stall = None;
+        }
+        if conn.write_all(&body[sent..end]).await.is_err() {
+            return sent;
+        }
+        sent = end;
+        if let Some(rate) = rate {
+            // Throttle: wait until the average rate is back under the limit.
+            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+    }
+    let _ = conn.flush().await;
+    let _ = conn.shutdown().await;
+    sent
+}
+
+/// A release package: the slot image, gzip'ed and encrypted the way the
+/// fleet's CDN ships it (`openssl enc -aes-256-cbc -pbkdf2`), cached beside
+/// the image (written to a temp name, then renamed).
+pub fn package(rootfs: &std::path::Path, out: &std::path::Path, key: &str) -> Result<(), String> {
+    if out.is_file() {
+        return Ok(());
+    }
+    for (tool, pkg) in [("gzip", "gzip"), ("openssl", "openssl")] {
+        which::which(tool)
+            .map_err(|_| format!("{tool} not found: install Debian package {pkg} (cargo xtask setup)"))?;
+    }
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let script = format!(
+        "set -o pipefail; gzip -1 -c {} | openssl enc -aes-256-cbc -pbkdf2 -salt -pass pass:{key} -out {}",
+        crate::machine::shell_quote(&rootfs.to_string_lossy()),
+        crate::machine::shell_quote(&tmp.to_string_lossy())
+    );
+    let res = std::process::Command::new("bash").arg("-c").arg(&script).output().map_err(|e| e.to_string())?;
+    if !res.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("packaging {}: {}", rootfs.display(), String::from_utf8_lossy(&res.stderr).trim()));
+    }
+    std::fs::rename(&tmp, out).map_err(|e| e.to_string())
+}
+
+/// Load a packaged release for serving.
+pub fn load_release(version: &str, file: &std::path::Path, key: &str) -> std::io::Result<Release> {
+    let bytes = std::fs::read(file)?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    Ok(Release {
+        version: version.to_string(),
+        file_name: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        bytes: Arc::new(bytes),
+        sha256,
+        key: key.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(port: u16, target: &str) -> (u16, Vec<u8>, bool) {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        c.write_all(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).await.unwrap();
+        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&all[..split]).into_owned();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let declared: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let body = all[split + 4..].to_vec();
+        let complete = body.len() == declared;
+        (status, body, complete)
+    }
+
+    fn field<'a>(api: &'a str, k: &str) -> &'a str {
+        api.lines().find_map(|l| l.strip_prefix(&format!("{k}="))).unwrap()
+    }
+
+    async fn server() -> (UpdateServer, tempfile::TempDir, Vec<u8>) {
+        let d = tempfile::tempdir().unwrap();
+        let s = UpdateServer::start(d.path().join("http.log")).await.unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        s.add_release(Release {
+            version: "2".into(),
+            file_name: "v2.img.enc".into(),
+            bytes: Arc::new(bytes.clone()),
+            sha256,
+            key: "k".into(),
+        });
+        (s, d, bytes)
+    }
+
+    /// The guest's view: API, then the signed URL rewritten to the host.
+    async fn download(s: &UpdateServer) -> (String, u16, Vec<u8>, bool) {
+        let (st, api, _) = get(s.port(), "/api/releases/2").await;
+        assert_eq!(st, 200);
+        let api = String::from_utf8(api).unwrap();
+        let url = field(&api, "url").to_string();
+        assert!(url.starts_with(&format!("http://10.0.2.2:{}/releases/v2.img.enc?expires=", s.port())), "{url}");
+        let target = url.split_once(&format!(":{}", s.port())).unwrap().1.to_string();
+        let (status, body, complete) = get(s.port(), &target).await;
+        (api, status, body, complete)
+    }
+
+    #[tokio::test]
+    async fn signed_url_serves_the_release_and_checks_signature() {
+        let (s, d, bytes) = server().await;
+        let (api, status, body, complete) = download(&s).await;
+        assert_eq!((status, complete), (200, true));
+        assert_eq!(body, bytes);
+        assert_eq!(field(&api, "sha256"), hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(field(&api, "size"), "200000");
+        let url = field(&api, "url");
+        let target = url.split_once(&format!(":{}", s.port())).unwrap().1;
+        let forged = target.replace("sig=", "sig=00");
+        assert_eq!(get(s.port(), &forged).await.0, 403);
+        let unsigned = target.split('?').next().unwrap();
+        assert_eq!(get(s.port(), unsigned).await.0, 403);
+        assert_eq!(get(s.port(), "/api/releases/9").await.0, 404);
+        let log = std::fs::read_to_string(d.path().join("http.log")).unwrap();
+        assert!(log.contains("GET /api/releases/2 -> 200"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn faults_apply_to_the_next_request_only() {
+        let (s, _d, bytes) = server().await;
+        s.add_fault(Fault::Corrupt { bytes: 10 }, 1);
+        let (_, status, body, complete) = download(&s).await;
+        assert_eq!((status, complete), (200, true));
+        assert_ne!(body, bytes);
+        assert_eq!(body.iter().zip(&bytes).filter(|(a, b)| a != b).count(), 10);
+        let (_, _, body, _) = download(&s).await;
+        assert_eq!(body, bytes, "the fault was used up");
+
+        s.add_fault(Fault::Truncate { percent: 50 }, 1);
+        let (_, status, body, complete) = download(&s).await;
+        assert_eq!((status, body.len(), complete), (200, 100_000, true), "looks whole, is short");
+
+        s.add_fault(Fault::Drop { percent: 30 }, 1);
+        let (_, status, body, complete) = download(&s).await;
+        assert_eq!((status, body.len(), complete), (200, 60_000, false), "connection dropped");
+
+        s.add_fault(Fault::Expire, 1);
+        let (_, status, _, _) = download(&s).await;
+        assert_eq!(status, 403);
+
+        s.add_fault(Fault::Error500 { api: true }, 1);
+        assert_eq!(get(s.port(), "/api/releases/2").await.0, 500);
+        s.add_fault(Fault::Error500 { api: false }, 2);
+        assert_eq!(download(&s).await.1, 500);
+        assert_eq!(download(&s).await.1, 500);
+        assert_eq!(download(&s).await.1, 200);
+    }
+
+    #[tokio::test]
+    async fn slow_and_stall_delay_but_deliver() {
+        let (s, _d, bytes) = server().await;
+        s.add_fault(Fault::Slow { kib_per_s: 1000 }, 1);
+        let t = Instant::now();
+        let (_, _, body, complete) = download(&s).await;
+        assert!(complete && body == bytes);
+        assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
+        s.add_fault(Fault::Stall { seconds: 1 }, 1);
+        let t = Instant::now();
+        let (_, _, body, complete) = download(&s).await;
+        assert!(complete && body == bytes);
+        assert!(t.elapsed() >= Duration::from_secs(1));
+    }
+}
