@@ -558,7 +558,7 @@ impl<'a> Run<'a> {
                         .map_err(|e| Error::infra(format!("starting the update server: {e}")))?;
                     self.server = Some(server);
                 }
-                let key = release_key(&image.manifest.key);
+                let key = devlab_images::release_key(&image.manifest.key);
                 let file = image.dir.join(format!("release-{}-{}.img.gz.enc", image.manifest.recipe, self.board.arch));
                 let rootfs = image.rootfs.clone();
                 let (f, k) = (file.clone(), key.clone());
@@ -610,8 +610,12 @@ impl<'a> Run<'a> {
                     self.record(Event::PowerCut);
                     return Ok(());
                 }
-                let out = self.ssh()?.exec(&command, u.timeout.0).await;
-                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                let out = if u.link_down_mid_transfer {
+                    self.update_with_link_drop(&command, u.timeout.0).await?
+                } else {
+                    let out = self.ssh()?.exec(&command, u.timeout.0).await;
+                    out.map_err(|e| self.failure(e.to_string()))?
+                };
                 self.console_barrier().await?;
                 let got = crate::scenario::UpdateOutcome::from_exit_status(out.status);
                 if got != Some(u.expect) {
@@ -699,6 +703,55 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Run the update agent; once 1 MiB of the release has been served,
+    /// take the link down; bring it up when the agent reports its outcome
+    /// on the serial console (SSH rides the same link, so its answer waits).
+    async fn update_with_link_drop(&mut self, command: &str, timeout: Duration) -> Result<crate::ssh::Output> {
+        const OUTCOME: &str =
+            r"devlab-update: (download failed|api failed|refused|write failed|switch failed|slot . written)";
+        self.ssh()?;
+        self.machine()?;
+        if self.server.is_none() {
+            return Err(self.failure("no update server yet".into()));
+        }
+        let (out, reported, t_down, t_up) = {
+            let server = self.server.as_ref().expect("checked");
+            let start = server.downloaded();
+            let ssh = self.ssh.as_ref().expect("checked");
+            let machine = self.machine.as_mut().expect("checked");
+            let exec = ssh.exec(command, timeout);
+            tokio::pin!(exec);
+            let early = tokio::select! {
+                out = &mut exec => Some(out),
+                _ = server.wait_downloaded(start + (1 << 20)) => None,
+            };
+            if let Some(out) = early {
+                let detail = out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string());
+                return Err(self.failure(format!("the update agent ended ({detail}) before 1 MiB was downloaded")));
+            }
+            let set_link = |up: bool| json!({"name": "net0", "up": up});
+            let down = machine.qmp.execute_timeout("set_link", Some(set_link(false)), Duration::from_secs(10)).await;
+            down.map_err(|e| Error::infra(format!("set_link: {e}")))?;
+            let t_down = machine.now();
+            let re = BytesRegex::new(OUTCOME).expect("static pattern");
+            let reported = machine.console.expect(std::slice::from_ref(&re), timeout).await;
+            let up = machine.qmp.execute_timeout("set_link", Some(set_link(true)), Duration::from_secs(10)).await;
+            let t_up = machine.now();
+            up.map_err(|e| Error::infra(format!("set_link: {e}")))?;
+            (exec.await, reported, t_down, t_up)
+        };
+        let reported = reported.map_err(|e| self.console_failure(e))?;
+        let mark = self.timeline.entries.len();
+        self.drain(Some(reported.end));
+        let offset = self.machine_offset();
+        self.timeline.push(offset + t_down, Origin::Step, Event::Link { up: false });
+        self.timeline.push(offset + t_up, Origin::Step, Event::Link { up: true });
+        // Put the link changes among the agent's console lines by time
+        // (stable: a marker seen before the link came up stays first).
+        self.timeline.entries[mark..].sort_by(|a, b| a.t.total_cmp(&b.t));
+        out.map_err(|e| self.failure(e.to_string()))
+    }
+
     fn overlay(&self) -> Result<PathBuf> {
         self.machine
             .as_ref()
@@ -770,13 +823,6 @@ impl<'a> Run<'a> {
             m.shutdown().await;
         }
     }
-}
-
-/// The passphrase a release package of image `key` is encrypted with
-/// (derived, so a cached package stays valid; a test secret, not a real one).
-fn release_key(image_key: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(format!("devlab-release:{image_key}")))[..32].to_string()
 }
 
 fn source_name(s: Source) -> &'static str {

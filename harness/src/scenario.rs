@@ -226,16 +226,18 @@ pub enum UpdateOutcome {
     DownloadFailed,
     ChecksumMismatch,
     WriteFailed,
+    SwitchFailed,
 }
 
 impl UpdateOutcome {
-    pub const ALL: [UpdateOutcome; 6] = [
+    pub const ALL: [UpdateOutcome; 7] = [
         UpdateOutcome::Installed,
         UpdateOutcome::ApiFailed,
         UpdateOutcome::AlreadyRunning,
         UpdateOutcome::DownloadFailed,
         UpdateOutcome::ChecksumMismatch,
         UpdateOutcome::WriteFailed,
+        UpdateOutcome::SwitchFailed,
     ];
 
     /// The update agent's exit status for this outcome.
@@ -247,6 +249,7 @@ impl UpdateOutcome {
             UpdateOutcome::DownloadFailed => 4,
             UpdateOutcome::ChecksumMismatch => 5,
             UpdateOutcome::WriteFailed => 6,
+            UpdateOutcome::SwitchFailed => 7,
         }
     }
 
@@ -272,6 +275,10 @@ pub struct Update {
     /// power cut instead of an outcome.
     #[serde(default)]
     pub power_cut_at: Option<Pattern>,
+    /// Take the NIC's link down once the download is under way (1 MiB
+    /// served) and up again when the agent reports on the console.
+    #[serde(default)]
+    pub link_down_mid_transfer: bool,
 }
 
 fn installed() -> UpdateOutcome {

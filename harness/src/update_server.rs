@@ -79,6 +79,9 @@ struct State {
     t0: Instant,
     /// (path, status, bytes sent) of every request.
     served: Vec<(String, u16, usize)>,
+    /// Release bytes sent so far, across downloads (watched by steps that
+    /// act mid-transfer).
+    progress: tokio::sync::watch::Sender<u64>,
 }
 
 impl State {
@@ -140,6 +143,7 @@ impl UpdateServer {
             log: std::fs::OpenOptions::new().create(true).append(true).open(&log).ok(),
             t0: Instant::now(),
             served: Vec::new(),
+            progress: tokio::sync::watch::channel(0).0,
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -174,6 +178,17 @@ impl UpdateServer {
     /// (path, status, bytes) of every request so far.
     pub fn served(&self) -> Vec<(String, u16, usize)> {
         self.state.lock().unwrap().served.clone()
+    }
+
+    /// Release bytes sent so far.
+    pub fn downloaded(&self) -> u64 {
+        *self.state.lock().unwrap().progress.borrow()
+    }
+
+    /// Wait until at least `bytes` release bytes have been sent in total.
+    pub async fn wait_downloaded(&self, bytes: u64) {
+        let mut rx = self.state.lock().unwrap().progress.subscribe();
+        let _ = rx.wait_for(|b| *b >= bytes).await;
     }
 }
 
@@ -214,10 +229,12 @@ struct Reply {
     status: u16,
     body: Arc<Vec<u8>>,
     fault: Option<Fault>,
+    /// A release download (counted in the progress watch).
+    release: bool,
 }
 
 fn text(status: u16, body: &str) -> Reply {
-    Reply { status, body: Arc::new(body.as_bytes().to_vec()), fault: None }
+    Reply { status, body: Arc::new(body.as_bytes().to_vec()), fault: None, release: false }
 }
 
 fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mutex<State>>) -> Reply {
@@ -259,7 +276,7 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
         if let Some(f @ Fault::Error500 { .. }) = &fault {
             return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
         }
-        return Reply { status: 200, body: r.bytes.clone(), fault };
+        return Reply { status: 200, body: r.bytes.clone(), fault, release: true };
     }
     text(404, "not found\n")
 }
@@ -321,6 +338,10 @@ async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) ->
         }
         if conn.write_all(&body[sent..end]).await.is_err() {
             return sent;
+        }
+        if reply.release {
+            let n = (end - sent) as u64;
+            state.lock().unwrap().progress.send_modify(|b| *b += n);
         }
         sent = end;
         if let Some(rate) = rate {
@@ -480,7 +501,10 @@ mod tests {
         let (s, _d, bytes) = server().await;
         s.add_fault(Fault::Slow { kib_per_s: 1000 }, 1);
         let t = Instant::now();
+        let before = s.downloaded();
         let (_, _, body, complete) = download(&s).await;
+        assert_eq!(s.downloaded() - before, bytes.len() as u64, "progress counts release bytes");
+        s.wait_downloaded(before + 1).await;
         assert!(complete && body == bytes);
         assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());
         s.add_fault(Fault::Stall { seconds: 1 }, 1);

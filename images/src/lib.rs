@@ -19,6 +19,12 @@ pub mod ubootenv;
 pub use arch::Arch;
 pub use cache::cache_root;
 pub use error::ImageError;
+
+/// The passphrase a release package of image `image_key` is encrypted with.
+/// Derived, so a cached package stays valid: a test secret, not a real one.
+pub fn release_key(image_key: &str) -> String {
+    cache::sha256_hex(format!("devlab-release:{image_key}").as_bytes())[..32].to_string()
+}
 pub use recipe::{Fault, Recipe};
 
 use serde::{Deserialize, Serialize};

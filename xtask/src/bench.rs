@@ -1,8 +1,13 @@
+//! Benchmarks; they report, they do not judge.
 //! `cargo xtask bench boot`: power-on → first SSH command done, devlab
 //! against the same QEMU command line run bare (this file drives QEMU's
 //! stdio and the system's OpenSSH client, no harness code), interleaved in
 //! one run so both see the same machine. Writes `target/bench/boot.json`
-//! and `boot.md`. A benchmark, not a test: it reports, it does not judge.
+//! and `boot.md`.
+//! `cargo xtask bench update`: one full A/B update cycle and one rollback
+//! cycle per arch, phase by phase from the run's timeline, and the guest's
+//! slot write throughput against the same pipeline on the host. Writes
+//! `target/bench/update.json` and `update.md`.
 
 use anyhow::{bail, Context, Result};
 use devlab_images::Arch;
@@ -26,11 +31,15 @@ pub fn run(args: &[String]) -> Result<()> {
         match a.as_str() {
             "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs N")?,
             "boot" => what = Some("boot"),
+            "update" => what = Some("update"),
             other => arches.push(Arch::parse(other).with_context(|| format!("unknown argument `{other}`"))?),
         }
     }
+    if what == Some("update") {
+        return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
+    }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot [--runs N] [x86_64|aarch64 ...]");
+        bail!("usage: cargo xtask bench boot|update [--runs N] [x86_64|aarch64 ...]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();
@@ -321,4 +330,144 @@ fn markdown(results: &[Value]) -> String {
         ));
     }
     md
+}
+
+/// Run one scenario with devlab; return its wall time and timeline entries.
+fn scenario_once(root: &Path, scenario: &str, board: &str, out_dir: &Path) -> Result<(f64, Vec<Value>)> {
+    let runs = out_dir.join("runs");
+    std::fs::create_dir_all(&runs)?;
+    let before = list(&runs);
+    let started = Instant::now();
+    let out = Command::new(root.join("target/release/devlab"))
+        .args(["run", scenario, "--board", board, "--no-snapshots", "--report-dir"])
+        .arg(out_dir.join("report"))
+        .current_dir(root)
+        .env("DEVLAB_RUNS", &runs)
+        .output()
+        .context("running devlab")?;
+    let wall = started.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("devlab run {scenario} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dir = list(&runs).into_iter().find(|p| !before.contains(p)).context("no run directory")?;
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("timeline.json"))?)?;
+    Ok((wall, t["entries"].as_array().cloned().unwrap_or_default()))
+}
+
+/// Time of the first entry at or after `from` matching `pred`.
+fn at(entries: &[Value], from: f64, pred: impl Fn(&Value) -> bool) -> Option<f64> {
+    entries.iter().filter(|e| e["t"].as_f64().unwrap_or(0.0) >= from).find(|e| pred(e)).and_then(|e| e["t"].as_f64())
+}
+
+fn stage(e: &Value, prefix: &str) -> bool {
+    e["event"] == "update" && e["stage"].as_str().is_some_and(|s| s.starts_with(prefix))
+}
+
+fn update(arches: Vec<Arch>) -> Result<()> {
+    crate::cargo(&["build", "--release", "-q", "-p", "harness"])?;
+    let root = crate::root();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut results = Vec::new();
+    for arch in arches {
+        let board = format!("qemu-{arch}");
+        eprintln!("bench update {arch}: update cycle");
+        let (_, e) = scenario_once(&root, "scenarios/ab-update.toml", &board, &out_dir)?;
+        let t_release = at(&e, 0.0, |e| stage(e, "release 2")).context("no update in the timeline")?;
+        let t_down = at(&e, t_release, |e| stage(e, "downloading"));
+        let t_verify = at(&e, t_release, |e| stage(e, "verifying"));
+        let t_write = at(&e, t_release, |e| stage(e, "writing slot"));
+        let t_written = at(&e, t_release, |e| stage(e, "slot B written"));
+        let t_result = at(&e, t_release, |e| e["event"] == "update_result");
+        let t_kernel = at(&e, t_result.unwrap_or(0.0), |e| e["event"] == "kernel_started");
+        let t_commit = at(&e, t_result.unwrap_or(0.0), |e| e["event"] == "health" && e["result"] == "committed slot B");
+        let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        eprintln!("bench update {arch}: rollback cycle");
+        let (rollback_wall, r) = scenario_once(&root, "scenarios/ab-rollback-panic.toml", &board, &out_dir)?;
+        let r_update = at(&r, 0.0, |e| stage(e, "release 2"));
+        let r_panic =
+            at(&r, 0.0, |e| e["event"] == "kernel_panic" || e["event"] == "expected" && e["label"] == "Kernel panic");
+        let r_commit = at(&r, r_panic.unwrap_or(0.0), |e| e["event"] == "health" && e["result"] == "committed slot A");
+        // The same pipeline on the host: decrypt | gunzip | dd, fsync'ed.
+        let image = devlab_images::locate(&root.join("images/recipes/v2.toml"), arch)?;
+        let package = std::fs::read_dir(&image.dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".img.gz.enc"))
+            .context("no release package (run the update scenario first)")?;
+        let rootfs_bytes = std::fs::metadata(&image.rootfs)?.len() as f64;
+        let key = devlab_images::release_key(&image.manifest.key);
+        let target = out_dir.join("host-slot.img");
+        let started = Instant::now();
+        let st = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "set -o pipefail; DEVLAB_KEY={key} openssl enc -d -aes-256-cbc -pbkdf2 -pass env:DEVLAB_KEY -in '{}' | gunzip -c | dd of='{}' bs=1M conv=fsync status=none",
+                package.display(),
+                target.display()
+            ))
+            .status()?;
+        let host_write = started.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(&target);
+        if !st.success() {
+            bail!("host write pipeline failed");
+        }
+        let guest_write = d(t_write, t_written);
+        let mib = rootfs_bytes / (1024.0 * 1024.0);
+        results.push(json!({
+            "arch": arch.uname(),
+            "update_cycle": {
+                "download_s": d(t_down, t_verify),
+                "verify_s": d(t_verify, t_write),
+                "write_s": guest_write,
+                "switch_s": d(t_written, t_result),
+                "reboot_to_kernel_s": d(t_result, t_kernel),
+                "kernel_to_commit_s": d(t_kernel, t_commit),
+                "total_s": d(Some(t_release), t_commit),
+            },
+            "rollback_cycle": {
+                "scenario_wall_s": rollback_wall,
+                "update_to_panic_s": d(r_update, r_panic),
+                "panic_to_old_slot_committed_s": d(r_panic, r_commit),
+            },
+            "slot_write": {
+                "slot_mib": mib,
+                "guest_mib_per_s": guest_write.map(|w| mib / w),
+                "host_mib_per_s": mib / host_write,
+                "ratio_guest_to_host": guest_write.map(|w| host_write / w),
+            },
+        }));
+    }
+    let f = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    let mut md = String::from(
+        "# A/B update benchmark\n\nOne update cycle (v1 → v2) and one rollback cycle (a release that panics) per arch; seconds.\n\n\
+         | arch | download | verify | write | switch | reboot → kernel | kernel → commit | update total | rollback scenario wall | guest write MiB/s | host MiB/s | guest/host |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &results {
+        let u = &r["update_cycle"];
+        let w = &r["slot_write"];
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["arch"].as_str().unwrap_or("?"),
+            f(&u["download_s"]),
+            f(&u["verify_s"]),
+            f(&u["write_s"]),
+            f(&u["switch_s"]),
+            f(&u["reboot_to_kernel_s"]),
+            f(&u["kernel_to_commit_s"]),
+            f(&u["total_s"]),
+            f(&r["rollback_cycle"]["scenario_wall_s"]),
+            f(&w["guest_mib_per_s"]),
+            f(&w["host_mib_per_s"]),
+            f(&w["ratio_guest_to_host"]),
+        ));
+    }
+    std::fs::write(
+        out_dir.join("update.json"),
+        serde_json::to_string_pretty(&json!({"benchmark": "update", "results": results}))?,
+    )?;
+    std::fs::write(out_dir.join("update.md"), &md)?;
+    println!("{md}");
+    Ok(())
 }

@@ -22,7 +22,8 @@ commands:
                    build guest images (cached) for x86_64 and/or aarch64;
                    every recipe in images/recipes unless --recipe is given
   test             setup, then cargo fmt --check, clippy -D warnings and every test
-  bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/";
+  bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/
+  bench update     A/B update and rollback cycles, phase by phase; writes target/bench/";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
