@@ -4,6 +4,7 @@
 
 pub mod accel;
 pub mod board;
+pub mod board_check;
 pub mod console;
 pub mod disk;
 pub mod error;

@@ -48,6 +48,40 @@ enum Cmd {
     },
     /// List board profiles and whether their firmware is present.
     Boards,
+    /// Add or validate a board profile (for hardware teams).
+    Board {
+        #[command(subcommand)]
+        cmd: BoardCmd,
+    },
+    /// Work with run reports.
+    Report {
+        #[command(subcommand)]
+        cmd: ReportCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BoardCmd {
+    /// Write `harness/boards/<name>.toml` from an existing profile.
+    New {
+        name: String,
+        /// The profile to start from.
+        #[arg(long, default_value = "qemu-aarch64")]
+        from: String,
+    },
+    /// Check a profile against this machine's QEMU (firmware, machine, CPU, devices).
+    Check { name: String },
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Merge the reports of several shards (folders with summary.json) into one.
+    Merge {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -124,6 +158,44 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Boards => boards(),
+        Cmd::Board { cmd: BoardCmd::New { name, from } } => match board::find(&from) {
+            Ok(base) => match harness::board_check::new_profile(&board::boards_dir(), &name, &base) {
+                Ok(path) => {
+                    println!("wrote {}: edit it, then run `devlab board check {name}`", path.display());
+                    EXIT_PASSED
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    EXIT_BAD_INPUT
+                }
+            },
+            Err(e) => report_error(&e),
+        },
+        Cmd::Board { cmd: BoardCmd::Check { name } } => match board::find(&name) {
+            Ok(b) => {
+                let checks = harness::board_check::check(&b);
+                for c in &checks {
+                    println!("{} {:<40} {}", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
+                }
+                if checks.iter().all(|c| c.ok) {
+                    println!("board {name} looks usable: run `devlab suite board-validation --board {name}`");
+                    EXIT_PASSED
+                } else {
+                    EXIT_BAD_INPUT
+                }
+            }
+            Err(e) => report_error(&e),
+        },
+        Cmd::Report { cmd: ReportCmd::Merge { dirs, out } } => match report::merge(&dirs, &out) {
+            Ok((n, _)) => {
+                println!("merged {n} runs from {} reports into {}", dirs.len(), out.display());
+                EXIT_PASSED
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_BAD_INPUT
+            }
+        },
         Cmd::Check { paths } => match load_all(&paths, &[], false) {
             Ok(all) => {
                 for (s, boards) in &all {

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Passed,
@@ -33,7 +33,7 @@ impl Status {
 }
 
 /// One scenario × board result.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Record {
     pub id: String,
     pub scenario: String,
@@ -163,6 +163,31 @@ fn write_atomic(path: &Path, body: &str) -> std::io::Result<()> {
     })
 }
 
+/// Merge the `summary.json` of several report folders (one per CI shard)
+/// into one report: every run once, in id order; a run present in two
+/// shards is an error (the shards were not disjoint).
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, f64), String> {
+    let mut all: Vec<Record> = Vec::new();
+    let mut duration: f64 = 0.0;
+    for d in dirs {
+        let path = d.join("summary.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let runs: Vec<Record> =
+            serde_json::from_value(v["runs"].clone()).map_err(|e| format!("{}: field `runs`: {e}", path.display()))?;
+        duration = duration.max(v["duration_s"].as_f64().unwrap_or(0.0));
+        for r in runs {
+            if all.iter().any(|a| a.id == r.id) {
+                return Err(format!("{} appears in more than one report (were the shards disjoint?)", r.id));
+            }
+            all.push(r);
+        }
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    write(out, &all, duration).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok((all.len(), duration))
+}
+
 /// Write `junit.xml`, `summary.json` and `summary.md` into `dir`.
 pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -226,6 +251,24 @@ mod tests {
         let md = markdown(&sample(), 9.0);
         assert!(md.starts_with("# devlab run: 1 passed, 1 flaky, 1 failed, 1 errors, 1 not run"), "{md}");
         assert!(md.contains("| a | qemu-aarch64 | FLAKY | 2 |"), "{md}");
+    }
+
+    #[test]
+    fn shard_reports_merge_and_overlaps_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let all = sample();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        write(&a, &all[..2], 5.0).unwrap();
+        write(&b, &all[2..], 7.0).unwrap();
+        let out = d.path().join("merged");
+        assert_eq!(merge(&[a.clone(), b], &out).unwrap(), (5, 7.0));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(json["total"], 5);
+        assert_eq!(json["failed"], 1);
+        assert_eq!(json["runs"][0]["id"], "a@qemu-aarch64", "sorted by id");
+        let err = merge(&[a.clone(), a], &d.path().join("again")).unwrap_err();
+        assert!(err.contains("more than one report"), "{err}");
     }
 
     #[test]
