@@ -121,26 +121,9 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// One `devlab run` of the bench scenario, timed as a whole process.
 fn devlab_once(root: &Path, board: &str, out_dir: &Path) -> Result<Sample> {
-    let runs = out_dir.join("runs");
-    std::fs::create_dir_all(&runs)?;
-    let before: Vec<PathBuf> = list(&runs);
-    let started = Instant::now();
-    let out = Command::new(root.join("target/release/devlab"))
-        .args(["run", BENCH_SCENARIO, "--board", board, "--no-snapshots"])
-        .current_dir(root)
-        .env("DEVLAB_RUNS", &runs)
-        .output()
-        .context("running devlab")?;
-    let wall = started.elapsed().as_secs_f64();
-    if !out.status.success() {
-        bail!("devlab run failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let run_dir = list(&runs).into_iter().find(|p| !before.contains(p)).context("devlab left no run directory")?;
-    let timeline: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("timeline.json"))?)?;
+    let (wall, entries, run_dir) = scenario_once(root, BENCH_SCENARIO, board, out_dir)?;
     let run: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json"))?)?;
-    let at = |event: &str| {
-        timeline["entries"].as_array()?.iter().find(|e| e["event"] == event).and_then(|e| e["t"].as_f64())
-    };
+    let at = |event: &str| entries.iter().find(|e| e["event"] == event).and_then(|e| e["t"].as_f64());
     Ok(Sample {
         wall,
         banner: at("uboot_banner"),
@@ -332,8 +315,9 @@ fn markdown(results: &[Value]) -> String {
     md
 }
 
-/// Run one scenario with devlab; return its wall time and timeline entries.
-fn scenario_once(root: &Path, scenario: &str, board: &str, out_dir: &Path) -> Result<(f64, Vec<Value>)> {
+/// Run one scenario with devlab, timed as a whole process; return its wall
+/// time, its timeline entries and its run directory.
+fn scenario_once(root: &Path, scenario: &str, board: &str, out_dir: &Path) -> Result<(f64, Vec<Value>, PathBuf)> {
     let runs = out_dir.join("runs");
     std::fs::create_dir_all(&runs)?;
     let before = list(&runs);
@@ -349,9 +333,9 @@ fn scenario_once(root: &Path, scenario: &str, board: &str, out_dir: &Path) -> Re
     if !out.status.success() {
         bail!("devlab run {scenario} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    let dir = list(&runs).into_iter().find(|p| !before.contains(p)).context("no run directory")?;
+    let dir = list(&runs).into_iter().find(|p| !before.contains(p)).context("devlab left no run directory")?;
     let t: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("timeline.json"))?)?;
-    Ok((wall, t["entries"].as_array().cloned().unwrap_or_default()))
+    Ok((wall, t["entries"].as_array().cloned().unwrap_or_default(), dir))
 }
 
 /// Time of the first entry at or after `from` matching `pred`.
@@ -372,7 +356,7 @@ fn update(arches: Vec<Arch>) -> Result<()> {
     for arch in arches {
         let board = format!("qemu-{arch}");
         eprintln!("bench update {arch}: update cycle");
-        let (_, e) = scenario_once(&root, "scenarios/ab-update.toml", &board, &out_dir)?;
+        let (_, e, _) = scenario_once(&root, "scenarios/ab-update.toml", &board, &out_dir)?;
         let t_release = at(&e, 0.0, |e| stage(e, "release 2")).context("no update in the timeline")?;
         let t_down = at(&e, t_release, |e| stage(e, "downloading"));
         let t_verify = at(&e, t_release, |e| stage(e, "verifying"));
@@ -383,7 +367,7 @@ fn update(arches: Vec<Arch>) -> Result<()> {
         let t_commit = at(&e, t_result.unwrap_or(0.0), |e| e["event"] == "health" && e["result"] == "committed slot B");
         let d = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
         eprintln!("bench update {arch}: rollback cycle");
-        let (rollback_wall, r) = scenario_once(&root, "scenarios/ab-rollback-panic.toml", &board, &out_dir)?;
+        let (rollback_wall, r, _) = scenario_once(&root, "scenarios/ab-rollback-panic.toml", &board, &out_dir)?;
         let r_update = at(&r, 0.0, |e| stage(e, "release 2"));
         let r_panic =
             at(&r, 0.0, |e| e["event"] == "kernel_panic" || e["event"] == "expected" && e["label"] == "Kernel panic");
