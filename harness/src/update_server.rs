@@ -357,7 +357,9 @@ async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) ->
 
 /// A release package: the slot image, gzip'ed and encrypted the way the
 /// fleet's CDN ships it (`openssl enc -aes-256-cbc -pbkdf2`), cached beside
-/// the image (written to a temp name, then renamed).
+/// the image. Each call writes its own temp file and publishes it without
+/// clobbering, so runs packaging the same release at once cannot tear it:
+/// the first one published wins and the others use it.
 pub fn package(rootfs: &std::path::Path, out: &std::path::Path, key: &str) -> Result<(), String> {
     if out.is_file() {
         return Ok(());
@@ -366,18 +368,23 @@ pub fn package(rootfs: &std::path::Path, out: &std::path::Path, key: &str) -> Re
         which::which(tool)
             .map_err(|_| format!("{tool} not found: install Debian package {pkg} (cargo xtask setup)"))?;
     }
-    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let dir = out.parent().unwrap_or(std::path::Path::new("."));
+    let tmp =
+        tempfile::Builder::new().prefix(".release-").tempfile_in(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let script = format!(
-        "set -o pipefail; gzip -1 -c {} | openssl enc -aes-256-cbc -pbkdf2 -salt -pass pass:{key} -out {}",
+        "set -o pipefail; gzip -1 -c {} | DEVLAB_KEY={key} openssl enc -aes-256-cbc -pbkdf2 -salt -pass env:DEVLAB_KEY -out {}",
         crate::machine::shell_quote(&rootfs.to_string_lossy()),
-        crate::machine::shell_quote(&tmp.to_string_lossy())
+        crate::machine::shell_quote(&tmp.path().to_string_lossy())
     );
     let res = std::process::Command::new("bash").arg("-c").arg(&script).output().map_err(|e| e.to_string())?;
     if !res.status.success() {
-        let _ = std::fs::remove_file(&tmp);
         return Err(format!("packaging {}: {}", rootfs.display(), String::from_utf8_lossy(&res.stderr).trim()));
     }
-    std::fs::rename(&tmp, out).map_err(|e| e.to_string())
+    match tmp.persist_noclobber(out) {
+        Ok(_) => Ok(()),
+        Err(_) if out.is_file() => Ok(()),
+        Err(e) => Err(format!("publishing {}: {}", out.display(), e.error)),
+    }
 }
 
 /// Load a packaged release for serving.
@@ -494,6 +501,30 @@ mod tests {
         assert_eq!(download(&s).await.1, 500);
         assert_eq!(download(&s).await.1, 500);
         assert_eq!(download(&s).await.1, 200);
+    }
+
+    /// Several runs packaging one release at once all end with the same,
+    /// whole file (the regression: a shared temp name tore it).
+    #[test]
+    fn concurrent_packaging_publishes_one_whole_file() {
+        let d = tempfile::tempdir().unwrap();
+        let rootfs = d.path().join("rootfs.ext4");
+        std::fs::write(&rootfs, (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let out = d.path().join("release.img.gz.enc");
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| package(&rootfs, &out, "k").unwrap());
+            }
+        });
+        let script = format!(
+            "DEVLAB_KEY=k openssl enc -d -aes-256-cbc -pbkdf2 -pass env:DEVLAB_KEY -in {} | gunzip -c | cmp - {}",
+            out.display(),
+            rootfs.display()
+        );
+        let ok = std::process::Command::new("bash").arg("-c").arg(script).status().unwrap().success();
+        assert!(ok, "the published package decrypts to the slot image");
+        let leftovers = std::fs::read_dir(d.path()).unwrap().count();
+        assert_eq!(leftovers, 2, "no temp files left behind");
     }
 
     #[tokio::test]
