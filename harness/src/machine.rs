@@ -117,8 +117,9 @@ impl Machine {
             };
             Error::infra(format!("{binary} not found: install Debian package {pkg} (cargo xtask setup)"))
         })?;
+        remove_orphaned_socket_dirs();
         let sockets = tempfile::Builder::new()
-            .prefix("devlab-")
+            .prefix(&format!("devlab-{}-", std::process::id()))
             .tempdir()
             .map_err(|e| Error::infra(format!("cannot create a socket folder: {e}")))?;
         let console_sock = sockets.path().join("console.sock");
@@ -387,6 +388,21 @@ impl HalfRef<'_> {
     }
 }
 
+/// Remove socket folders (`devlab-<pid>-*` in the temp dir) whose harness
+/// process is gone: a SIGKILLed harness cannot clean up after itself, and
+/// its QEMU died with it (PDEATHSIG), so nothing uses them any more.
+fn remove_orphaned_socket_dirs() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix("devlab-").and_then(|r| r.split('-').next()) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The last few lines of a file (QEMU's stderr in error messages).
 pub fn read_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -402,6 +418,21 @@ pub fn read_tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn orphaned_socket_dirs_go_and_live_ones_stay() {
+        let tmp = std::env::temp_dir();
+        // pid 0x7ffffff0 does not exist; our own pid does.
+        let dead = tmp.join("devlab-2147483632-test");
+        let live = tmp.join(format!("devlab-{}-test", std::process::id()));
+        for d in [&dead, &live] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        remove_orphaned_socket_dirs();
+        assert!(!dead.exists());
+        assert!(live.exists());
+        std::fs::remove_dir_all(&live).unwrap();
+    }
 
     #[test]
     fn quoting_keeps_plain_args_and_quotes_the_rest() {
