@@ -134,10 +134,6 @@ impl Console {
         self.bad.push(BadPattern { label: label.to_string(), regex });
     }
 
-    pub fn disarm_bad(&mut self, label: &str) {
-        self.bad.retain(|b| b.label != label);
-    }
-
     /// Bytes received so far.
     pub fn len(&self) -> usize {
         self.shared.inner.lock().unwrap().bytes.len()
@@ -145,11 +141,6 @@ impl Console {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Move the expect cursor to the end: only later output can match.
-    pub fn skip_to_end(&mut self) {
-        self.cursor = self.len();
     }
 
     /// The last `n` lines received (without `\r`).

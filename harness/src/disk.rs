@@ -11,9 +11,20 @@ use devlab_images::Manifest;
 use std::path::Path;
 use std::process::Command;
 
-fn tool(name: &str, package: &str) -> Result<std::path::PathBuf> {
+/// A host tool, or an error naming the Debian package that ships it.
+pub(crate) fn tool(name: &str, package: &str) -> Result<std::path::PathBuf> {
     which::which(name)
         .map_err(|_| Error::infra(format!("{name} not found: install Debian package {package} (cargo xtask setup)")))
+}
+
+/// Run a host tool to completion; a failure says what was being done and
+/// carries the tool's stderr.
+pub(crate) fn run_tool(cmd: &mut Command, doing: &str) -> Result<std::process::Output> {
+    let out = cmd.output().map_err(|e| Error::infra(format!("{doing}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::infra(format!("{doing}: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(out)
 }
 
 /// Read `len` bytes at `offset` of the guest disk behind `overlay`.
@@ -22,18 +33,10 @@ pub fn read_bytes(overlay: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     let out = tempfile::NamedTempFile::new().map_err(|e| Error::infra(format!("temp file: {e}")))?;
     let spec =
         format!("driver=raw,offset={offset},size={len},file.driver=qcow2,file.file.filename={}", overlay.display());
-    let res = Command::new(qemu_img)
-        .args(["convert", "-U", "--image-opts", &spec, "-O", "raw"])
-        .arg(out.path())
-        .output()
-        .map_err(|e| Error::infra(format!("qemu-img convert: {e}")))?;
-    if !res.status.success() {
-        return Err(Error::infra(format!(
-            "reading {len} bytes at {offset} of {}: {}",
-            overlay.display(),
-            String::from_utf8_lossy(&res.stderr).trim()
-        )));
-    }
+    run_tool(
+        Command::new(qemu_img).args(["convert", "-U", "--image-opts", &spec, "-O", "raw"]).arg(out.path()),
+        &format!("reading {len} bytes at {offset} of {}", overlay.display()),
+    )?;
     let mut bytes = std::fs::read(out.path()).map_err(|e| Error::infra(format!("reading back: {e}")))?;
     bytes.resize(len as usize, 0);
     Ok(bytes)

@@ -77,21 +77,11 @@ pub fn shell_quote(s: &str) -> String {
 
 /// Create the qcow2 overlay `overlay` on the read-only `base`.
 pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
-    let qemu_img = which::which("qemu-img")
-        .map_err(|_| Error::infra("qemu-img not found: install Debian package qemu-utils (cargo xtask setup)"))?;
-    let out = Command::new(qemu_img)
-        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(base)
-        .arg(overlay)
-        .output()
-        .map_err(|e| Error::infra(format!("qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::infra(format!(
-            "qemu-img create {} failed: {}",
-            overlay.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
+    let qemu_img = crate::disk::tool("qemu-img", "qemu-utils")?;
+    crate::disk::run_tool(
+        Command::new(qemu_img).args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(overlay),
+        &format!("qemu-img create {}", overlay.display()),
+    )?;
     Ok(())
 }
 

@@ -167,11 +167,6 @@ impl Qmp {
         self.shared.events.lock().unwrap().clone()
     }
 
-    /// Number of events seen so far (a cursor for [`Qmp::wait_event`]).
-    pub fn event_count(&self) -> usize {
-        self.shared.events.lock().unwrap().len()
-    }
-
     /// Wait until an event named one of `names` appears at index >= `from`;
     /// returns its index and the event.
     pub async fn wait_event(

@@ -19,7 +19,7 @@ use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How a run treats its stored timeline snapshot.
@@ -835,11 +835,6 @@ fn source_name(s: Source) -> &'static str {
 /// `fw_printenv` output → variables.
 pub fn parse_printenv(text: &str) -> BTreeMap<String, String> {
     text.lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
-}
-
-/// Where snapshots of a scenario file live.
-pub fn snapshot_dir(scenario: &Path) -> PathBuf {
-    crate::snapshot::dir_for(scenario)
 }
 
 #[cfg(test)]

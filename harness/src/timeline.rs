@@ -136,10 +136,6 @@ impl Timeline {
     pub fn normalised(&self, redactor: &Redactor) -> Vec<Event> {
         self.entries.iter().map(|e| redactor.event(&e.event)).collect()
     }
-
-    pub fn has(&self, pred: impl Fn(&Event) -> bool) -> bool {
-        self.entries.iter().any(|e| pred(&e.event))
-    }
 }
 
 /// A console line that marks a boot stage, turned into its event.

@@ -77,8 +77,6 @@ struct State {
     url_ttl: Duration,
     log: Option<std::fs::File>,
     t0: Instant,
-    /// (path, status, bytes sent) of every request.
-    served: Vec<(String, u16, usize)>,
     /// Release bytes sent so far, across downloads (watched by steps that
     /// act mid-transfer).
     progress: tokio::sync::watch::Sender<u64>,
@@ -142,7 +140,6 @@ impl UpdateServer {
             url_ttl: Duration::from_secs(600),
             log: std::fs::OpenOptions::new().create(true).append(true).open(&log).ok(),
             t0: Instant::now(),
-            served: Vec::new(),
             progress: tokio::sync::watch::channel(0).0,
         }));
         let st = state.clone();
@@ -173,11 +170,6 @@ impl UpdateServer {
         let mut s = self.state.lock().unwrap();
         s.log(&format!("fault armed: {} (next {count} request(s))", fault.name()));
         s.faults.push((fault, count.max(1)));
-    }
-
-    /// (path, status, bytes) of every request so far.
-    pub fn served(&self) -> Vec<(String, u16, usize)> {
-        self.state.lock().unwrap().served.clone()
     }
 
     /// Release bytes sent so far.
@@ -222,7 +214,6 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) {
         reply.body.len(),
         reply.fault.as_ref().map(|f| format!(" [fault: {}]", f.name())).unwrap_or_default()
     ));
-    s.served.push((path.to_string(), reply.status, sent));
 }
 
 struct Reply {
