@@ -11,7 +11,7 @@ use crate::console::{ConsoleError, ERROR_LINES};
 use crate::disk;
 use crate::error::{Error, Failure, Result};
 use crate::machine::{Machine, MachineSpec};
-use crate::scenario::{PlacedStep, Scenario, Source, Step};
+use crate::scenario::{PlacedStep, RaucOutcome, Scenario, Source, Step};
 use crate::ssh::Ssh;
 use crate::timeline::{console_marker, qmp_event, Entry, Event, Origin, Redactor, Timeline};
 use devlab_images::BuiltImage;
@@ -177,8 +177,10 @@ struct Run<'a> {
     marker_taken_line: Option<usize>,
     /// Which step is running (for failure messages).
     current: String,
-    /// The update server, started by the first `serve_release`.
+    /// The update server, started by the first `serve_release`/`serve_bundle`.
     server: Option<crate::update_server::UpdateServer>,
+    /// Served RAUC bundles: name -> URL as the guest sees it.
+    bundles: BTreeMap<String, String>,
     /// Console sync barriers issued so far.
     syncs: u32,
 }
@@ -200,6 +202,7 @@ impl<'a> Run<'a> {
             marker_taken_line: None,
             current: "setup".into(),
             server: None,
+            bundles: BTreeMap::new(),
             syncs: 0,
         }
     }
@@ -552,12 +555,7 @@ impl<'a> Run<'a> {
                         r.version
                     )));
                 }
-                if self.server.is_none() {
-                    let server = crate::update_server::UpdateServer::start(self.run_dir.join("http.log"))
-                        .await
-                        .map_err(|e| Error::infra(format!("starting the update server: {e}")))?;
-                    self.server = Some(server);
-                }
+                self.start_server().await?;
                 let key = devlab_images::release_key(&image.manifest.key);
                 let file = image.dir.join(format!("release-{}-{}.img.gz.enc", image.manifest.recipe, self.board.arch));
                 let rootfs = image.rootfs.clone();
@@ -655,6 +653,109 @@ impl<'a> Run<'a> {
                 self.record(Event::VersionRunning { version: running });
                 Ok(())
             }
+            Step::ServeBundle(b) => {
+                let recipe = self.scenario.recipe_for(&crate::rundir::workspace_root(), &b.image)?;
+                let image = devlab_images::locate(&recipe, self.board.arch)?;
+                self.start_server().await?;
+                let signer = b.signer;
+                let made = tokio::task::spawn_blocking(move || {
+                    let path = devlab_images::rauc::bundle(&image, signer)?;
+                    std::fs::read(&path).map_err(devlab_images::ImageError::io(&path))
+                })
+                .await
+                .map_err(|e| Error::infra(e.to_string()))?;
+                let bytes = made.map_err(|e| Error::infra(e.to_string()))?;
+                let file = format!("{}.raucb", b.name);
+                let url = self.server.as_ref().expect("started").add_bundle(&file, bytes);
+                self.bundles.insert(b.name.clone(), url);
+                self.record(Event::BundleServed {
+                    name: b.name.clone(),
+                    image: b.image.get_ref().clone(),
+                    signer: b.signer.as_str().into(),
+                });
+                Ok(())
+            }
+            Step::RaucInstall(i) => {
+                let url = self.bundles.get(&i.bundle).cloned().ok_or_else(|| {
+                    self.failure(format!("no bundle `{}` served (add a serve_bundle step first)", i.bundle))
+                })?;
+                let out = self.ssh()?.exec(&format!("rauc install {url}"), i.timeout.0).await;
+                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                let text = format!("{}{}", out.stdout, out.stderr);
+                let got = if out.status == 0 { RaucOutcome::Installed } else { RaucOutcome::Refused };
+                if got != i.expect {
+                    return Err(self.failure(format!(
+                        "rauc install {} ended {got:?} (exit {}), expected {:?}; output:\n{}",
+                        i.bundle,
+                        out.status,
+                        i.expect,
+                        text.trim()
+                    )));
+                }
+                if let Some(p) = &i.error {
+                    let re = Regex::new(&p.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
+                    if !re.is_match(&text) {
+                        return Err(self.failure(format!(
+                            "rauc install {} output does not match `{}`:\n{}",
+                            i.bundle,
+                            p.0,
+                            text.trim()
+                        )));
+                    }
+                }
+                self.console_barrier().await?;
+                self.record(Event::RaucInstall {
+                    bundle: i.bundle.clone(),
+                    outcome: format!("{got:?}").to_lowercase(),
+                });
+                if got == RaucOutcome::Installed && i.reboot {
+                    let _ = self.ssh()?.exec("reboot", Duration::from_secs(10)).await;
+                    if let Some(s) = self.ssh.take() {
+                        s.disconnect();
+                    }
+                }
+                Ok(())
+            }
+            Step::AssertRauc(a) => {
+                let out =
+                    self.ssh()?.exec("rauc status --detailed --output-format=json", Duration::from_secs(60)).await;
+                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                if out.status != 0 {
+                    return Err(self.failure(format!("rauc status failed: {}{}", out.stdout, out.stderr)));
+                }
+                let status = RaucStatus::parse(&out.stdout).map_err(|e| self.failure(e))?;
+                let mut wrong = Vec::new();
+                let mut check = |what: &str, want: Option<&String>, got: Option<&String>| {
+                    if let Some(w) = want {
+                        if Some(w) != got {
+                            wrong.push(format!("{what}: {} (expected {w})", got.map_or("none", |g| g.as_str())));
+                        }
+                    }
+                };
+                check("booted", a.booted.as_ref(), status.booted.as_ref());
+                check("primary", a.primary.as_ref(), status.primary.as_ref());
+                for (slot, want) in &a.boot_status {
+                    check(&format!("boot status of {slot}"), Some(want), status.boot_status.get(slot));
+                }
+                for (slot, want) in &a.installed {
+                    check(&format!("bundle installed in {slot}"), Some(want), status.installed.get(slot));
+                }
+                if !wrong.is_empty() {
+                    return Err(self.failure(format!("rauc status: {}\n{}", wrong.join("; "), out.stdout.trim())));
+                }
+                self.drain(None);
+                self.record(Event::RaucStatus {
+                    booted: status.booted.unwrap_or_default(),
+                    primary: status.primary.unwrap_or_default(),
+                    boot_status: status
+                        .boot_status
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                });
+                Ok(())
+            }
             Step::Link(l) => {
                 let m = self.machine()?;
                 let r = m
@@ -679,6 +780,17 @@ impl<'a> Run<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Start the update server on first use.
+    async fn start_server(&mut self) -> Result<()> {
+        if self.server.is_none() {
+            let server = crate::update_server::UpdateServer::start(self.run_dir.join("http.log"))
+                .await
+                .map_err(|e| Error::infra(format!("starting the update server: {e}")))?;
+            self.server = Some(server);
+        }
+        Ok(())
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
@@ -825,6 +937,42 @@ impl<'a> Run<'a> {
     }
 }
 
+/// What `rauc status --detailed --output-format=json` says, by bootname.
+#[derive(Debug, Default, PartialEq)]
+pub struct RaucStatus {
+    pub booted: Option<String>,
+    /// The bootname of RAUC's `boot_primary` slot.
+    pub primary: Option<String>,
+    pub boot_status: BTreeMap<String, String>,
+    /// The bundle version RAUC last installed into each slot.
+    pub installed: BTreeMap<String, String>,
+}
+
+impl RaucStatus {
+    pub fn parse(json: &str) -> std::result::Result<RaucStatus, String> {
+        let v: serde_json::Value =
+            serde_json::from_str(json.trim()).map_err(|e| format!("rauc status is not JSON ({e}): {json}"))?;
+        let mut st = RaucStatus { booted: v["booted"].as_str().map(str::to_string), ..Default::default() };
+        let primary = v["boot_primary"].as_str();
+        // `slots` is a list of one-entry objects {"rootfs.0": {...}}.
+        for entry in v["slots"].as_array().into_iter().flatten() {
+            for (name, slot) in entry.as_object().into_iter().flatten() {
+                let Some(bootname) = slot["bootname"].as_str() else { continue };
+                if primary == Some(name.as_str()) {
+                    st.primary = Some(bootname.to_string());
+                }
+                if let Some(b) = slot["boot_status"].as_str() {
+                    st.boot_status.insert(bootname.to_string(), b.to_string());
+                }
+                if let Some(ver) = slot["slot_status"]["bundle"]["version"].as_str() {
+                    st.installed.insert(bootname.to_string(), ver.to_string());
+                }
+            }
+        }
+        Ok(st)
+    }
+}
+
 fn source_name(s: Source) -> &'static str {
     match s {
         Source::Guest => "guest",
@@ -847,5 +995,23 @@ mod tests {
         assert_eq!(v.get("BOOT_ORDER").map(String::as_str), Some("A B"));
         assert_eq!(v.get("BOOT_A_LEFT").map(String::as_str), Some("2"));
         assert_eq!(v.len(), 2);
+    }
+
+    #[test]
+    fn rauc_status_json_is_read_by_bootname() {
+        // As printed by RAUC 1.8 in the guest after installing v2 into B.
+        let json = r#"{"compatible":"devlab","variant":"","booted":"A","boot_primary":"rootfs.1","slots":[
+            {"rootfs.1":{"class":"rootfs","device":"/dev/vda5","type":"ext4","bootname":"B","state":"inactive",
+             "boot_status":"good","slot_status":{"bundle":{"compatible":"devlab","version":"2"},"status":"ok"}}},
+            {"rootfs.0":{"class":"rootfs","device":"/dev/vda4","type":"ext4","bootname":"A","state":"booted",
+             "boot_status":"bad","slot_status":{"bundle":{"compatible":null}}}}]}"#;
+        let st = RaucStatus::parse(json).unwrap();
+        assert_eq!(st.booted.as_deref(), Some("A"));
+        assert_eq!(st.primary.as_deref(), Some("B"));
+        assert_eq!(st.boot_status.get("A").map(String::as_str), Some("bad"));
+        assert_eq!(st.boot_status.get("B").map(String::as_str), Some("good"));
+        assert_eq!(st.installed.get("B").map(String::as_str), Some("2"));
+        assert!(!st.installed.contains_key("A"));
+        assert!(RaucStatus::parse("installing").unwrap_err().contains("not JSON"));
     }
 }

@@ -305,6 +305,73 @@ pub struct Link {
     pub up: bool,
 }
 
+/// Publish a signed RAUC bundle of an image's root slot on the update
+/// server (`/bundles/<name>.raucb`), built on first use with `rauc bundle`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeBundle {
+    /// What `rauc_install` calls it.
+    pub name: String,
+    /// A RAUC image recipe (`images/recipes/<image>.toml` with a `[rauc]` table).
+    pub image: toml::Spanned<String>,
+    /// `release` (certified by the device's keyring) or `untrusted`.
+    #[serde(default = "release_signer")]
+    pub signer: devlab_images::rauc::Signer,
+}
+
+fn release_signer() -> devlab_images::rauc::Signer {
+    devlab_images::rauc::Signer::Release
+}
+
+/// What `rauc install` is expected to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaucOutcome {
+    /// Exit 0: the inactive slot written and made primary.
+    Installed,
+    /// Non-zero exit: the bundle was refused; nothing switched.
+    Refused,
+}
+
+/// Run `rauc install <url>` on the device against a served bundle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaucInstall {
+    pub bundle: String,
+    #[serde(default = "rauc_installed")]
+    pub expect: RaucOutcome,
+    /// A regex RAUC's output must match when refused (the reason).
+    #[serde(default)]
+    pub error: Option<Pattern>,
+    /// Reboot into the new slot when installed (default true).
+    #[serde(default = "yes")]
+    pub reboot: bool,
+    #[serde(default = "default_update_timeout")]
+    pub timeout: Dur,
+}
+
+fn rauc_installed() -> RaucOutcome {
+    RaucOutcome::Installed
+}
+
+/// Assert what `rauc status` reports (JSON output); every field optional.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertRauc {
+    /// The booted slot's bootname (`A` or `B`).
+    #[serde(default)]
+    pub booted: Option<String>,
+    /// The bootname U-Boot tries first (RAUC's `boot_primary`).
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// Boot status per bootname: `good` or `bad`.
+    #[serde(default)]
+    pub boot_status: BTreeMap<String, String>,
+    /// Bundle version installed per bootname (from RAUC's slot status).
+    #[serde(default)]
+    pub installed: BTreeMap<String, String>,
+}
+
 /// Hardware reset (QMP `system_reset`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -330,6 +397,9 @@ pub enum Step {
     Update(Update),
     AssertVersion(AssertVersion),
     Link(Link),
+    ServeBundle(ServeBundle),
+    RaucInstall(RaucInstall),
+    AssertRauc(AssertRauc),
 }
 
 /// The action names, in the order the docs list them.
@@ -345,6 +415,15 @@ pub const ACTIONS: &[&str] = &[
     "poweroff",
     "power_cut",
     "reset",
+    "corrupt_disk",
+    "serve_release",
+    "http_fault",
+    "update",
+    "assert_version",
+    "link",
+    "serve_bundle",
+    "rauc_install",
+    "assert_rauc",
 ];
 
 impl Step {
@@ -367,6 +446,18 @@ impl Step {
             Step::Update(_) => "update",
             Step::AssertVersion(_) => "assert_version",
             Step::Link(_) => "link",
+            Step::ServeBundle(_) => "serve_bundle",
+            Step::RaucInstall(_) => "rauc_install",
+            Step::AssertRauc(_) => "assert_rauc",
+        }
+    }
+
+    /// The step's `image` field (a recipe name), if it has one.
+    fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
+        match self {
+            Step::ServeRelease(r) => Some(&mut r.image),
+            Step::ServeBundle(b) => Some(&mut b.image),
+            _ => None,
         }
     }
 
@@ -392,6 +483,9 @@ impl Step {
             "update" => Step::Update(p(text)?),
             "assert_version" => Step::AssertVersion(p(text)?),
             "link" => Step::Link(p(text)?),
+            "serve_bundle" => Step::ServeBundle(p(text)?),
+            "rauc_install" => Step::RaucInstall(p(text)?),
+            "assert_rauc" => Step::AssertRauc(p(text)?),
             _ => return Ok(None),
         }))
     }
@@ -500,10 +594,10 @@ impl Scenario {
         // were parsed from a blanked copy of the same length, so they point
         // into the file too.
         for (placed, spanned) in steps.iter_mut().zip(&raw.step) {
-            if let Step::ServeRelease(r) = &mut placed.step {
-                let span = r.image.span();
+            if let Some(image) = placed.step.image_mut() {
+                let span = image.span();
                 let base = spanned.span().start;
-                r.image = toml::Spanned::new(base + span.start..base + span.end, r.image.get_ref().clone());
+                *image = toml::Spanned::new(base + span.start..base + span.end, image.get_ref().clone());
             }
         }
         if raw.scenario.boards.is_empty() {
@@ -512,9 +606,28 @@ impl Scenario {
         }
         let scenario = Scenario { path: path.to_path_buf(), header: raw.scenario, steps, text };
         let root = crate::rundir::workspace_root();
-        for placed in &scenario.steps {
-            if let Step::ServeRelease(r) = &placed.step {
-                scenario.recipe_for(&root, &r.image)?;
+        let mut bundles: Vec<&str> = Vec::new();
+        for (placed, spanned) in scenario.steps.iter().zip(&raw.step) {
+            match &placed.step {
+                Step::ServeRelease(ServeRelease { image, .. }) => {
+                    scenario.recipe_for(&root, image)?;
+                }
+                Step::ServeBundle(b) => {
+                    scenario.recipe_for(&root, &b.image)?;
+                    bundles.push(&b.name);
+                }
+                Step::RaucInstall(i) if !bundles.contains(&i.bundle.as_str()) => {
+                    let step_text = &scenario.text[spanned.span()];
+                    let offset = spanned.span().start + crate::board::find_key(step_text, "bundle").unwrap_or(0);
+                    return Err(InputError::new(
+                        path,
+                        format!("no bundle `{}` served before this step (add a serve_bundle step)", i.bundle),
+                    )
+                    .at(&scenario.text, offset)
+                    .field("bundle")
+                    .into());
+                }
+                _ => {}
             }
         }
         Ok(scenario)
@@ -641,6 +754,36 @@ mod tests {
         let err = parse(&format!("{HEAD}[[step]]\naction = \"explode\"\n")).unwrap_err().to_string();
         assert!(err.starts_with("s.toml:6:1: field `action`: unknown action `explode`"), "{err}");
         assert!(err.contains("power_on"), "{err}");
+    }
+
+    #[test]
+    fn every_action_is_listed_and_parses() {
+        // Each name in ACTIONS maps to a step (unknown ones parse to None).
+        for action in ACTIONS {
+            let parsed = Step::parse(action, "");
+            assert!(!matches!(parsed, Ok(None)), "{action} is listed but not parsed");
+        }
+        assert!(matches!(Step::parse("explode", ""), Ok(None)));
+    }
+
+    #[test]
+    fn rauc_install_needs_a_bundle_served_before_it() {
+        let text = format!(
+            "{HEAD}[[step]]\naction = \"rauc_install\"\nbundle = \"v2\"\n\n\
+             [[step]]\naction = \"serve_bundle\"\nname = \"v2\"\nimage = \"rauc-v2\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:7:1: field `bundle`: no bundle `v2` served"), "{err}");
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"serve_bundle\"\nname = \"x\"\nimage = \"nope\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:8:9: field `image`: no image recipe `nope`"), "{err}");
+        let err = parse(&format!(
+            "{HEAD}[[step]]\naction = \"serve_bundle\"\nname = \"x\"\nimage = \"rauc\"\nsigner = \"me\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("s.toml:9:10:") && err.contains("unknown variant `me`"), "{err}");
     }
 
     #[test]

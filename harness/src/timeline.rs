@@ -88,6 +88,20 @@ pub enum Event {
     VersionRunning {
         version: String,
     },
+    BundleServed {
+        name: String,
+        image: String,
+        signer: String,
+    },
+    RaucInstall {
+        bundle: String,
+        outcome: String,
+    },
+    RaucStatus {
+        booted: String,
+        primary: String,
+        boot_status: String,
+    },
     Link {
         up: bool,
     },

@@ -7,6 +7,7 @@
 //! (corrupt, truncate, drop, stall, slow, expire, HTTP 500) apply to the
 //! next N requests they target. Hand-written HTTP/1.1 (one request per
 //! connection) because the faults need byte-level control of the body.
+//! RAUC bundles are served as-is at `/bundles/<file>` (signed themselves).
 //! Every request is logged to `http.log`. It serves only what it is given.
 
 use hmac::{Hmac, Mac};
@@ -72,6 +73,9 @@ impl Fault {
 
 struct State {
     releases: BTreeMap<String, Release>,
+    /// RAUC bundles by file name, served as-is at `/bundles/<file>` (they
+    /// carry their own signature); download faults apply to them too.
+    bundles: BTreeMap<String, Arc<Vec<u8>>>,
     faults: Vec<(Fault, u32)>,
     secret: [u8; 32],
     url_ttl: Duration,
@@ -135,6 +139,7 @@ impl UpdateServer {
         secret.copy_from_slice(&seed);
         let state = Arc::new(Mutex::new(State {
             releases: BTreeMap::new(),
+            bundles: BTreeMap::new(),
             faults: Vec::new(),
             secret,
             url_ttl: Duration::from_secs(600),
@@ -164,6 +169,15 @@ impl UpdateServer {
         let mut s = self.state.lock().unwrap();
         s.log(&format!("release {} = {} ({} bytes, sha256 {})", r.version, r.file_name, r.bytes.len(), r.sha256));
         s.releases.insert(r.version.clone(), r);
+    }
+
+    /// Publish a RAUC bundle as `/bundles/<file>`; returns its URL as the guest sees it.
+    pub fn add_bundle(&self, file: &str, bytes: Vec<u8>) -> String {
+        let mut s = self.state.lock().unwrap();
+        let sha = hex::encode(Sha256::digest(&bytes));
+        s.log(&format!("bundle {file} ({} bytes, sha256 {sha})", bytes.len()));
+        s.bundles.insert(file.to_string(), Arc::new(bytes));
+        format!("http://10.0.2.2:{}/bundles/{file}", self.port)
     }
 
     pub fn add_fault(&self, fault: Fault, count: u32) {
@@ -268,6 +282,14 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
             return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
         }
         return Reply { status: 200, body: r.bytes.clone(), fault, release: true };
+    }
+    if let Some(file) = path.strip_prefix("/bundles/") {
+        let Some(bytes) = s.bundles.get(file).cloned() else { return text(404, "no such bundle\n") };
+        let fault = s.take_fault(false);
+        if let Some(f @ Fault::Error500 { .. }) = &fault {
+            return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
+        }
+        return Reply { status: 200, body: bytes, fault, release: true };
     }
     text(404, "not found\n")
 }

@@ -124,6 +124,16 @@ fn choose(group: &Group, arch: &str, native: bool, known: &BTreeMap<String, Vec<
             c.ends_with(&suffix)
         }
     };
+    // A plain name on a foreign arch may be the native package: prefer the
+    // arch-qualified one when apt knows it (plain stays for Architecture: all).
+    if !native {
+        for c in candidates.iter_mut() {
+            let qualified = format!("{c}{suffix}");
+            if !c.contains(':') && known.contains_key(&qualified) {
+                *c = qualified;
+            }
+        }
+    }
     candidates
         .iter()
         .find(|c| fits(c) && known.contains_key(*c))
@@ -190,6 +200,8 @@ fn resolve_uncached(
             "--no-enhances",
         ])
         .args(&roots)
+        // `Architecture: all` packages are unknown as `name:<foreign arch>`.
+        .args(packages.iter().filter(|p| !native && !p.contains(':')).map(|p| format!("{p}:all")))
         .arg(&kernel_root)
         .run()?;
     let map = parse_depends(&String::from_utf8_lossy(&out));
@@ -205,7 +217,13 @@ fn resolve_uncached(
 
     let excluded: BTreeSet<&str> = exclude.iter().map(|s| plain_name(s)).collect();
     let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut queue: VecDeque<String> = roots.iter().cloned().collect();
+    let mut queue: VecDeque<String> = roots
+        .iter()
+        .map(|r| match r.split_once(':') {
+            Some((plain, _)) if !map.contains_key(r) && map.contains_key(plain) => plain.to_string(),
+            _ => r.clone(),
+        })
+        .collect();
     while let Some(p) = queue.pop_front() {
         if excluded.contains(plain_name(&p)) || !seen.insert(p.clone()) {
             continue;

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod disk;
 mod error;
 pub mod initramfs;
+pub mod rauc;
 pub mod recipe;
 pub mod rootfs;
 pub mod tools;
@@ -122,6 +123,9 @@ pub struct Manifest {
     pub disk_size: u64,
     pub partitions: Vec<Partition>,
     pub env: EnvLayout,
+    /// RAUC's `compatible` when the image is updated with RAUC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rauc_compatible: Option<String>,
 }
 
 /// One GPT partition (bytes).
@@ -200,6 +204,15 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     lock.push(format!("kernel:{}", res.kernel.lock_line()));
     lock.push(format!("ssh-key:{}", String::from_utf8_lossy(&keys.pubkey).trim()));
     lock.push(format!("host-key:{}", cache::sha256_hex(&keys.host_key)));
+    if let Some(r) = &recipe.rauc {
+        // The generated system.conf is code's output, not a recipe input:
+        // key on its text so a change to it rebuilds.
+        let ca = rauc::rauc_keys(&root)?.ca_cert;
+        let pem = std::fs::read(&ca).map_err(ImageError::io(&ca))?;
+        lock.push(format!("rauc-ca:{}", cache::sha256_hex(&pem)));
+        let conf = rauc::system_conf(&r.compatible, &disk::layout(&recipe.sizes).0);
+        lock.push(format!("rauc-conf:{}", cache::sha256_hex(conf.as_bytes())));
+    }
     let key = cache::entry_key(&inputs, &lock, arch);
     let name = image_name(&recipe, arch);
     let entry = images.join(format!("{name}-{}", &key[..16]));
@@ -359,6 +372,14 @@ fn build_entry(
     tree.file("boot/vmlinuz", 0o644, vmlinuz);
     tree.file("boot/initrd.img", 0o644, initrd);
     tree.overlay(&recipe.fixtures.rootfs_overlay)?;
+    let (parts, total) = disk::layout(&recipe.sizes);
+    if let Some(r) = &recipe.rauc {
+        let ca = rauc::rauc_keys(root)?.ca_cert;
+        let pem = std::fs::read(&ca).map_err(ImageError::io(&ca))?;
+        tree.dir("etc/rauc", 0o755);
+        tree.file("etc/rauc/keyring.pem", 0o644, pem);
+        tree.file("etc/rauc/system.conf", 0o644, rauc::system_conf(&r.compatible, &parts));
+    }
 
     // Filesystems.
     const MIB: u64 = 1024 * 1024;
@@ -386,7 +407,6 @@ fn build_entry(
         .map_err(|e| ImageError::invalid(&recipe.fixtures.boot_script, e.to_string()))?;
     let env1 = ubootenv::encode_copy(&recipe.env.defaults, 0, size)
         .map_err(|e| ImageError::invalid(&recipe.fixtures.boot_script, e.to_string()))?;
-    let (parts, total) = disk::layout(&recipe.sizes);
     let disk_path = out.join("disk.raw");
     timed(log, "assemble disk", || {
         disk::assemble(
@@ -419,6 +439,7 @@ fn build_entry(
             ],
             vars: recipe.env.vars.clone(),
         },
+        rauc_compatible: recipe.rauc.as_ref().map(|r| r.compatible.clone()),
     };
     let mut lock = manifest.packages.join("\n");
     lock.push('\n');

@@ -40,6 +40,19 @@ pub struct Recipe {
     pub sizes: Sizes,
     pub env: Env,
     pub fixtures: Fixtures,
+    /// Present for images updated with RAUC (packages rauc, rauc-service,
+    /// dbus-daemon): the builder writes `/etc/rauc/system.conf` and the
+    /// test CA as the keyring.
+    #[serde(default)]
+    pub rauc: Option<Rauc>,
+}
+
+/// RAUC settings of an image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rauc {
+    /// `compatible` in system.conf and in every bundle made from it.
+    pub compatible: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +145,14 @@ struct Layer {
     sizes: Option<SizesLayer>,
     env: Option<EnvLayer>,
     fixtures: Option<FixturesLayer>,
+    rauc: Option<RaucLayer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RaucLayer {
+    compatible: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +308,11 @@ impl Recipe {
                 return Err(err(v, format!("default {v} is not in env.vars")));
             }
         }
+        if let Some(r) = &self.rauc {
+            if !ok_name(&r.compatible) {
+                return Err(err("compatible", format!("{:?} is not a plain name", r.compatible)));
+            }
+        }
         for v in &self.env.vars {
             if !ok_name(v) {
                 return Err(err("vars", format!("{v:?} is not a plain name")));
@@ -370,10 +396,16 @@ mod tests {
             ("v2-panic.toml", "2", Fault::Panic),
             ("v2-hang.toml", "2", Fault::Hang),
             ("v2-unhealthy.toml", "2", Fault::Unhealthy),
+            ("rauc.toml", "1", Fault::None),
+            ("rauc-v2.toml", "2", Fault::None),
+            ("rauc-v3.toml", "3", Fault::None),
+            ("rauc-v2-unhealthy.toml", "2", Fault::Unhealthy),
         ] {
             let (r, _) = Recipe::load(&dir.join(file)).unwrap();
             assert_eq!(format!("{}.toml", r.name), file);
             assert_eq!((r.version.as_str(), r.fault), (version, fault), "{file}");
+            // Only the RAUC family carries a [rauc] table, and it is inherited.
+            assert_eq!(r.rauc.is_some(), file.starts_with("rauc"), "{file}");
         }
     }
 
