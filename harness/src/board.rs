@@ -124,6 +124,70 @@ pub struct QemuPaths<'a> {
     pub qmp_sock: &'a Path,
     pub monitor_sock: &'a Path,
     pub disk: &'a Path,
+    /// Injected disk errors (empty: the plain `-drive`).
+    pub disk_errors: &'a [DiskError],
+}
+
+/// Which requests a disk error hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoType {
+    Read,
+    Write,
+}
+
+/// The error a failing request returns to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum Errno {
+    EIO,
+    ENOSPC,
+}
+
+impl Errno {
+    pub fn number(self) -> i32 {
+        match self {
+            Errno::EIO => 5,
+            Errno::ENOSPC => 28,
+        }
+    }
+}
+
+/// A bad spot on the disk, injected by QEMU's `blkdebug` driver: every
+/// request of `iotype` that touches disk byte `offset` fails with `errno`,
+/// for as long as the machine runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskError {
+    pub offset: u64,
+    pub iotype: IoType,
+    pub errno: Errno,
+}
+
+/// The `-blockdev` JSON for the overlay behind a blkdebug node. blkdebug
+/// sits ABOVE the qcow2 format node, so offsets are guest disk offsets (below
+/// qcow2 they would be offsets in the overlay file); its rules use the
+/// `none` event, which blkdebug fires itself when it opens, because no
+/// format driver above it ever sends events.
+fn blkdebug_blockdev(disk: &Path, errors: &[DiskError]) -> String {
+    let rules: Vec<serde_json::Value> = errors
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "event": "none",
+                "iotype": match e.iotype { IoType::Read => "read", IoType::Write => "write" },
+                "errno": e.errno.number(),
+                "sector": e.offset / 512,
+                "once": false,
+                "immediately": true,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "driver": "blkdebug",
+        "node-name": "disk0",
+        "image": {"driver": "qcow2", "file": {"driver": "file", "filename": disk.to_string_lossy()}},
+        "inject-error": rules,
+    })
+    .to_string()
 }
 
 impl Board {
@@ -206,8 +270,14 @@ impl Board {
         push(&["-mon", "chardev=qmp0,mode=control"]);
         // A human monitor for people who attach to a kept machine.
         push(&["-monitor", &format!("unix:{},server=on,wait=off", paths.monitor_sock.display())]);
-        push(&["-drive", &format!("if=none,id=disk0,file={},format=qcow2", paths.disk.display())]);
-        push(&["-device", &format!("{},drive=disk0", self.disk.model)]);
+        if paths.disk_errors.is_empty() {
+            push(&["-drive", &format!("if=none,id=disk0,file={},format=qcow2", paths.disk.display())]);
+            push(&["-device", &format!("{},drive=disk0", self.disk.model)]);
+        } else {
+            push(&["-blockdev", &blkdebug_blockdev(paths.disk, paths.disk_errors)]);
+            // Report every error to the guest (never pause the VM).
+            push(&["-device", &format!("{},drive=disk0,werror=report,rerror=report", self.disk.model)]);
+        }
         push(&["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"]);
         push(&["-device", &format!("{},netdev=net0,mac={}", self.nic.model, self.nic.mac)]);
         if let Some(s) = &self.smbios {
@@ -311,13 +381,39 @@ mod tests {
             qmp_sock: Path::new("/r/qmp.sock"),
             monitor_sock: Path::new("/r/monitor.sock"),
             disk: Path::new("/r/disk.qcow2"),
+            disk_errors: &[],
         };
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
+        assert!(args.contains("-drive if=none,id=disk0,file=/r/disk.qcow2,format=qcow2"), "{args}");
         assert!(args.contains("-chardev socket,id=con0,path=/r/console.sock -serial chardev:con0"));
         assert!(!args.contains("console.sock,server"), "{args}");
         assert!(args.contains("-accel tcg"));
         assert!(args.contains("hostfwd=tcp:127.0.0.1:0-:22"));
         assert!(args.contains("-bios /usr/lib/u-boot/qemu_arm64/u-boot.bin"));
+    }
+
+    #[test]
+    fn disk_errors_put_blkdebug_above_the_overlay() {
+        let b = shipped("qemu-x86_64");
+        let errors = [DiskError { offset: 1024 * 1024 + 4096, iotype: IoType::Write, errno: Errno::EIO }];
+        let p = QemuPaths {
+            console_sock: Path::new("/r/console.sock"),
+            qmp_sock: Path::new("/r/qmp.sock"),
+            monitor_sock: Path::new("/r/monitor.sock"),
+            disk: Path::new("/r/disk.qcow2"),
+            disk_errors: &errors,
+        };
+        let args = b.qemu_args(Accel::Tcg, &p);
+        assert!(!args.iter().any(|a| a == "-drive"), "{args:?}");
+        let i = args.iter().position(|a| a == "-blockdev").expect("a -blockdev");
+        let node: serde_json::Value = serde_json::from_str(&args[i + 1]).unwrap();
+        assert_eq!(node["driver"], "blkdebug");
+        assert_eq!(node["image"]["driver"], "qcow2");
+        assert_eq!(node["image"]["file"]["filename"], "/r/disk.qcow2");
+        let rule = &node["inject-error"][0];
+        assert_eq!((rule["sector"].as_u64(), rule["errno"].as_i64()), (Some(2056), Some(5)));
+        assert_eq!((rule["event"].as_str(), rule["iotype"].as_str()), (Some("none"), Some("write")));
+        assert!(args.iter().any(|a| a.ends_with(",drive=disk0,werror=report,rerror=report")), "{args:?}");
     }
 
     #[test]

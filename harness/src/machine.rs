@@ -36,6 +36,8 @@ pub struct MachineSpec<'a> {
     /// the board on again passes its first power-on, so `serial.log`,
     /// `qmp.jsonl` and the timeline share one clock.
     pub epoch: Option<Instant>,
+    /// Bad spots QEMU injects on the disk (blkdebug); empty for a sound disk.
+    pub disk_errors: &'a [crate::board::DiskError],
 }
 
 /// A running (or stopped) QEMU machine.
@@ -127,6 +129,7 @@ impl Machine {
                 qmp_sock: &qmp_sock,
                 monitor_sock: &monitor_sock,
                 disk: &overlay,
+                disk_errors: spec.disk_errors,
             },
         );
         let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())

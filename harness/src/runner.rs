@@ -181,6 +181,8 @@ struct Run<'a> {
     server: Option<crate::update_server::UpdateServer>,
     /// Served RAUC bundles: name -> URL as the guest sees it.
     bundles: BTreeMap<String, String>,
+    /// Bad spots injected from the next power-on on (`disk_errors`).
+    disk_errors: Vec<crate::board::DiskError>,
     /// Console sync barriers issued so far.
     syncs: u32,
 }
@@ -203,6 +205,7 @@ impl<'a> Run<'a> {
             current: "setup".into(),
             server: None,
             bundles: BTreeMap::new(),
+            disk_errors: Vec::new(),
             syncs: 0,
         }
     }
@@ -682,7 +685,7 @@ impl<'a> Run<'a> {
                 let out = self.ssh()?.exec(&format!("rauc install {url}"), i.timeout.0).await;
                 let out = out.map_err(|e| self.failure(e.to_string()))?;
                 let text = format!("{}{}", out.stdout, out.stderr);
-                let got = if out.status == 0 { RaucOutcome::Installed } else { RaucOutcome::Refused };
+                let got = if out.status == 0 { RaucOutcome::Installed } else { RaucOutcome::Failed };
                 if got != i.expect {
                     return Err(self.failure(format!(
                         "rauc install {} ended {got:?} (exit {}), expected {:?}; output:\n{}",
@@ -754,6 +757,45 @@ impl<'a> Run<'a> {
                         .collect::<Vec<_>>()
                         .join(" "),
                 });
+                Ok(())
+            }
+            Step::DiskErrors(d) => {
+                if self.machine_running() {
+                    return Err(self.failure("disk_errors needs the machine off (power it off first)".into()));
+                }
+                let part = self.image.manifest.partitions.iter().find(|p| p.label == d.partition);
+                let Some(part) = part else {
+                    let labels: Vec<&str> = self.image.manifest.partitions.iter().map(|p| p.label.as_str()).collect();
+                    return Err(self.failure(format!(
+                        "no partition `{}` on this disk (it has: {})",
+                        d.partition,
+                        labels.join(", ")
+                    )));
+                };
+                if d.offset >= part.size {
+                    return Err(self.failure(format!(
+                        "offset {} is beyond partition `{}` ({} bytes)",
+                        d.offset, d.partition, part.size
+                    )));
+                }
+                self.disk_errors.push(crate::board::DiskError {
+                    offset: part.start + d.offset,
+                    iotype: d.iotype,
+                    errno: d.errno,
+                });
+                let io = if d.iotype == crate::board::IoType::Read { "read" } else { "write" };
+                self.record(Event::Fault {
+                    kind: format!("disk {io} errors ({:?})", d.errno),
+                    target: d.partition.clone(),
+                });
+                Ok(())
+            }
+            Step::ClearDiskErrors(_) => {
+                if self.machine_running() {
+                    return Err(self.failure("clear_disk_errors needs the machine off (power it off first)".into()));
+                }
+                self.disk_errors.clear();
+                self.record(Event::Fault { kind: "disk errors cleared".into(), target: "disk".into() });
                 Ok(())
             }
             Step::Link(l) => {
@@ -881,6 +923,7 @@ impl<'a> Run<'a> {
             base_disk: &self.image.disk,
             run_dir: &self.run_dir,
             epoch: self.t_first,
+            disk_errors: &self.disk_errors,
         };
         let machine = match self.machine.take() {
             // Powering on again boots the same disk.

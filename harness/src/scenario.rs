@@ -305,6 +305,38 @@ pub struct Link {
     pub up: bool,
 }
 
+/// Give the disk a bad spot (QEMU blkdebug) from the next power-on on:
+/// requests of `iotype` touching byte `offset` of `partition` fail with
+/// `errno`. The machine must be off (the disk is configured at power-on).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskErrors {
+    /// GPT partition label, e.g. `rootfs-b`.
+    pub partition: String,
+    /// Bytes into the partition (default 1 MiB).
+    #[serde(default = "one_mib")]
+    pub offset: u64,
+    #[serde(default = "write_io")]
+    pub iotype: crate::board::IoType,
+    #[serde(default = "eio")]
+    pub errno: crate::board::Errno,
+}
+
+fn one_mib() -> u64 {
+    1 << 20
+}
+fn write_io() -> crate::board::IoType {
+    crate::board::IoType::Write
+}
+fn eio() -> crate::board::Errno {
+    crate::board::Errno::EIO
+}
+
+/// Remove every injected disk error from the next power-on on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClearDiskErrors {}
+
 /// Publish a signed RAUC bundle of an image's root slot on the update
 /// server (`/bundles/<name>.raucb`), built on first use with `rauc bundle`.
 #[derive(Debug, Clone, Deserialize)]
@@ -329,8 +361,8 @@ fn release_signer() -> devlab_images::rauc::Signer {
 pub enum RaucOutcome {
     /// Exit 0: the inactive slot written and made primary.
     Installed,
-    /// Non-zero exit: the bundle was refused; nothing switched.
-    Refused,
+    /// Non-zero exit: the bundle was refused or the install failed.
+    Failed,
 }
 
 /// Run `rauc install <url>` on the device against a served bundle.
@@ -340,7 +372,7 @@ pub struct RaucInstall {
     pub bundle: String,
     #[serde(default = "rauc_installed")]
     pub expect: RaucOutcome,
-    /// A regex RAUC's output must match when refused (the reason).
+    /// A regex RAUC's output must match when it failed (the reason).
     #[serde(default)]
     pub error: Option<Pattern>,
     /// Reboot into the new slot when installed (default true).
@@ -400,6 +432,8 @@ pub enum Step {
     ServeBundle(ServeBundle),
     RaucInstall(RaucInstall),
     AssertRauc(AssertRauc),
+    DiskErrors(DiskErrors),
+    ClearDiskErrors(ClearDiskErrors),
 }
 
 /// The action names, in the order the docs list them.
@@ -424,6 +458,8 @@ pub const ACTIONS: &[&str] = &[
     "serve_bundle",
     "rauc_install",
     "assert_rauc",
+    "disk_errors",
+    "clear_disk_errors",
 ];
 
 impl Step {
@@ -449,6 +485,8 @@ impl Step {
             Step::ServeBundle(_) => "serve_bundle",
             Step::RaucInstall(_) => "rauc_install",
             Step::AssertRauc(_) => "assert_rauc",
+            Step::DiskErrors(_) => "disk_errors",
+            Step::ClearDiskErrors(_) => "clear_disk_errors",
         }
     }
 
@@ -486,6 +524,8 @@ impl Step {
             "serve_bundle" => Step::ServeBundle(p(text)?),
             "rauc_install" => Step::RaucInstall(p(text)?),
             "assert_rauc" => Step::AssertRauc(p(text)?),
+            "disk_errors" => Step::DiskErrors(p(text)?),
+            "clear_disk_errors" => Step::ClearDiskErrors(p(text)?),
             _ => return Ok(None),
         }))
     }
@@ -615,6 +655,22 @@ impl Scenario {
                 Step::ServeBundle(b) => {
                     scenario.recipe_for(&root, &b.image)?;
                     bundles.push(&b.name);
+                }
+                Step::DiskErrors(DiskErrors { partition, .. }) | Step::CorruptDisk(CorruptDisk { partition, .. })
+                    if !devlab_images::disk::LABELS.contains(&partition.as_str()) =>
+                {
+                    let step_text = &scenario.text[spanned.span()];
+                    let offset = spanned.span().start + crate::board::find_key(step_text, "partition").unwrap_or(0);
+                    return Err(InputError::new(
+                        path,
+                        format!(
+                            "no partition `{partition}` (the disk has: {})",
+                            devlab_images::disk::LABELS.join(", ")
+                        ),
+                    )
+                    .at(&scenario.text, offset)
+                    .field("partition")
+                    .into());
                 }
                 Step::RaucInstall(i) if !bundles.contains(&i.bundle.as_str()) => {
                     let step_text = &scenario.text[spanned.span()];
@@ -784,6 +840,26 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("s.toml:9:10:") && err.contains("unknown variant `me`"), "{err}");
+    }
+
+    #[test]
+    fn disk_fault_steps_name_a_real_partition() {
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"disk_errors\"\npartition = \"rootfs-c\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:7:1: field `partition`: no partition `rootfs-c`"), "{err}");
+        assert!(err.contains("rootfs-b"), "{err}");
+        let err =
+            parse(&format!("{HEAD}[[step]]\naction = \"disk_errors\"\npartition = \"data\"\nerrno = \"EPERM\"\n"))
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("s.toml:8:9:") && err.contains("unknown variant `EPERM`"), "{err}");
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"corrupt_disk\"\npartition = \"env\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:7:1: field `partition`"), "{err}");
+        parse(&format!("{HEAD}[[step]]\naction = \"disk_errors\"\npartition = \"rootfs-b\"\niotype = \"read\"\n"))
+            .unwrap();
     }
 
     #[test]

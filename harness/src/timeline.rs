@@ -147,8 +147,18 @@ impl Timeline {
     }
 
     /// The normalised form for snapshots: events only, strings redacted.
+    /// A burst of identical BLOCK_IO_ERROR events (one per failed request:
+    /// how many depends on how the guest split its writes) is one event.
     pub fn normalised(&self, redactor: &Redactor) -> Vec<Event> {
-        self.entries.iter().map(|e| redactor.event(&e.event)).collect()
+        let mut out: Vec<Event> = Vec::new();
+        for e in &self.entries {
+            let ev = redactor.event(&e.event);
+            let repeat = matches!(&ev, Event::Qmp { name, .. } if name == "BLOCK_IO_ERROR") && out.last() == Some(&ev);
+            if !repeat {
+                out.push(ev);
+            }
+        }
+        out
     }
 }
 
@@ -190,7 +200,12 @@ pub fn qmp_event(name: &str, data: &serde_json::Value) -> Option<Event> {
         "RESET" | "SHUTDOWN" => data.get("reason").and_then(|v| v.as_str()).map(str::to_string),
         "WATCHDOG" => data.get("action").and_then(|v| v.as_str()).map(str::to_string),
         "GUEST_PANICKED" => data.get("action").and_then(|v| v.as_str()).map(str::to_string),
-        "STOP" | "RESUME" | "POWERDOWN" | "BLOCK_IO_ERROR" | "NIC_RX_FILTER_CHANGED" => None,
+        // "write: Input/output error"
+        "BLOCK_IO_ERROR" => {
+            let field = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            Some(format!("{}: {}", field("operation"), field("reason")))
+        }
+        "STOP" | "RESUME" | "POWERDOWN" | "NIC_RX_FILTER_CHANGED" => None,
         _ => return None,
     };
     if name == "NIC_RX_FILTER_CHANGED" {
@@ -307,6 +322,24 @@ mod tests {
         assert_eq!(n[3], Event::Command { command: "echo 127.0.0.1:[port]".into(), status: 0, stdout: None });
         let yaml = serde_json::to_string(&n[0]).unwrap();
         assert_eq!(yaml, r#"{"event":"power_on"}"#);
+    }
+
+    #[test]
+    fn block_io_error_bursts_normalise_to_one_event() {
+        let io = || {
+            qmp_event(
+                "BLOCK_IO_ERROR",
+                &serde_json::json!({"operation": "write", "reason": "Input/output error", "action": "report", "device": "", "node-name": "disk0", "nospace": false}),
+            )
+        };
+        let mut t = Timeline::default();
+        t.push(0.0, Origin::Qmp, io().unwrap());
+        t.push(0.1, Origin::Qmp, io().unwrap());
+        t.push(0.2, Origin::Step, Event::PowerCut);
+        t.push(0.3, Origin::Qmp, io().unwrap());
+        let n = t.normalised(&Redactor::default());
+        let want = Event::Qmp { name: "BLOCK_IO_ERROR".into(), detail: Some("write: Input/output error".into()) };
+        assert_eq!(n, vec![want.clone(), Event::PowerCut, want]);
     }
 
     #[test]
