@@ -1,6 +1,7 @@
 //! The `devlab` command: `run` scenarios (or a named `suite`) on boards,
 //! in parallel, sharded, with retries that mark flakes, writing JUnit/JSON/
-//! Markdown reports; `check` scenario files without booting; list `boards`.
+//! Markdown reports; `check` scenario files without booting; list `boards`;
+//! `ps`/`attach`/`ssh`/`stop` machines kept after a failure.
 //! Exit codes: 0 passed, 1 a scenario failed, 2 bad input, 69
 //! infrastructure failure, 130 interrupted.
 
@@ -58,6 +59,22 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ReportCmd,
     },
+    /// List machines kept running after a failure (--keep-on-failure).
+    Ps,
+    /// Interactive serial console on a kept machine (Ctrl-] detaches).
+    Attach {
+        /// Its run id (or a unique prefix), as `devlab ps` shows it.
+        id: String,
+    },
+    /// A shell (or one command) on a kept machine over SSH.
+    Ssh {
+        id: String,
+        /// Run this instead of a login shell.
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// End a kept machine (its `devlab run` tears it down and exits).
+    Stop { id: String },
 }
 
 #[derive(Subcommand)]
@@ -104,8 +121,9 @@ struct Common {
     /// Where junit.xml, summary.json and summary.md go.
     #[arg(long, value_name = "DIR")]
     report_dir: Option<PathBuf>,
-    /// On failure, keep the machine running and print how to reach it (implies --jobs 1).
-    #[arg(long)]
+    /// On failure, keep the machine running and print how to reach it
+    /// (`devlab attach/ssh/stop <run-id>`); implies --jobs 1.
+    #[arg(long = "keep-on-failure", visible_alias = "keep")]
     keep: bool,
     /// Write the timeline snapshots instead of checking them.
     #[arg(long)]
@@ -209,6 +227,32 @@ fn main() {
             }
             Err(e) => report_error(&e),
         },
+        Cmd::Ps => {
+            let all = harness::kept::list(&harness::kept::registry_dir());
+            if all.is_empty() {
+                println!("no kept machines (devlab run --keep-on-failure keeps a failed one)");
+            } else {
+                println!("{:<56} {:>7} {:>7} {:>6}  FAILED AT", "RUN ID", "KEEPER", "QEMU", "SSH");
+                for k in &all {
+                    let ssh = k.ssh_port.map_or("-".to_string(), |p| p.to_string());
+                    println!("{:<56} {:>7} {:>7} {:>6}  {}", k.run_id, k.keeper_pid, k.qemu_pid, ssh, k.failed_step);
+                }
+            }
+            EXIT_PASSED
+        }
+        Cmd::Attach { id } => kept_do(&id, harness::kept::attach),
+        Cmd::Ssh { id, command } => kept_do(&id, |k| {
+            let mut argv = harness::kept::ssh_command(k)?;
+            argv.extend(command.iter().cloned());
+            let bin = which::which(&argv[0]).map_err(|_| "ssh not found: install Debian package openssh-client")?;
+            use std::os::unix::process::CommandExt;
+            Err(format!("cannot run ssh: {}", std::process::Command::new(bin).args(&argv[1..]).exec()))
+        }),
+        Cmd::Stop { id } => kept_do(&id, |k| {
+            harness::kept::stop(k, std::time::Duration::from_secs(30))?;
+            println!("stopped {}", k.run_id);
+            Ok(())
+        }),
         Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false), &opts),
         Cmd::Suite { name, opts } => {
             let loaded = plan::load_suite(&name).and_then(|(files, suite_boards)| {
@@ -277,7 +321,13 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
                 Some(Err(e)) => eprintln!("a run task ended abnormally: {e}"),
                 None => break false,
             },
-            _ = tokio::signal::ctrl_c() => break true,
+            _ = tokio::signal::ctrl_c() => {
+                // A kept machine takes this Ctrl-C (it releases the machine
+                // and its run ends as failed); otherwise stop everything.
+                if harness::kept::HOLDING.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    break true;
+                }
+            }
         }
     };
     if interrupted {
@@ -366,6 +416,17 @@ async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32) -> (Record,
                 run_dir: dir,
             };
             return (record, code);
+        }
+    }
+}
+
+/// Find a kept machine by id and act on it; a missing one is bad input.
+fn kept_do(id: &str, act: impl FnOnce(&harness::kept::Kept) -> Result<(), String>) -> i32 {
+    match harness::kept::find(&harness::kept::registry_dir(), id).and_then(|k| act(&k)) {
+        Ok(()) => EXIT_PASSED,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_BAD_INPUT
         }
     }
 }

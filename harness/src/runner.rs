@@ -952,25 +952,69 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Leave the failed machine running for a person to inspect. Returns
-    /// never: the caller's Ctrl-C handling drops the run, and with it the
-    /// machine (teardown ladder).
+    /// Leave the failed machine running for a person to inspect, registered
+    /// for `devlab ps/attach/ssh/stop`, until Ctrl-C (or `devlab stop`, which
+    /// sends SIGINT); then the run ends with its failure as usual (teardown,
+    /// reports), and the registry entry goes.
     async fn keep(&mut self) {
         let Some(m) = self.machine.as_ref() else { return };
         let attach = m.socket("attach.sock");
-        let server = m.console.serve_attach(&attach);
-        let port = self.ssh.as_ref().map(|s| s.port());
-        eprintln!("\nmachine kept running for inspection (pid {}); press Ctrl-C to stop it", m.pid());
-        eprintln!("  serial console: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{}", attach.display());
-        if let Some(port) = port {
-            eprintln!(
-                "  ssh:            ssh -i {} -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1",
-                self.image.ssh_key.display()
-            );
+        let server = match m.console.serve_attach(&attach) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot serve the console for attach: {e}");
+                return;
+            }
+        };
+        let kept = crate::kept::Kept {
+            run_id: self.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            scenario: self.scenario.name().to_string(),
+            board: self.board.name.clone(),
+            run_dir: self.run_dir.clone(),
+            keeper_pid: std::process::id(),
+            qemu_pid: m.pid(),
+            attach_sock: attach,
+            monitor_sock: m.socket("monitor.sock"),
+            ssh_port: self.ssh.as_ref().map(|s| s.port()),
+            ssh_key: self.image.ssh_key.clone(),
+            failed_step: self.current.clone(),
+        };
+        /// Stops the attach relay when the keeper lets go.
+        struct AbortOnDrop(tokio::task::JoinHandle<()>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
         }
-        eprintln!("  QEMU monitor:   socat - UNIX-CONNECT:{}", m.socket("monitor.sock").display());
-        let _server = server;
-        std::future::pending::<()>().await;
+        /// Counts this run in `kept::HOLDING` while it holds the machine.
+        struct Holding;
+        impl Drop for Holding {
+            fn drop(&mut self) {
+                crate::kept::HOLDING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let _relay = AbortOnDrop(server);
+        // Listen (and count as holding) before anyone can learn how to stop
+        // it: a `devlab stop` right away must reach this listener.
+        let mut sigint = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot listen for Ctrl-C: {e}");
+                return;
+            }
+        };
+        crate::kept::HOLDING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _holding = Holding;
+        let _registration = match crate::kept::register(&crate::kept::registry_dir(), &kept) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("cannot register the kept machine in {}: {e}", crate::kept::registry_dir().display());
+                None
+            }
+        };
+        eprintln!("\n{}", crate::kept::how_to_reach(&kept));
+        sigint.recv().await;
+        eprintln!("releasing the kept machine {}", kept.run_id);
     }
 
     async fn teardown(&mut self) {

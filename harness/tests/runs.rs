@@ -136,3 +136,55 @@ fn ctrl_c_reports_unfinished_runs_as_not_run() {
     assert_eq!(json["total"], 2);
     assert_eq!(json["not_run"], 2, "{json}");
 }
+
+#[test]
+fn a_kept_machine_is_listed_reachable_and_stopped() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let s = failing_scenario(d.path(), "kept-fails", "1s");
+    let xdg = d.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let reports = d.path().join("reports");
+    let mut child = devlab()
+        .args(["run", s.to_str().unwrap(), "--keep-on-failure", "--no-snapshots", "--report-dir"])
+        .arg(&reports)
+        .env("DEVLAB_RUNS", d.path().join("runs"))
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the keeper's stderr as it comes until it says how to stop it.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut said = String::new();
+    let stop_line = loop {
+        let line = lines.next().expect("the keeper ended before keeping the machine").unwrap();
+        said.push_str(&line);
+        said.push('\n');
+        if let Some(rest) = line.trim().strip_prefix("devlab stop ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert!(said.contains("devlab attach kept-fails-qemu-aarch64-"), "{said}");
+    let with_xdg = |args: &[&str]| devlab().args(args).env("XDG_RUNTIME_DIR", &xdg).output().unwrap();
+    let ps = with_xdg(&["ps"]);
+    let ps_out = String::from_utf8_lossy(&ps.stdout);
+    assert!(ps_out.contains(&stop_line) && ps_out.contains("step 3 (expect"), "{ps_out}");
+    let qemu: i32 = ps_out.lines().nth(1).unwrap().split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(Path::new(&format!("/proc/{qemu}")).exists(), "the kept QEMU is not running");
+    // SSH never came up in this run: `ssh` says so and points at attach.
+    let ssh = with_xdg(&["ssh", "kept-fails"]);
+    assert_eq!(ssh.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&ssh.stderr).contains("devlab attach"));
+    let unknown = with_xdg(&["stop", "nothing-like-it"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("kept: kept-fails"));
+    // A prefix is enough; stop returns once the keeper has torn it down.
+    let stop = with_xdg(&["stop", "kept-fails"]);
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert_eq!(child.wait().unwrap().code(), Some(1), "the run still ends as failed");
+    assert!(!Path::new(&format!("/proc/{qemu}")).exists(), "QEMU {qemu} survived stop");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((json["failed"].as_u64(), json["not_run"].as_u64()), (Some(1), Some(0)), "{json}");
+    assert!(String::from_utf8_lossy(&with_xdg(&["ps"]).stdout).contains("no kept machines"));
+}
