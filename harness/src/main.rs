@@ -295,20 +295,68 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i
     rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, &report_dir)))
 }
 
+/// Where run lines go: above a live view of the running machines (one
+/// spinner each: run id, elapsed, current step) on a terminal, or plain
+/// lines on stderr otherwise (CI logs).
+#[derive(Clone)]
+struct Out {
+    live: Option<indicatif::MultiProgress>,
+}
+
+impl Out {
+    fn new() -> Out {
+        use std::io::IsTerminal;
+        let live = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
+        Out { live }
+    }
+
+    fn line(&self, s: &str) {
+        match &self.live {
+            Some(m) => {
+                let _ = m.println(s);
+            }
+            None => eprintln!("{s}"),
+        }
+    }
+
+    /// A spinner for a run that has started (none without a terminal).
+    fn running(&self, id: &str) -> Option<indicatif::ProgressBar> {
+        let m = self.live.as_ref()?;
+        let bar = m.add(indicatif::ProgressBar::new_spinner());
+        let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<48} {elapsed:>4} {wide_msg}")
+            .expect("static template");
+        bar.set_style(style);
+        bar.set_prefix(id.to_string());
+        bar.set_message("starting");
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
+        Some(bar)
+    }
+}
+
 async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32, report_dir: &Path) -> i32 {
     let started = Instant::now();
     let n = jobs.len();
-    eprintln!("{n} run(s), {parallel} at a time");
+    let out = Out::new();
+    out.line(&format!("{n} run(s), {parallel} at a time"));
     let mut records: Vec<Option<Record>> = vec![None; n];
     let mut worst = EXIT_PASSED;
     let sem = Arc::new(Semaphore::new(parallel));
     let mut set = JoinSet::new();
     for (i, job) in jobs.iter().cloned().enumerate() {
         let sem = sem.clone();
-        let opts = opts.clone();
+        let mut opts = opts.clone();
+        let out = out.clone();
         set.spawn_local(async move {
             let _permit = sem.acquire_owned().await.expect("semaphore");
-            (i, run_with_retries(job, &opts, retries).await)
+            let bar = out.running(&job.id);
+            if let Some(b) = bar.clone() {
+                opts.on_step = harness::runner::StepHook::new(move |what| b.set_message(what.to_string()));
+            }
+            let r = run_with_retries(job, &opts, retries, &out).await;
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            (i, r)
         });
     }
     let interrupted = loop {
@@ -377,27 +425,31 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
 }
 
 /// Run one job, retrying a failure up to `retries` times.
-async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32) -> (Record, i32) {
+async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32, out: &Out) -> (Record, i32) {
     let started = Instant::now();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        eprintln!("RUN  {}{}", job.id, if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() });
-        let out = runner::run(&job.scenario, &job.board, opts).await;
-        let dir = out.run_dir.clone();
+        out.line(&format!(
+            "RUN  {}{}",
+            job.id,
+            if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() }
+        ));
+        let outcome = runner::run(&job.scenario, &job.board, opts).await;
+        let dir = outcome.run_dir.clone();
         let shown = dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default();
-        let (status, code, message) = match &out.result {
+        let (status, code, message) = match &outcome.result {
             Ok(()) => {
                 let status = if attempt > 1 { Status::Flaky } else { Status::Passed };
-                eprintln!("{} {} in {:.1}s ({shown})", status.word(), job.id, out.duration.as_secs_f64());
+                out.line(&format!("{} {} in {:.1}s ({shown})", status.word(), job.id, outcome.duration.as_secs_f64()));
                 (status, EXIT_PASSED, None)
             }
             Err(e) => {
                 let code = e.exit_code();
                 let status = if code == EXIT_FAILED { Status::Failed } else { Status::Error };
-                eprintln!("{} {} after {:.1}s\n{e}", status.word(), job.id, out.duration.as_secs_f64());
+                out.line(&format!("{} {} after {:.1}s\n{e}", status.word(), job.id, outcome.duration.as_secs_f64()));
                 if !shown.is_empty() && !matches!(e, Error::Failed(_)) {
-                    eprintln!("run directory: {shown}");
+                    out.line(&format!("run directory: {shown}"));
                 }
                 (status, code, Some(e.to_string()))
             }

@@ -34,16 +34,45 @@ pub enum SnapshotMode {
     Skip,
 }
 
+/// Told what a run is doing as each step starts ("step 3/12 expect"), for
+/// a live progress display. Empty by default.
+#[derive(Clone, Default)]
+pub struct StepHook(Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>);
+
+impl StepHook {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> StepHook {
+        StepHook(Some(std::sync::Arc::new(f)))
+    }
+
+    fn tell(&self, what: &str) {
+        if let Some(f) = &self.0 {
+            f(what)
+        }
+    }
+}
+
+impl std::fmt::Debug for StepHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "StepHook(set)" } else { "StepHook(none)" })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub runs_root: PathBuf,
     pub keep_on_failure: bool,
     pub snapshots: SnapshotMode,
+    pub on_step: StepHook,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { runs_root: crate::rundir::runs_root(), keep_on_failure: false, snapshots: SnapshotMode::Skip }
+        RunOptions {
+            runs_root: crate::rundir::runs_root(),
+            keep_on_failure: false,
+            snapshots: SnapshotMode::Skip,
+            on_step: StepHook::default(),
+        }
     }
 }
 
@@ -96,6 +125,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     out.run_dir = Some(run_dir.clone());
     let accel = accel::choose(board);
     let mut r = Run::new(scenario, board, image, run_dir.clone(), accel);
+    r.on_step = opts.on_step.clone();
     let bound = scenario.header.timeout.0;
     let result = match tokio::time::timeout(bound, r.steps()).await {
         Ok(res) => res,
@@ -183,6 +213,8 @@ struct Run<'a> {
     bundles: BTreeMap<String, String>,
     /// Bad spots injected from the next power-on on (`disk_errors`).
     disk_errors: Vec<crate::board::DiskError>,
+    /// Told as each step starts.
+    on_step: StepHook,
     /// Console sync barriers issued so far.
     syncs: u32,
 }
@@ -206,6 +238,7 @@ impl<'a> Run<'a> {
             server: None,
             bundles: BTreeMap::new(),
             disk_errors: Vec::new(),
+            on_step: StepHook::default(),
             syncs: 0,
         }
     }
@@ -325,9 +358,11 @@ impl<'a> Run<'a> {
     }
 
     async fn steps(&mut self) -> Result<()> {
+        let n = self.scenario.steps.len();
         for (i, placed) in self.scenario.steps.iter().enumerate() {
             self.current =
                 format!("step {} ({}, {}:{})", i + 1, placed.step.action(), self.scenario.path.display(), placed.line);
+            self.on_step.tell(&format!("step {}/{n} {}", i + 1, placed.step.action()));
             self.step(placed).await?;
         }
         Ok(())
@@ -1012,6 +1047,7 @@ impl<'a> Run<'a> {
                 None
             }
         };
+        self.on_step.tell("kept: waiting for Ctrl-C or devlab stop");
         eprintln!("\n{}", crate::kept::how_to_reach(&kept));
         sigint.recv().await;
         eprintln!("releasing the kept machine {}", kept.run_id);
