@@ -37,7 +37,9 @@ pub enum SnapshotMode {
 /// Told what a run is doing as each step starts ("step 3/12 expect"), for
 /// a live progress display. Empty by default.
 #[derive(Clone, Default)]
-pub struct StepHook(Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>);
+pub struct StepHook(Option<std::sync::Arc<StepFn>>);
+
+type StepFn = dyn Fn(&str) + Send + Sync;
 
 impl StepHook {
     pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> StepHook {
