@@ -8,6 +8,7 @@ pub mod board_check;
 pub mod console;
 pub mod disk;
 pub mod error;
+pub mod html;
 pub mod kept;
 pub mod machine;
 pub mod plan;

@@ -407,7 +407,7 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
         .collect();
     let duration = started.elapsed().as_secs_f64();
     match report::write(report_dir, &records, duration) {
-        Ok(()) => eprintln!("reports: {}/{{junit.xml,summary.json,summary.md}}", report_dir.display()),
+        Ok(()) => eprintln!("reports: {}/{{junit.xml,summary.json,summary.md,report.html}}", report_dir.display()),
         Err(e) => {
             eprintln!("error: cannot write reports to {}: {e}", report_dir.display());
             worst = worse(worst, EXIT_INFRA);

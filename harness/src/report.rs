@@ -1,5 +1,6 @@
 //! Reports of a `devlab run` for CI and people: JUnit XML (GitLab, Jenkins
-//! and GitHub read it), a JSON summary and a Markdown table, written to the
+//! and GitHub read it), a JSON summary, a Markdown table and an HTML page
+//! with each run's timeline drawn (`html`), written to the
 //! report folder. A pass after a retry is `flaky`, never a plain pass; a run
 //! that never started (interrupted) is `not_run`. Files are written to a
 //! temp name and renamed, so a report is complete or absent, never torn.
@@ -188,7 +189,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, f64), String> {
     Ok((all.len(), duration))
 }
 
-/// Write `junit.xml`, `summary.json` and `summary.md` into `dir`.
+/// Write `junit.xml`, `summary.json`, `summary.md` and `report.html` into `dir`.
 pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let summary = Summary {
@@ -203,7 +204,8 @@ pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result
     };
     write_atomic(&dir.join("junit.xml"), &junit(records, duration_s))?;
     write_atomic(&dir.join("summary.json"), &serde_json::to_string_pretty(&summary).expect("json"))?;
-    write_atomic(&dir.join("summary.md"), &markdown(records, duration_s))
+    write_atomic(&dir.join("summary.md"), &markdown(records, duration_s))?;
+    write_atomic(&dir.join("report.html"), &crate::html::page(records, duration_s))
 }
 
 #[cfg(test)]

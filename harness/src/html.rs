@@ -1,0 +1,245 @@
+//! `report.html`: the runs of a `devlab run` for people who would rather
+//! look than read. A status table, then each run's timeline (its
+//! `timeline.json`) drawn as an inline SVG chart: one lane per origin
+//! (console, QMP, step) on a time axis, boot stages, update stages and
+//! faults in their own colours, the details on hover. One self-contained
+//! file: no scripts, no network.
+//!
+//! Invariants: it reads run directories and never fails the report because
+//! one is missing or unreadable (that run is shown without a chart); every
+//! text from a run is escaped.
+
+use crate::report::{Record, Status};
+use std::fmt::Write;
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// How an event is drawn: its colour class and whether its name is printed
+/// on the chart (the rest show on hover).
+fn kind(event: &str, qmp_name: &str) -> (&'static str, bool) {
+    match event {
+        "fault" | "power_cut" | "reset" | "failed" | "fault_triggered" => ("fault", true),
+        "qmp" if matches!(qmp_name, "WATCHDOG" | "GUEST_PANICKED" | "BLOCK_IO_ERROR") => ("fault", true),
+        "qmp" => ("qmp", qmp_name == "RESET"),
+        "slot_chosen" | "kernel_started" | "root_mounted" | "ssh_up" | "uboot_banner" => ("boot", true),
+        "update" | "update_result" | "rauc_install" | "release_served" | "bundle_served" => ("update", true),
+        "health" => ("health", true),
+        _ => ("other", false),
+    }
+}
+
+/// A short label and the full hover text of one timeline entry.
+fn describe(entry: &serde_json::Value) -> (String, String) {
+    let event = entry["event"].as_str().unwrap_or("?");
+    let mut details = Vec::new();
+    if let Some(obj) = entry.as_object() {
+        for (k, v) in obj {
+            if k == "t" || k == "origin" || k == "event" {
+                continue;
+            }
+            let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            details.push(format!("{k}={v}"));
+        }
+    }
+    let short = match event {
+        "slot_chosen" => format!("slot {}", entry["slot"].as_str().unwrap_or("?")),
+        "qmp" => entry["name"].as_str().unwrap_or("qmp").to_string(),
+        "update" => entry["stage"].as_str().unwrap_or("update").to_string(),
+        "health" => entry["result"].as_str().unwrap_or("health").to_string(),
+        "fault" => entry["kind"].as_str().unwrap_or("fault").to_string(),
+        _ => event.replace('_', " "),
+    };
+    let t = entry["t"].as_f64().unwrap_or(0.0);
+    (short, format!("{t:.3}s {event} {}", details.join(" ")))
+}
+
+const LANES: [&str; 3] = ["console", "qmp", "step"];
+
+/// The SVG chart of one timeline (`timeline.json`'s `entries`).
+pub fn chart(entries: &[serde_json::Value]) -> String {
+    let end = entries.iter().filter_map(|e| e["t"].as_f64()).fold(0.0f64, f64::max).max(1.0);
+    let (left, width, lane_h) = (70.0, 1100.0, 46.0);
+    let height = lane_h * LANES.len() as f64 + 30.0;
+    let x = |t: f64| left + t / end * width;
+    let mut svg =
+        format!("<svg viewBox=\"0 0 {} {height}\" width=\"100%\" role=\"img\"><g class=\"axis\">", left + width + 20.0);
+    // Lanes and a seconds axis with about ten ticks.
+    for (i, lane) in LANES.iter().enumerate() {
+        let y = lane_h * i as f64 + lane_h / 2.0;
+        let _ = write!(
+            svg,
+            "<text x=\"4\" y=\"{:.1}\">{lane}</text><line x1=\"{left}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>",
+            y + 4.0,
+            left + width
+        );
+    }
+    let step = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]
+        .into_iter()
+        .find(|s| end / s <= 12.0)
+        .unwrap_or(600.0);
+    let axis_y = lane_h * LANES.len() as f64 + 14.0;
+    let mut t = 0.0;
+    while t <= end + 1e-9 {
+        let _ = write!(svg, "<text x=\"{:.1}\" y=\"{axis_y:.1}\" class=\"tick\">{t}s</text>", x(t) - 6.0);
+        t += step;
+    }
+    svg.push_str("</g>");
+    // Events; printed labels alternate heights so neighbours overlap less.
+    let mut shown = [0usize; 3];
+    for e in entries {
+        let lane = LANES.iter().position(|l| Some(*l) == e["origin"].as_str()).unwrap_or(2);
+        let event = e["event"].as_str().unwrap_or("?");
+        let (class, label) = kind(event, e["name"].as_str().unwrap_or(""));
+        let (short, title) = describe(e);
+        let cx = x(e["t"].as_f64().unwrap_or(0.0));
+        let cy = lane_h * lane as f64 + lane_h / 2.0;
+        let _ = write!(
+            svg,
+            "<g class=\"{class}\"><title>{}</title><circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"4\"/>",
+            esc(&title)
+        );
+        if label {
+            let dy = if shown[lane] % 2 == 0 { -8.0 } else { 16.0 };
+            shown[lane] += 1;
+            let _ = write!(svg, "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>", cx + 3.0, cy + dy, esc(&short));
+        }
+        svg.push_str("</g>");
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;color:#222}\
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}\
+.passed{color:#176f2c}.flaky{color:#a36b00}.failed,.error{color:#b00020;font-weight:bold}.not_run{color:#777}\
+section{margin:1.5em 0;border-top:1px solid #ddd}pre{background:#f6f6f6;padding:8px;overflow:auto}\
+svg text{font-size:10px}.axis line{stroke:#ccc}.axis text{fill:#555}.tick{fill:#888}\
+g.boot circle{fill:#1f6feb}g.update circle{fill:#8250df}g.health circle{fill:#1a7f37}\
+g.fault circle{fill:#d1242f}g.fault text{fill:#d1242f}g.qmp circle{fill:#bf8700}g.other circle{fill:#999}";
+
+fn status_class(s: Status) -> &'static str {
+    match s {
+        Status::Passed => "passed",
+        Status::Flaky => "flaky",
+        Status::Failed => "failed",
+        Status::Error => "error",
+        Status::NotRun => "not_run",
+    }
+}
+
+/// The whole report page.
+pub fn page(records: &[Record], duration_s: f64) -> String {
+    let mut h = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>devlab report</title><style>{STYLE}</style></head>\
+         <body><h1>devlab report</h1><p>{} runs in {duration_s:.1} s</p><table><tr><th>run</th><th>status</th>\
+         <th>attempts</th><th>time</th></tr>",
+        records.len()
+    );
+    for r in records {
+        let _ = write!(
+            h,
+            "<tr><td><a href=\"#{id}\">{id}</a></td><td class=\"{c}\">{w}</td><td>{}</td><td>{:.1} s</td></tr>",
+            r.attempts,
+            r.duration_s,
+            id = esc(&r.id),
+            c = status_class(r.status),
+            w = r.status.word()
+        );
+    }
+    h.push_str("</table>");
+    for r in records {
+        let _ = write!(
+            h,
+            "<section id=\"{id}\"><h2>{id} <span class=\"{c}\">{w}</span></h2>",
+            id = esc(&r.id),
+            c = status_class(r.status),
+            w = r.status.word()
+        );
+        if let Some(dir) = &r.run_dir {
+            let _ = write!(h, "<p>run directory: <code>{}</code></p>", esc(&dir.to_string_lossy()));
+            let timeline = std::fs::read(dir.join("timeline.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            match timeline.as_ref().and_then(|t| t["entries"].as_array()) {
+                Some(entries) if !entries.is_empty() => h.push_str(&chart(entries)),
+                _ => h.push_str("<p>(no timeline)</p>"),
+            }
+        }
+        if let Some(m) = &r.message {
+            let _ = write!(h, "<pre>{}</pre>", esc(m));
+        }
+        h.push_str("</section>");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chart_places_events_on_lanes_and_escapes_text() {
+        let entries = vec![
+            json!({"t": 0.0, "origin": "step", "event": "power_on"}),
+            json!({"t": 1.0, "origin": "console", "event": "slot_chosen", "slot": "B", "tries_left": 0}),
+            json!({"t": 2.0, "origin": "qmp", "event": "qmp", "name": "WATCHDOG", "detail": "reset"}),
+            json!({"t": 4.0, "origin": "step", "event": "fault", "kind": "<corrupt> & co", "target": "server"}),
+        ];
+        let svg = chart(&entries);
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
+        assert_eq!(svg.matches("<circle").count(), 4);
+        // t=4 is the end of the axis: x = 70 + 1100; the console lane is the first.
+        assert!(svg.contains("cx=\"1170.0\" cy=\"115.0\""), "{svg}");
+        assert!(svg.contains("cx=\"345.0\" cy=\"23.0\""), "{svg}");
+        assert!(svg.contains("<g class=\"fault\"><title>2.000s qmp"), "{svg}");
+        assert!(svg.contains("&lt;corrupt&gt; &amp; co"), "{svg}");
+        assert!(!svg.contains("<corrupt>"));
+        assert!(svg.contains(">slot B</text>"), "{svg}");
+    }
+
+    #[test]
+    fn page_lists_runs_and_survives_missing_run_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("timeline.json"),
+            json!({"entries": [{"t": 0.5, "origin": "console", "event": "kernel_started"}]}).to_string(),
+        )
+        .unwrap();
+        let rec = |id: &str, status, dir: Option<std::path::PathBuf>| Record {
+            id: id.into(),
+            scenario: "s".into(),
+            board: "b".into(),
+            status,
+            attempts: 1,
+            duration_s: 3.0,
+            message: Some("step 2 failed: <boom>".into()),
+            run_dir: dir,
+        };
+        let html = page(
+            &[
+                rec("a@b", Status::Passed, Some(d.path().to_path_buf())),
+                rec("c@d", Status::Failed, Some(d.path().join("gone"))),
+            ],
+            9.0,
+        );
+        assert!(html.contains("<td class=\"failed\">FAIL</td>"), "{html}");
+        assert_eq!(html.matches("<svg").count(), 1);
+        assert!(html.contains("(no timeline)"));
+        assert!(html.contains("step 2 failed: &lt;boom&gt;"));
+    }
+}
