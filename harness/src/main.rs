@@ -160,14 +160,15 @@ fn load_all(paths: &[PathBuf], only: &[String], replace: bool) -> Result<Vec<(Sc
     let chosen: Vec<Board> = only.iter().map(|n| board::find(n)).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for f in scenario_files(paths)? {
-        let s = Scenario::load(&f)?;
-        let mut boards = s.resolve_boards()?;
-        if replace && !chosen.is_empty() {
-            boards = chosen.clone();
-        } else if !only.is_empty() {
-            boards.retain(|b| only.contains(&b.name));
+        for s in Scenario::load_variants(&f)? {
+            let mut boards = s.resolve_boards()?;
+            if replace && !chosen.is_empty() {
+                boards = chosen.clone();
+            } else if !only.is_empty() {
+                boards.retain(|b| only.contains(&b.name));
+            }
+            out.push((s, boards));
         }
-        out.push((s, boards));
     }
     Ok(out)
 }

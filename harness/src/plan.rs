@@ -129,9 +129,10 @@ mod tests {
         let root = crate::rundir::workspace_root();
         let mut all = Vec::new();
         for f in ["boot-smoke", "env-fallback", "slot-switch"] {
-            let s = Scenario::load(&root.join(format!("scenarios/{f}.toml"))).unwrap();
-            let boards = s.resolve_boards().unwrap();
-            all.push((s, boards));
+            for s in Scenario::load_variants(&root.join(format!("scenarios/{f}.toml"))).unwrap() {
+                let boards = s.resolve_boards().unwrap();
+                all.push((s, boards));
+            }
         }
         expand(all)
     }

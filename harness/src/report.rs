@@ -286,6 +286,6 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names.len(), 3, "no temp files left: {names:?}");
+        assert_eq!(names.len(), 4, "no temp files left: {names:?}");
     }
 }

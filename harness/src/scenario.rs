@@ -560,6 +560,10 @@ pub struct Header {
     /// lacks one is refused before anything boots.
     #[serde(default)]
     pub needs: Vec<String>,
+    /// Parameters: every combination of their values is its own run (see
+    /// `Scenario::variants`).
+    #[serde(default)]
+    pub matrix: BTreeMap<String, Vec<toml::Value>>,
 }
 
 fn base() -> toml::Spanned<String> {
@@ -586,14 +590,159 @@ pub struct Scenario {
     pub path: PathBuf,
     pub header: Header,
     pub steps: Vec<PlacedStep>,
+    /// The matrix values this variant runs with (`param` -> value name).
+    pub variant: Vec<(String, String)>,
     text: String,
 }
 
+/// One value of a matrix parameter: `{param}` gives its name, `{param.key}`
+/// one of its fields (a table value's other keys).
+#[derive(Debug, Clone)]
+struct MatrixValue {
+    name: String,
+    fields: BTreeMap<String, String>,
+}
+
+fn matrix_scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A matrix value is put into the scenario text as-is, inside a string:
+/// it must not be able to end that string or the line.
+fn matrix_safe(s: &str) -> bool {
+    !s.chars().any(|c| matches!(c, '\'' | '"' | '\\' | '\n' | '\r'))
+}
+
 impl Scenario {
+    /// Load a scenario file that has no matrix (one run per board).
     pub fn load(path: &Path) -> Result<Scenario> {
+        let mut all = Self::load_variants(path)?;
+        if all.len() != 1 {
+            return Err(
+                InputError::new(path, format!("has a matrix ({} variants): load its variants", all.len())).into()
+            );
+        }
+        Ok(all.remove(0))
+    }
+
+    /// Every variant of a scenario file: the file itself without a
+    /// `[scenario.matrix]`, else one scenario per combination of the matrix
+    /// values, named `<name>.<param>=<value>...`, with `{param}` and
+    /// `{param.key}` substituted in the steps.
+    pub fn load_variants(path: &Path) -> Result<Vec<Scenario>> {
         let text =
             std::fs::read_to_string(path).map_err(|e| InputError::new(path, format!("cannot read scenario: {e}")))?;
-        Self::parse(path, text)
+        Self::variants(path, text)
+    }
+
+    pub fn variants(path: &Path, text: String) -> Result<Vec<Scenario>> {
+        let raw: Raw = toml::from_str(&text).map_err(|e| InputError::from_toml(path, &text, 0, &e))?;
+        if raw.scenario.matrix.is_empty() {
+            return Ok(vec![Self::parse(path, text)?]);
+        }
+        let at = |key: &str, msg: String| -> crate::error::Error {
+            let offset = crate::board::find_key(&text, key).unwrap_or(0);
+            InputError::new(path, msg).at(&text, offset).field(format!("matrix.{key}")).into()
+        };
+        let mut params: Vec<(String, Vec<MatrixValue>)> = Vec::new();
+        for (name, values) in &raw.scenario.matrix {
+            let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !plain || name == "arch" || name == "board" {
+                return Err(at(
+                    name,
+                    format!("`{name}` cannot be a matrix parameter (plain names; not arch or board)"),
+                ));
+            }
+            if values.is_empty() {
+                return Err(at(name, format!("`{name}` has no values")));
+            }
+            let mut list = Vec::new();
+            for v in values {
+                let value = match v {
+                    toml::Value::Table(t) => {
+                        let Some(name_v) = t.get("name").and_then(matrix_scalar) else {
+                            return Err(at(name, format!("a table value of `{name}` needs a `name`")));
+                        };
+                        let mut fields = BTreeMap::new();
+                        for (k, fv) in t {
+                            let Some(f) = matrix_scalar(fv) else {
+                                return Err(at(name, format!("`{name}.{k}`: only strings, integers and booleans")));
+                            };
+                            fields.insert(k.clone(), f);
+                        }
+                        MatrixValue { name: name_v, fields }
+                    }
+                    v => match matrix_scalar(v) {
+                        Some(s) => MatrixValue { name: s, fields: BTreeMap::new() },
+                        None => {
+                            return Err(at(name, format!("`{name}`: values are strings, integers, booleans or tables")))
+                        }
+                    },
+                };
+                let all_safe = matrix_safe(&value.name) && value.fields.values().all(|f| matrix_safe(f));
+                if !all_safe {
+                    return Err(at(name, format!("`{name}`: a value may not contain quotes, backslashes or newlines")));
+                }
+                if list.iter().any(|o: &MatrixValue| o.name == value.name) {
+                    return Err(at(name, format!("`{name}`: value `{}` twice", value.name)));
+                }
+                list.push(value);
+            }
+            params.push((name.clone(), list));
+        }
+        // The steps start at the first [[step]]: the header keeps its text.
+        let steps_at = text.find("\n[[step]]").map_or(0, |i| i + 1);
+        let mut combos: Vec<Vec<(String, MatrixValue)>> = vec![Vec::new()];
+        for (name, values) in &params {
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push((name.clone(), v.clone()));
+                        c
+                    })
+                })
+                .collect();
+        }
+        let placeholder = Regex::new(r"\{([A-Za-z0-9_]+)(?:\.([A-Za-z0-9_]+))?\}").expect("static regex");
+        let mut out = Vec::new();
+        for combo in combos {
+            let mut body = String::with_capacity(text.len());
+            let mut last = steps_at;
+            for m in placeholder.captures_iter(&text[steps_at..]) {
+                let whole = m.get(0).expect("match");
+                let Some((_, value)) = combo.iter().find(|(n, _)| n == &m[1]) else { continue };
+                let got = match m.get(2) {
+                    None => Some(&value.name),
+                    Some(k) => value.fields.get(k.as_str()),
+                };
+                let Some(got) = got else {
+                    return Err(InputError::new(
+                        path,
+                        format!("`{}`: value `{}` of `{}` has no field `{}`", whole.as_str(), value.name, &m[1], &m[2]),
+                    )
+                    .at(&text, steps_at + whole.start())
+                    .field("matrix")
+                    .into());
+                };
+                body.push_str(&text[last..steps_at + whole.start()]);
+                body.push_str(got);
+                last = steps_at + whole.end();
+            }
+            let substituted = format!("{}{body}{}", &text[..steps_at], &text[last..]);
+            let mut s = Self::parse(path, substituted)?;
+            let label: Vec<String> = combo.iter().map(|(n, v)| format!("{n}={}", v.name)).collect();
+            s.header.name = format!("{}.{}", s.header.name, label.join("."));
+            s.variant = combo.into_iter().map(|(n, v)| (n, v.name)).collect();
+            out.push(s);
+        }
+        Ok(out)
     }
 
     pub fn parse(path: &Path, text: String) -> Result<Scenario> {
@@ -644,7 +793,7 @@ impl Scenario {
             let offset = crate::board::find_key(&text, "boards").unwrap_or(0);
             return Err(InputError::new(path, "name at least one board").at(&text, offset).field("boards").into());
         }
-        let scenario = Scenario { path: path.to_path_buf(), header: raw.scenario, steps, text };
+        let scenario = Scenario { path: path.to_path_buf(), header: raw.scenario, steps, variant: Vec::new(), text };
         let root = crate::rundir::workspace_root();
         let mut bundles: Vec<&str> = Vec::new();
         for (placed, spanned) in scenario.steps.iter().zip(&raw.step) {
@@ -863,6 +1012,48 @@ mod tests {
     }
 
     #[test]
+    fn a_matrix_makes_one_scenario_per_combination() {
+        let text = "[scenario]\nname = \"m\"\nboards = [\"qemu-x86_64\"]\n\n[scenario.matrix]\n\
+                    copy = [{ name = \"a\", part = \"uboot-env-a\" }, { name = \"b\", part = \"uboot-env-b\" }]\n\
+                    wait = [\"1s\", 2]\n\n\
+                    [[step]]\naction = \"corrupt_disk\"\npartition = \"{copy.part}\"\n\n\
+                    [[step]]\naction = \"expect\"\npattern = 'env {copy} on {arch}'\ntimeout = \"{wait}\"\n";
+        // `2` is not a duration: that variant's error points at its line.
+        let err = Scenario::variants(Path::new("s.toml"), text.to_string()).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:16:11:") && err.contains("not a duration"), "{err}");
+        let text = text.replace("wait = [\"1s\", 2]", "wait = [\"1s\", \"2s\"]");
+        let all = Scenario::variants(Path::new("s.toml"), text).unwrap();
+        let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["m.copy=a.wait=1s", "m.copy=a.wait=2s", "m.copy=b.wait=1s", "m.copy=b.wait=2s"]);
+        let Step::CorruptDisk(c) = &all[3].steps[0].step else { panic!() };
+        assert_eq!(c.partition, "uboot-env-b");
+        let Step::Expect(e) = &all[3].steps[1].step else { panic!() };
+        // Placeholders that are not parameters ({arch}) stay for the runner.
+        assert_eq!((e.pattern.0.as_str(), e.timeout.0), ("env b on {arch}", Duration::from_secs(2)));
+        assert_eq!(all[2].variant, [("copy".to_string(), "b".to_string()), ("wait".to_string(), "1s".to_string())]);
+        assert!(Scenario::load(Path::new("/nonexistent.toml")).is_err());
+    }
+
+    #[test]
+    fn bad_matrices_are_refused_where_they_are_written() {
+        let head = "[scenario]\nname = \"m\"\nboards = [\"qemu-x86_64\"]\n[scenario.matrix]\n";
+        let step = "\n[[step]]\naction = \"expect\"\npattern = '{x.nope}'\n";
+        let v = |m: &str| Scenario::variants(Path::new("s.toml"), format!("{head}{m}{step}")).unwrap_err().to_string();
+        let e = v("arch = [\"a\"]\n");
+        assert!(e.starts_with("s.toml:5:1: field `matrix.arch`") && e.contains("cannot be a matrix parameter"), "{e}");
+        let e = v("x = []\n");
+        assert!(e.contains("`x` has no values"), "{e}");
+        let e = v("x = [\"it's\"]\n");
+        assert!(e.contains("quotes"), "{e}");
+        let e = v("x = [{ part = \"p\" }]\n");
+        assert!(e.contains("needs a `name`"), "{e}");
+        let e = v("x = [\"a\", \"a\"]\n");
+        assert!(e.contains("value `a` twice"), "{e}");
+        let e = v("x = [\"a\"]\n");
+        assert!(e.starts_with("s.toml:9:12: field `matrix`") && e.contains("no field `nope`"), "{e}");
+    }
+
+    #[test]
     fn bad_duration_and_regex_are_refused_at_the_value() {
         let err =
             parse(&format!("{HEAD}[[step]]\naction = \"wait_ssh\"\ntimeout = \"soon\"\n")).unwrap_err().to_string();
@@ -904,10 +1095,11 @@ mod tests {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             if is_scenario_file(&p) {
-                let s = Scenario::load(&p).unwrap_or_else(|e| panic!("{e}"));
-                s.resolve_boards().unwrap();
-                s.recipe_path(&crate::rundir::workspace_root()).unwrap();
-                n += 1;
+                for s in Scenario::load_variants(&p).unwrap_or_else(|e| panic!("{e}")) {
+                    s.resolve_boards().unwrap();
+                    s.recipe_path(&crate::rundir::workspace_root()).unwrap();
+                    n += 1;
+                }
             }
         }
         assert!(n >= 1, "no scenarios in {}", dir.display());
