@@ -125,8 +125,12 @@ struct Common {
     /// (`devlab attach/ssh/stop <run-id>`); implies --jobs 1.
     #[arg(long = "keep-on-failure", visible_alias = "keep")]
     keep: bool,
+    /// Compare each timeline with its snapshot; a change fails the run
+    /// (the default, stated).
+    #[arg(long, conflicts_with_all = ["update_snapshots", "no_snapshots"])]
+    check: bool,
     /// Write the timeline snapshots instead of checking them.
-    #[arg(long)]
+    #[arg(long, visible_alias = "update")]
     update_snapshots: bool,
     /// Do not compare timelines with their snapshots.
     #[arg(long, conflicts_with = "update_snapshots")]

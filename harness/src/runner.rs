@@ -835,6 +835,64 @@ impl<'a> Run<'a> {
                 self.record(Event::Fault { kind: "disk errors cleared".into(), target: "disk".into() });
                 Ok(())
             }
+            Step::Upload(u) => {
+                let dir = self.scenario.path.parent().unwrap_or(std::path::Path::new("."));
+                let from = dir.join(&u.from);
+                let data =
+                    std::fs::read(&from).map_err(|e| self.failure(format!("cannot read {}: {e}", from.display())))?;
+                let n = data.len();
+                let r = self.ssh()?.upload(data, &u.to, u.mode, Duration::from_secs(120)).await;
+                r.map_err(|e| self.failure(e.to_string()))?;
+                self.drain(None);
+                self.record(Event::Transfer { direction: "upload".into(), path: u.to.clone(), bytes: n as u64 });
+                Ok(())
+            }
+            Step::Download(d) => {
+                let q = crate::machine::shell_quote(&d.from);
+                // Hex through busybox od: byte-exact over a text channel.
+                let out = self.ssh()?.exec(&format!("od -An -v -tx1 {q}"), Duration::from_secs(120)).await;
+                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                if out.status != 0 {
+                    return Err(self.failure(format!("download of {} failed: {}", d.from, out.stderr.trim())));
+                }
+                let bytes: std::result::Result<Vec<u8>, _> =
+                    out.stdout.split_whitespace().map(|h| u8::from_str_radix(h, 16)).collect();
+                let bytes = bytes.map_err(|e| self.failure(format!("download of {}: bad od output: {e}", d.from)))?;
+                let to = self.run_dir.join(&d.to);
+                std::fs::write(&to, &bytes).map_err(|e| Error::infra(format!("writing {}: {e}", to.display())))?;
+                self.drain(None);
+                self.record(Event::Transfer {
+                    direction: "download".into(),
+                    path: d.from.clone(),
+                    bytes: bytes.len() as u64,
+                });
+                Ok(())
+            }
+            Step::WaitQmp(w) => {
+                let from = self.qmp_cursor;
+                let m = self.machine()?;
+                let got = m.qmp.wait_event(&[w.event.as_str()], from, w.timeout.0).await;
+                got.map_err(|e| self.failure(format!("waiting for QMP event {}: {e}", w.event)))?;
+                self.drain(None);
+                Ok(())
+            }
+            Step::AssertService(a) => {
+                let q = crate::machine::shell_quote(&a.name);
+                let out = self.ssh()?.exec(&format!("pidof {q}"), Duration::from_secs(30)).await;
+                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                let running = out.status == 0;
+                if running != a.running {
+                    return Err(self.failure(format!(
+                        "service {} is {}, expected {}",
+                        a.name,
+                        if running { "running" } else { "not running" },
+                        if a.running { "running" } else { "not running" }
+                    )));
+                }
+                self.drain(None);
+                self.record(Event::Service { name: a.name.clone(), running });
+                Ok(())
+            }
             Step::Link(l) => {
                 let m = self.machine()?;
                 let r = m

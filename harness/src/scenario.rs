@@ -157,6 +157,48 @@ pub struct AssertFile {
     pub contains: Option<String>,
 }
 
+/// Copy a host file (relative to the scenario file) into the guest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    pub from: String,
+    pub to: String,
+    /// File mode in the guest (TOML octal: `0o755`).
+    #[serde(default = "mode_644")]
+    pub mode: u32,
+}
+
+fn mode_644() -> u32 {
+    0o644
+}
+
+/// Copy a guest file into the run directory (as `to`, a plain file name).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Download {
+    pub from: String,
+    pub to: String,
+}
+
+/// Wait for a QMP event (`WATCHDOG`, `RESET`, `BLOCK_IO_ERROR`, ...) that
+/// arrived after the previous step ended.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQmp {
+    pub event: String,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Dur,
+}
+
+/// Is a service (a process by name, `pidof`) running in the guest?
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertService {
+    pub name: String,
+    #[serde(default = "yes")]
+    pub running: bool,
+}
+
 /// Power off from inside the guest and wait for QEMU to exit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -434,6 +476,10 @@ pub enum Step {
     AssertRauc(AssertRauc),
     DiskErrors(DiskErrors),
     ClearDiskErrors(ClearDiskErrors),
+    Upload(Upload),
+    Download(Download),
+    WaitQmp(WaitQmp),
+    AssertService(AssertService),
 }
 
 /// The action names, in the order the docs list them.
@@ -460,6 +506,10 @@ pub const ACTIONS: &[&str] = &[
     "assert_rauc",
     "disk_errors",
     "clear_disk_errors",
+    "upload",
+    "download",
+    "wait_qmp",
+    "assert_service",
 ];
 
 impl Step {
@@ -487,6 +537,10 @@ impl Step {
             Step::AssertRauc(_) => "assert_rauc",
             Step::DiskErrors(_) => "disk_errors",
             Step::ClearDiskErrors(_) => "clear_disk_errors",
+            Step::Upload(_) => "upload",
+            Step::Download(_) => "download",
+            Step::WaitQmp(_) => "wait_qmp",
+            Step::AssertService(_) => "assert_service",
         }
     }
 
@@ -526,6 +580,10 @@ impl Step {
             "assert_rauc" => Step::AssertRauc(p(text)?),
             "disk_errors" => Step::DiskErrors(p(text)?),
             "clear_disk_errors" => Step::ClearDiskErrors(p(text)?),
+            "upload" => Step::Upload(p(text)?),
+            "download" => Step::Download(p(text)?),
+            "wait_qmp" => Step::WaitQmp(p(text)?),
+            "assert_service" => Step::AssertService(p(text)?),
             _ => return Ok(None),
         }))
     }
@@ -821,6 +879,27 @@ impl Scenario {
                     .field("partition")
                     .into());
                 }
+                Step::Upload(u) if !path.parent().unwrap_or(Path::new(".")).join(&u.from).is_file() => {
+                    let step_text = &scenario.text[spanned.span()];
+                    let offset = spanned.span().start + crate::board::find_key(step_text, "from").unwrap_or(0);
+                    return Err(InputError::new(path, format!("no file `{}` next to the scenario", u.from))
+                        .at(&scenario.text, offset)
+                        .field("from")
+                        .into());
+                }
+                Step::Download(d)
+                    if d.to.is_empty() || d.to.contains('/') || d.to.starts_with('.') || d.to.contains('\0') =>
+                {
+                    let step_text = &scenario.text[spanned.span()];
+                    let offset = spanned.span().start + crate::board::find_key(step_text, "to").unwrap_or(0);
+                    return Err(InputError::new(
+                        path,
+                        format!("`{}` must be a plain file name (it goes in the run directory)", d.to),
+                    )
+                    .at(&scenario.text, offset)
+                    .field("to")
+                    .into());
+                }
                 Step::RaucInstall(i) if !bundles.contains(&i.bundle.as_str()) => {
                     let step_text = &scenario.text[spanned.span()];
                     let offset = spanned.span().start + crate::board::find_key(step_text, "bundle").unwrap_or(0);
@@ -1009,6 +1088,20 @@ mod tests {
         assert!(err.starts_with("s.toml:7:1: field `partition`"), "{err}");
         parse(&format!("{HEAD}[[step]]\naction = \"disk_errors\"\npartition = \"rootfs-b\"\niotype = \"read\"\n"))
             .unwrap();
+    }
+
+    #[test]
+    fn transfers_are_checked_before_booting() {
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"upload\"\nfrom = \"no/such\"\nto = \"/run/x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:7:1: field `from`: no file `no/such`"), "{err}");
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"download\"\nfrom = \"/etc/x\"\nto = \"../x\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:8:1: field `to`:") && err.contains("plain file name"), "{err}");
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"wait_qmp\"\n")).unwrap_err().to_string();
+        assert!(err.contains("missing field `event`"), "{err}");
     }
 
     #[test]

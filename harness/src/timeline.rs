@@ -88,6 +88,15 @@ pub enum Event {
     VersionRunning {
         version: String,
     },
+    Transfer {
+        direction: String,
+        path: String,
+        bytes: u64,
+    },
+    Service {
+        name: String,
+        running: bool,
+    },
     BundleServed {
         name: String,
         image: String,
