@@ -126,6 +126,8 @@ pub struct QemuPaths<'a> {
     pub disk: &'a Path,
     /// Injected disk errors (empty: the plain `-drive`).
     pub disk_errors: &'a [DiskError],
+    /// An internal snapshot of the disk to start from (`-loadvm`).
+    pub loadvm: Option<&'a str>,
 }
 
 /// Which requests a disk error hits.
@@ -294,6 +296,9 @@ impl Board {
             push(&["-device", model, "-action", "watchdog=reset"]);
         }
         a.extend(self.extra_args.iter().cloned());
+        if let Some(tag) = paths.loadvm {
+            a.extend(["-loadvm".to_string(), tag.to_string()]);
+        }
         a
     }
 }
@@ -382,6 +387,7 @@ mod tests {
             monitor_sock: Path::new("/r/monitor.sock"),
             disk: Path::new("/r/disk.qcow2"),
             disk_errors: &[],
+            loadvm: None,
         };
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
         assert!(args.contains("-drive if=none,id=disk0,file=/r/disk.qcow2,format=qcow2"), "{args}");
@@ -402,6 +408,7 @@ mod tests {
             monitor_sock: Path::new("/r/monitor.sock"),
             disk: Path::new("/r/disk.qcow2"),
             disk_errors: &errors,
+            loadvm: None,
         };
         let args = b.qemu_args(Accel::Tcg, &p);
         assert!(!args.iter().any(|a| a == "-drive"), "{args:?}");

@@ -38,6 +38,8 @@ pub struct MachineSpec<'a> {
     pub epoch: Option<Instant>,
     /// Bad spots QEMU injects on the disk (blkdebug); empty for a sound disk.
     pub disk_errors: &'a [crate::board::DiskError],
+    /// Start from this internal snapshot of the overlay (`-loadvm`).
+    pub loadvm: Option<&'a str>,
 }
 
 /// A running (or stopped) QEMU machine.
@@ -130,6 +132,7 @@ impl Machine {
                 monitor_sock: &monitor_sock,
                 disk: &overlay,
                 disk_errors: spec.disk_errors,
+                loadvm: spec.loadvm,
             },
         );
         let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())

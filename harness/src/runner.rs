@@ -361,7 +361,21 @@ impl<'a> Run<'a> {
 
     async fn steps(&mut self) -> Result<()> {
         let n = self.scenario.steps.len();
-        for (i, placed) in self.scenario.steps.iter().enumerate() {
+        // A stored checkpoint for the steps up to the `checkpoint` step
+        // replaces running them.
+        let mut start = 0;
+        let checkpoint = self.scenario.steps.iter().position(|p| matches!(p.step, Step::Checkpoint(_)));
+        if let Some(i) = checkpoint {
+            let Step::Checkpoint(c) = &self.scenario.steps[i].step else { unreachable!() };
+            let key = self.checkpoint_key(i)?;
+            if let Some(found) = crate::checkpoint::find(&crate::checkpoint::root(), &c.name, &key) {
+                self.current = format!("restoring checkpoint {}", c.name);
+                self.on_step.tell(&format!("restoring checkpoint {}", c.name));
+                self.restore(found).await?;
+                start = i + 1;
+            }
+        }
+        for (i, placed) in self.scenario.steps.iter().enumerate().skip(start) {
             self.current =
                 format!("step {} ({}, {}:{})", i + 1, placed.step.action(), self.scenario.path.display(), placed.line);
             self.on_step.tell(&format!("step {}/{n} {}", i + 1, placed.step.action()));
@@ -893,6 +907,10 @@ impl<'a> Run<'a> {
                 self.record(Event::Service { name: a.name.clone(), running });
                 Ok(())
             }
+            Step::Checkpoint(c) => {
+                let index = self.scenario.steps.iter().position(|p| std::ptr::eq(p, placed)).unwrap_or_default();
+                self.save_checkpoint(&c.name, index).await
+            }
             Step::Link(l) => {
                 let m = self.machine()?;
                 let r = m
@@ -1009,9 +1027,19 @@ impl<'a> Run<'a> {
     }
 
     async fn power_on(&mut self) -> Result<()> {
+        self.start_machine(None).await?;
+        let t = self.machine_offset();
+        self.timeline.push(t, Origin::Step, Event::PowerOn);
+        Ok(())
+    }
+
+    /// Start QEMU: on a new overlay, on the previous machine's (power on
+    /// again), or on `restore`'s overlay with `-loadvm` (a checkpoint).
+    async fn start_machine(&mut self, restore: Option<PathBuf>) -> Result<()> {
         if self.machine_running() {
             return Err(self.failure("the machine is already on".into()));
         }
+        let loadvm = restore.as_ref().map(|_| crate::checkpoint::TAG);
         let spec = MachineSpec {
             board: self.board,
             accel: self.accel.accel,
@@ -1019,15 +1047,17 @@ impl<'a> Run<'a> {
             run_dir: &self.run_dir,
             epoch: self.t_first,
             disk_errors: &self.disk_errors,
+            loadvm,
         };
-        let machine = match self.machine.take() {
+        let machine = match (restore, self.machine.take()) {
+            (Some(overlay), _) => Machine::start_on(spec, overlay).await?,
             // Powering on again boots the same disk.
-            Some(old) => {
+            (None, Some(old)) => {
                 let overlay = old.overlay.clone();
                 drop(old);
                 Machine::start_on(spec, overlay).await?
             }
-            None => Machine::start(spec).await?,
+            (None, None) => Machine::start(spec).await?,
         };
         if self.t_first.is_none() {
             self.t_first = Some(machine.t0);
@@ -1042,8 +1072,86 @@ impl<'a> Run<'a> {
             let re = BytesRegex::new(&p).map_err(|e| Error::infra(format!("bad pattern {p}: {e}")))?;
             m.console.arm_bad(&p, re);
         }
-        let t = self.machine_offset();
-        self.timeline.push(t, Origin::Step, Event::PowerOn);
+        Ok(())
+    }
+
+    /// The checkpoint key for the steps up to and including step `i`.
+    fn checkpoint_key(&self, i: usize) -> Result<String> {
+        let binary = which::which(self.board.arch.qemu_binary())
+            .map_err(|_| Error::infra(format!("{} not found (cargo xtask setup)", self.board.arch.qemu_binary())))?;
+        let steps: Vec<String> = self.scenario.steps[..=i].iter().map(|p| p.canonical.clone()).collect();
+        let version = crate::checkpoint::qemu_version(&binary);
+        crate::checkpoint::key(&crate::checkpoint::KeyInputs {
+            image_key: &self.image.manifest.key,
+            board_profile: &self.board.path,
+            firmware: &self.board.firmware.path,
+            qemu_version: &version,
+            accel: self.accel.accel.as_str(),
+            steps: &steps,
+        })
+        .map_err(|e| Error::infra(format!("checkpoint key: {e}")))
+    }
+
+    /// Start from a stored checkpoint instead of running the steps before it:
+    /// its overlay copied into the run, `-loadvm`, its timeline replayed, SSH
+    /// reconnected if it was up.
+    async fn restore(&mut self, found: crate::checkpoint::Found) -> Result<()> {
+        let overlay = self.run_dir.join("disk.qcow2");
+        std::fs::copy(&found.disk, &overlay)
+            .map_err(|e| Error::infra(format!("copying checkpoint {}: {e}", found.disk.display())))?;
+        // Times continue from where the saved run stopped.
+        let last = found.timeline.last().map_or(0.0, |e| e.t);
+        let now = Instant::now();
+        self.t_first = Some(now.checked_sub(Duration::from_secs_f64(last)).unwrap_or(now));
+        self.start_machine(Some(overlay)).await?;
+        self.timeline.entries = found.timeline;
+        if found.meta.ssh_up {
+            let t0 = self.machine()?.t0;
+            let port = self.machine()?.ssh_port().await?;
+            let ssh = Ssh::new(port, &self.image.ssh_key, self.run_dir.join("ssh.log"), t0);
+            ssh.wait_up(Duration::from_secs(60)).await.map_err(|e| self.failure(format!("after restore: {e}")))?;
+            self.ssh = Some(ssh);
+        }
+        let _ = std::fs::write(
+            self.run_dir.join("checkpoint.txt"),
+            format!("restored {} {}\n", found.meta.name, found.meta.key),
+        );
+        Ok(())
+    }
+
+    /// The `checkpoint` step on a cold run: save the machine and go on.
+    async fn save_checkpoint(&mut self, name: &str, index: usize) -> Result<()> {
+        self.drain(None);
+        self.record(Event::Checkpoint { name: name.to_string() });
+        let key = self.checkpoint_key(index)?;
+        let ssh_up = self.ssh.is_some();
+        let overlay = self.overlay()?;
+        let m = self.machine()?;
+        let qmp_err = |e: crate::qmp::QmpError| Error::infra(format!("checkpoint {name}: {e}"));
+        m.qmp.execute_timeout("stop", None, Duration::from_secs(10)).await.map_err(qmp_err)?;
+        let saved = m.qmp.hmp(&format!("savevm {}", crate::checkpoint::TAG)).await.map_err(qmp_err)?;
+        if !saved.trim().is_empty() {
+            return Err(Error::infra(format!("checkpoint {name}: savevm said: {}", saved.trim())));
+        }
+        let meta = crate::checkpoint::Meta { name: name.to_string(), key: key.clone(), ssh_up, step: index };
+        let entries = self.timeline.entries.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            crate::checkpoint::store(&crate::checkpoint::root(), &overlay, &entries, &meta)
+        })
+        .await
+        .map_err(|e| Error::infra(e.to_string()))?
+        .map_err(|e| Error::infra(format!("storing checkpoint {name}: {e}")))?;
+        let from = self.qmp_cursor;
+        let m = self.machine()?;
+        m.qmp.execute_timeout("cont", None, Duration::from_secs(10)).await.map_err(qmp_err)?;
+        // The STOP/RESUME pair is the harness's own doing, and a restored
+        // run never sees it: keep it out of the timeline.
+        let (resumed, _) = m.qmp.wait_event(&["RESUME"], from, Duration::from_secs(10)).await.map_err(qmp_err)?;
+        self.qmp_cursor = resumed + 1;
+        let _ = std::fs::write(
+            self.run_dir.join("checkpoint.txt"),
+            format!("saved {name} {key} in {}\n", stored.display()),
+        );
         Ok(())
     }
 

@@ -347,6 +347,15 @@ pub struct Link {
     pub up: bool,
 }
 
+/// Save the machine here (RAM, devices and disk) so a later run of the same
+/// steps on the same image, board, firmware and QEMU starts from it instead
+/// of repeating them. At most one per scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkpoint {
+    pub name: String,
+}
+
 /// Give the disk a bad spot (QEMU blkdebug) from the next power-on on:
 /// requests of `iotype` touching byte `offset` of `partition` fail with
 /// `errno`. The machine must be off (the disk is configured at power-on).
@@ -480,6 +489,7 @@ pub enum Step {
     Download(Download),
     WaitQmp(WaitQmp),
     AssertService(AssertService),
+    Checkpoint(Checkpoint),
 }
 
 /// The action names, in the order the docs list them.
@@ -510,6 +520,7 @@ pub const ACTIONS: &[&str] = &[
     "download",
     "wait_qmp",
     "assert_service",
+    "checkpoint",
 ];
 
 impl Step {
@@ -541,6 +552,7 @@ impl Step {
             Step::Download(_) => "download",
             Step::WaitQmp(_) => "wait_qmp",
             Step::AssertService(_) => "assert_service",
+            Step::Checkpoint(_) => "checkpoint",
         }
     }
 
@@ -584,6 +596,7 @@ impl Step {
             "download" => Step::Download(p(text)?),
             "wait_qmp" => Step::WaitQmp(p(text)?),
             "assert_service" => Step::AssertService(p(text)?),
+            "checkpoint" => Step::Checkpoint(p(text)?),
             _ => return Ok(None),
         }))
     }
@@ -595,6 +608,9 @@ pub struct PlacedStep {
     pub step: Step,
     /// 1-based line of the step's `[[step]]` header.
     pub line: usize,
+    /// The step's table as canonical JSON (no comments, no layout): what a
+    /// checkpoint key hashes.
+    pub canonical: String,
 }
 
 /// The `[scenario]` table.
@@ -820,7 +836,11 @@ impl Scenario {
             // blanked out (same length), so spans still point into the file.
             let slice = blank_header_and_action(&text[span.clone()]);
             match Step::parse(&action, &slice) {
-                Ok(Some(step)) => steps.push(PlacedStep { step, line: crate::error::line_col(&text, span.start).0 }),
+                Ok(Some(step)) => steps.push(PlacedStep {
+                    step,
+                    line: crate::error::line_col(&text, span.start).0,
+                    canonical: serde_json::to_string(spanned.get_ref()).unwrap_or_default(),
+                }),
                 Ok(None) => {
                     let offset = text[span.clone()].find("action").map_or(span.start, |o| span.start + o);
                     return Err(InputError::new(
@@ -854,7 +874,34 @@ impl Scenario {
         let scenario = Scenario { path: path.to_path_buf(), header: raw.scenario, steps, variant: Vec::new(), text };
         let root = crate::rundir::workspace_root();
         let mut bundles: Vec<&str> = Vec::new();
+        let mut checkpoint_seen = false;
+        let mut disk_errors_seen = false;
         for (placed, spanned) in scenario.steps.iter().zip(&raw.step) {
+            let step_at = |key: &str, msg: String| -> crate::error::Error {
+                let step_text = &scenario.text[spanned.span()];
+                let offset = spanned.span().start + crate::board::find_key(step_text, key).unwrap_or(0);
+                InputError::new(path, msg).at(&scenario.text, offset).field(key).into()
+            };
+            match &placed.step {
+                Step::Checkpoint(_) if checkpoint_seen => {
+                    return Err(step_at("action", "only one checkpoint per scenario".into()));
+                }
+                Step::Checkpoint(_) if disk_errors_seen => {
+                    return Err(step_at(
+                        "action",
+                        "a checkpoint cannot follow disk_errors (blkdebug disks are not saved)".into(),
+                    ));
+                }
+                Step::Checkpoint(c)
+                    if !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
+                        || c.name.is_empty() =>
+                {
+                    return Err(step_at("name", format!("checkpoint name {:?} is not a plain name", c.name)));
+                }
+                Step::Checkpoint(_) => checkpoint_seen = true,
+                Step::DiskErrors(_) => disk_errors_seen = true,
+                _ => {}
+            }
             match &placed.step {
                 Step::ServeRelease(ServeRelease { image, .. }) => {
                     scenario.recipe_for(&root, image)?;

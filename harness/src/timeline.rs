@@ -5,11 +5,11 @@
 //! through the one [`Redactor`]. Nothing here touches a machine.
 
 use regex::Regex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
 /// What happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     PowerOn,
@@ -88,6 +88,11 @@ pub enum Event {
     VersionRunning {
         version: String,
     },
+    /// The run reached (and saved, or started from) a checkpoint: the same
+    /// event either way, so timelines compare equal.
+    Checkpoint {
+        name: String,
+    },
     Transfer {
         direction: String,
         path: String,
@@ -120,7 +125,7 @@ pub enum Event {
 }
 
 /// Where an event came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     Console,
@@ -128,7 +133,7 @@ pub enum Origin {
     Step,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
     /// Seconds since the first power-on.
     pub t: f64,

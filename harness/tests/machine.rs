@@ -178,6 +178,7 @@ fn a_panic_while_a_machine_runs_leaves_no_qemu() {
                 run_dir: &run_dir,
                 epoch: None,
                 disk_errors: &[],
+                loadvm: None,
             };
             let m = Machine::start(spec).await.unwrap();
             std::fs::write(run_dir.join("pid"), m.pid().to_string()).unwrap();

@@ -1,0 +1,177 @@
+//! Checkpoints: a machine saved at a `checkpoint` step (QEMU `savevm` into
+//! the run's qcow2 overlay, which is then copied to the cache) so a later
+//! run of the same steps starts from it (`-loadvm`) instead of repeating
+//! them; the steps' timeline is stored with it and replayed, so a restored
+//! run's timeline equals a cold one's.
+//!
+//! Invariants: the key covers everything the saved state depends on (image
+//! key, board profile text, firmware bytes, QEMU's version, the accelerator
+//! and the canonical text of every step up to the checkpoint), so a stale
+//! checkpoint can never be used; an entry is built in a temp folder and
+//! renamed into place, so a half-written one is never seen.
+
+use crate::timeline::Entry;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Bumped when the layout of an entry changes.
+const FORMAT: u32 = 1;
+
+/// The internal snapshot's name inside the overlay.
+pub const TAG: &str = "devlab";
+
+/// What was true when the checkpoint was saved.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub name: String,
+    pub key: String,
+    /// SSH was up (a restored run reconnects).
+    pub ssh_up: bool,
+    /// Index of the checkpoint step.
+    pub step: usize,
+}
+
+/// The checkpoint cache folder.
+pub fn root() -> PathBuf {
+    devlab_images::cache_root().join("checkpoints")
+}
+
+/// Everything a key is made of.
+pub struct KeyInputs<'a> {
+    pub image_key: &'a str,
+    pub board_profile: &'a Path,
+    pub firmware: &'a Path,
+    pub qemu_version: &'a str,
+    pub accel: &'a str,
+    /// Canonical text of the steps up to and including the checkpoint.
+    pub steps: &'a [String],
+}
+
+/// The cache key (hex sha256).
+pub fn key(k: &KeyInputs<'_>) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!("devlab checkpoint {FORMAT}\n{}\n{}\n{}\n", k.image_key, k.qemu_version.trim(), k.accel));
+    h.update(std::fs::read(k.board_profile)?);
+    h.update(Sha256::digest(std::fs::read(k.firmware)?));
+    for s in k.steps {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The entry folder for `name` and `key`.
+pub fn entry(root: &Path, name: &str, key: &str) -> PathBuf {
+    root.join(format!("{name}-{}", &key[..16]))
+}
+
+/// A complete entry: its disk, timeline and meta.
+pub struct Found {
+    pub disk: PathBuf,
+    pub timeline: Vec<Entry>,
+    pub meta: Meta,
+}
+
+/// The entry for `key`, if one is complete (its `meta.json`, written last,
+/// is present and names the same key).
+pub fn find(root: &Path, name: &str, key: &str) -> Option<Found> {
+    let dir = entry(root, name, key);
+    let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+    if meta.key != key {
+        return None;
+    }
+    let timeline: Vec<Entry> = serde_json::from_slice(&std::fs::read(dir.join("timeline.json")).ok()?).ok()?;
+    Some(Found { disk: dir.join("disk.qcow2"), timeline, meta })
+}
+
+/// Store a checkpoint: the overlay (already holding the internal snapshot,
+/// machine stopped), the timeline so far and the meta. Built in a temp
+/// folder and renamed; if another run stored the same key meanwhile, theirs
+/// is kept.
+pub fn store(root: &Path, overlay: &Path, timeline: &[Entry], meta: &Meta) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(root)?;
+    let dir = entry(root, &meta.name, &meta.key);
+    let tmp = tempfile::Builder::new().prefix(".checkpoint-").tempdir_in(root)?;
+    std::fs::copy(overlay, tmp.path().join("disk.qcow2"))?;
+    std::fs::write(tmp.path().join("timeline.json"), serde_json::to_vec(timeline).expect("serialises"))?;
+    std::fs::write(tmp.path().join("meta.json"), serde_json::to_vec_pretty(meta).expect("serialises"))?;
+    if dir.exists() {
+        // A stale entry under the same name and key prefix (or a concurrent
+        // one): replace only if it is not complete for this key.
+        if find(root, &meta.name, &meta.key).is_some() {
+            return Ok(dir);
+        }
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let kept = tmp.keep();
+    std::fs::rename(&kept, &dir).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&kept);
+    })?;
+    Ok(dir)
+}
+
+/// `qemu-system-* --version`'s first line (part of the key).
+pub fn qemu_version(binary: &Path) -> String {
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::{Event, Origin};
+
+    #[test]
+    fn key_changes_with_every_input() {
+        let d = tempfile::tempdir().unwrap();
+        let (board, fw) = (d.path().join("b.toml"), d.path().join("fw.bin"));
+        std::fs::write(&board, "name = \"b\"").unwrap();
+        std::fs::write(&fw, b"firmware").unwrap();
+        let steps = vec!["{\"action\":\"power_on\"}".to_string()];
+        let k = |image: &str, accel: &str, steps: &[String]| {
+            key(&KeyInputs {
+                image_key: image,
+                board_profile: &board,
+                firmware: &fw,
+                qemu_version: "QEMU emulator version 10.0.2",
+                accel,
+                steps,
+            })
+            .unwrap()
+        };
+        let base = k("img", "tcg", &steps);
+        assert_eq!(base, k("img", "tcg", &steps));
+        assert_ne!(base, k("img2", "tcg", &steps));
+        assert_ne!(base, k("img", "kvm", &steps));
+        assert_ne!(base, k("img", "tcg", &[steps[0].clone(), "{\"action\":\"boot\"}".into()]));
+        std::fs::write(&fw, b"firmware v2").unwrap();
+        assert_ne!(base, k("img", "tcg", &steps));
+    }
+
+    #[test]
+    fn stored_entries_are_found_whole_and_by_key_only() {
+        let d = tempfile::tempdir().unwrap();
+        let overlay = d.path().join("disk.qcow2");
+        std::fs::write(&overlay, b"qcow2 bytes").unwrap();
+        let key = "ab".repeat(32);
+        let meta = Meta { name: "booted".into(), key: key.clone(), ssh_up: true, step: 3 };
+        let tl = vec![Entry { t: 1.5, origin: Origin::Step, event: Event::SshUp }];
+        let root = d.path().join("cp");
+        assert!(find(&root, "booted", &key).is_none());
+        let dir = store(&root, &overlay, &tl, &meta).unwrap();
+        let found = find(&root, "booted", &key).unwrap();
+        assert_eq!(std::fs::read(found.disk).unwrap(), b"qcow2 bytes");
+        assert_eq!((found.timeline.len(), found.meta.ssh_up, found.meta.step), (1, true, 3));
+        // Same 16-char prefix, other key: not this entry.
+        let other = format!("{}{}", &key[..16], "cd".repeat(24));
+        assert!(find(&root, "booted", &other).is_none());
+        // No temp folders left behind.
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
+        assert!(dir.ends_with(format!("booted-{}", &key[..16])));
+    }
+}
