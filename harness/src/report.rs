@@ -57,7 +57,19 @@ struct Summary<'a> {
     errors: usize,
     not_run: usize,
     duration_s: f64,
+    /// CPU time (user + system) the harness process itself used: not QEMU's.
+    harness_cpu_s: f64,
     runs: &'a [Record],
+}
+
+/// CPU seconds (user + system) this process has used so far.
+pub fn own_cpu_seconds() -> f64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+            tv(u.user_time()) + tv(u.system_time())
+        })
+        .unwrap_or(0.0)
 }
 
 fn count(records: &[Record], s: Status) -> usize {
@@ -200,6 +212,7 @@ pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result
         errors: count(records, Status::Error),
         not_run: count(records, Status::NotRun),
         duration_s,
+        harness_cpu_s: own_cpu_seconds(),
         runs: records,
     };
     write_atomic(&dir.join("junit.xml"), &junit(records, duration_s))?;

@@ -65,6 +65,9 @@ pub struct RunOptions {
     pub keep_on_failure: bool,
     pub snapshots: SnapshotMode,
     pub on_step: StepHook,
+    /// Save and restore at `checkpoint` steps (default); off, a checkpoint
+    /// step only records its event, so timelines stay the same.
+    pub checkpoints: bool,
 }
 
 impl Default for RunOptions {
@@ -74,6 +77,7 @@ impl Default for RunOptions {
             keep_on_failure: false,
             snapshots: SnapshotMode::Skip,
             on_step: StepHook::default(),
+            checkpoints: true,
         }
     }
 }
@@ -128,6 +132,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     let accel = accel::choose(board);
     let mut r = Run::new(scenario, board, image, run_dir.clone(), accel);
     r.on_step = opts.on_step.clone();
+    r.checkpoints = opts.checkpoints;
     let bound = scenario.header.timeout.0;
     let result = match tokio::time::timeout(bound, r.steps()).await {
         Ok(res) => res,
@@ -217,6 +222,8 @@ struct Run<'a> {
     disk_errors: Vec<crate::board::DiskError>,
     /// Told as each step starts.
     on_step: StepHook,
+    /// Use checkpoints (`RunOptions::checkpoints`).
+    checkpoints: bool,
     /// Console sync barriers issued so far.
     syncs: u32,
 }
@@ -241,6 +248,7 @@ impl<'a> Run<'a> {
             bundles: BTreeMap::new(),
             disk_errors: Vec::new(),
             on_step: StepHook::default(),
+            checkpoints: true,
             syncs: 0,
         }
     }
@@ -365,7 +373,7 @@ impl<'a> Run<'a> {
         // replaces running them.
         let mut start = 0;
         let checkpoint = self.scenario.steps.iter().position(|p| matches!(p.step, Step::Checkpoint(_)));
-        if let Some(i) = checkpoint {
+        if let Some(i) = checkpoint.filter(|_| self.checkpoints) {
             let Step::Checkpoint(c) = &self.scenario.steps[i].step else { unreachable!() };
             let key = self.checkpoint_key(i)?;
             if let Some(found) = crate::checkpoint::find(&crate::checkpoint::root(), &c.name, &key) {
@@ -905,6 +913,11 @@ impl<'a> Run<'a> {
                 }
                 self.drain(None);
                 self.record(Event::Service { name: a.name.clone(), running });
+                Ok(())
+            }
+            Step::Checkpoint(c) if !self.checkpoints => {
+                self.drain(None);
+                self.record(Event::Checkpoint { name: c.name.clone() });
                 Ok(())
             }
             Step::Checkpoint(c) => {

@@ -8,6 +8,12 @@
 //! cycle per arch, phase by phase from the run's timeline, and the guest's
 //! slot write throughput against the same pipeline on the host. Writes
 //! `target/bench/update.json` and `update.md`.
+//! `cargo xtask bench suite`: the whole release suite (every scenario, both
+//! arches) four ways, one after the other: `--jobs 1` and the default jobs
+//! without checkpoints, then with checkpoints from an empty checkpoint cache
+//! (cold: the first run of each prefix saves) and again (warm: every run
+//! restores). Wall times, ratios, and the harness's own CPU per machine-
+//! second (from `summary.json`). Writes `target/bench/suite.json` and `.md`.
 
 use anyhow::{bail, Context, Result};
 use devlab_images::Arch;
@@ -32,14 +38,18 @@ pub fn run(args: &[String]) -> Result<()> {
             "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs N")?,
             "boot" => what = Some("boot"),
             "update" => what = Some("update"),
+            "suite" => what = Some("suite"),
             other => arches.push(Arch::parse(other).with_context(|| format!("unknown argument `{other}`"))?),
         }
+    }
+    if what == Some("suite") {
+        return suite();
     }
     if what == Some("update") {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot|update [--runs N] [x86_64|aarch64 ...]");
+        bail!("usage: cargo xtask bench boot|update|suite [--runs N] [x86_64|aarch64 ...]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();
@@ -452,6 +462,98 @@ fn update(arches: Vec<Arch>) -> Result<()> {
         serde_json::to_string_pretty(&json!({"benchmark": "update", "results": results}))?,
     )?;
     std::fs::write(out_dir.join("update.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+/// One `devlab suite release` run: wall seconds and its summary.json.
+fn suite_once(root: &Path, label: &str, extra: &[&str]) -> Result<(f64, Value)> {
+    let report = root.join("target/bench/suite").join(label);
+    eprintln!("bench suite: {label} ({})", extra.join(" "));
+    let started = Instant::now();
+    let status = Command::new(root.join("target/release/devlab"))
+        .args(["suite", "release", "--no-snapshots", "--report-dir"])
+        .arg(&report)
+        .args(extra)
+        .stderr(Stdio::null())
+        .status()
+        .context("running devlab")?;
+    let wall = started.elapsed().as_secs_f64();
+    let summary: Value = serde_json::from_slice(&std::fs::read(report.join("summary.json"))?)?;
+    if !status.success() {
+        bail!("the release suite failed in `{label}`: see {}", report.display());
+    }
+    Ok((wall, summary))
+}
+
+fn suite() -> Result<()> {
+    crate::cargo(&["build", "--release", "-q", "-p", "harness"])?;
+    let root = crate::root();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let checkpoints = devlab_images::cache_root().join("checkpoints");
+    let mut rows = Vec::new();
+    for (label, extra, clear) in [
+        ("jobs1-no-checkpoints", vec!["--jobs", "1", "--no-checkpoints"], false),
+        ("default-no-checkpoints", vec!["--no-checkpoints"], false),
+        ("default-checkpoints-cold", vec![], true),
+        ("default-checkpoints-warm", vec![], false),
+    ] {
+        if clear {
+            // Only the checkpoint cache: images stay.
+            let _ = std::fs::remove_dir_all(&checkpoints);
+        }
+        let (wall, summary) = suite_once(&root, label, &extra)?;
+        let machine_s: f64 =
+            summary["runs"].as_array().into_iter().flatten().filter_map(|r| r["duration_s"].as_f64()).sum();
+        let cpu = summary["harness_cpu_s"].as_f64().unwrap_or(0.0);
+        rows.push(json!({
+            "label": label,
+            "args": extra,
+            "runs": summary["total"],
+            "wall_s": wall,
+            "machine_s": machine_s,
+            "harness_cpu_s": cpu,
+            "harness_cpu_per_machine_s": if machine_s > 0.0 { cpu / machine_s } else { 0.0 },
+        }));
+    }
+    let wall = |i: usize| rows[i]["wall_s"].as_f64().unwrap_or(f64::NAN);
+    let ratios = json!({
+        "jobs1_over_default": wall(0) / wall(1),
+        "no_checkpoints_over_warm_checkpoints": wall(1) / wall(3),
+        "no_checkpoints_over_cold_checkpoints": wall(1) / wall(2),
+    });
+    let mut md = format!(
+        "# devlab release suite ({} cores)\n\n\
+         | variant | runs | wall (s) | sum of run times (s) | harness CPU (s) | harness CPU per machine-second |\n\
+         |---|---|---|---|---|---|\n",
+        jobs
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.2} | {:.4} |\n",
+            r["label"].as_str().unwrap_or("?"),
+            r["runs"],
+            r["wall_s"].as_f64().unwrap_or(0.0),
+            r["machine_s"].as_f64().unwrap_or(0.0),
+            r["harness_cpu_s"].as_f64().unwrap_or(0.0),
+            r["harness_cpu_per_machine_s"].as_f64().unwrap_or(0.0),
+        ));
+    }
+    md.push_str(&format!(
+        "\nRatios (wall, same machine, one session): --jobs 1 / default = {:.2}; \
+         no checkpoints / warm checkpoints = {:.2}; no checkpoints / cold checkpoints = {:.2}. \
+         Target: the release suite under 20 minutes on 2 cores.\n",
+        ratios["jobs1_over_default"].as_f64().unwrap_or(0.0),
+        ratios["no_checkpoints_over_warm_checkpoints"].as_f64().unwrap_or(0.0),
+        ratios["no_checkpoints_over_cold_checkpoints"].as_f64().unwrap_or(0.0),
+    ));
+    std::fs::write(
+        out_dir.join("suite.json"),
+        serde_json::to_string_pretty(&json!({"benchmark": "suite", "cores": jobs, "results": rows, "ratios": ratios}))?,
+    )?;
+    std::fs::write(out_dir.join("suite.md"), &md)?;
     println!("{md}");
     Ok(())
 }
