@@ -188,3 +188,46 @@ fn a_kept_machine_is_listed_reachable_and_stopped() {
     assert_eq!((json["failed"].as_u64(), json["not_run"].as_u64()), (Some(1), Some(0)), "{json}");
     assert!(String::from_utf8_lossy(&with_xdg(&["ps"]).stdout).contains("no kept machines"));
 }
+
+#[test]
+fn two_runs_at_once_do_not_collide() {
+    // Same scenario, same runs folder, at the same time: run ids, sockets
+    // and forwarded ports must all differ, and both must pass.
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("twice.toml");
+    std::fs::write(
+        &s,
+        "[scenario]\nname = \"twice\"\nboards = [\"qemu-aarch64\"]\n\
+         [[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\"\n\
+         [[step]]\naction = \"wait_ssh\"\n[[step]]\naction = \"ssh\"\ncommand = \"true\"\n",
+    )
+    .unwrap();
+    let runs = d.path().join("runs");
+    let spawn = |n: u32| {
+        devlab()
+            .args(["run", s.to_str().unwrap(), "--no-snapshots", "--no-checkpoints", "--report-dir"])
+            .arg(d.path().join(format!("reports-{n}")))
+            .env("DEVLAB_RUNS", &runs)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(1), spawn(2));
+    for (n, child) in [(1, a), (2, b)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "run {n}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+    let port = |dir: &Path| {
+        let log = std::fs::read_to_string(dir.join("ssh.log")).unwrap();
+        log.split("127.0.0.1:").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_string()
+    };
+    assert_ne!(port(&dirs[0]), port(&dirs[1]), "both runs got the same SSH port");
+    for n in [1, 2] {
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join(format!("reports-{n}/summary.json"))).unwrap())
+                .unwrap();
+        assert_eq!(json["passed"], 1, "{json}");
+    }
+}
