@@ -82,7 +82,35 @@ pub fn find(root: &Path, name: &str, key: &str) -> Option<Found> {
         return None;
     }
     let timeline: Vec<Entry> = serde_json::from_slice(&std::fs::read(dir.join("timeline.json")).ok()?).ok()?;
+    // Mark it used (pruning goes by last use).
+    if let Ok(f) = std::fs::File::options().append(true).open(dir.join("meta.json")) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
     Some(Found { disk: dir.join("disk.qcow2"), timeline, meta })
+}
+
+/// Entries unused this long are removed when a new one is stored (keys
+/// change with every image, firmware or QEMU update, so old ones pile up).
+pub const KEEP_UNUSED: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+/// Remove entries whose last use is older than `max_age`.
+pub fn prune(root: &Path, max_age: std::time::Duration) {
+    let now = std::time::SystemTime::now();
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let dir = e.path();
+        let used = std::fs::metadata(dir.join("meta.json")).and_then(|m| m.modified());
+        let stale = match used {
+            Ok(t) => now.duration_since(t).unwrap_or_default() > max_age,
+            // A temp folder of a store that died: stale once old enough.
+            Err(_) => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > max_age),
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 /// Store a checkpoint: the overlay (already holding the internal snapshot,
@@ -91,6 +119,7 @@ pub fn find(root: &Path, name: &str, key: &str) -> Option<Found> {
 /// is kept.
 pub fn store(root: &Path, overlay: &Path, timeline: &[Entry], meta: &Meta) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(root)?;
+    prune(root, KEEP_UNUSED);
     let dir = entry(root, &meta.name, &meta.key);
     let tmp = tempfile::Builder::new().prefix(".checkpoint-").tempdir_in(root)?;
     std::fs::copy(overlay, tmp.path().join("disk.qcow2"))?;
@@ -173,5 +202,12 @@ mod tests {
         // No temp folders left behind.
         assert_eq!(std::fs::read_dir(&root).unwrap().count(), 1);
         assert!(dir.ends_with(format!("booted-{}", &key[..16])));
+        // Recently used: kept; unused longer than the limit: removed.
+        prune(&root, std::time::Duration::from_secs(3600));
+        assert!(find(&root, "booted", &key).is_some());
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options().append(true).open(dir.join("meta.json")).unwrap().set_modified(old).unwrap();
+        prune(&root, std::time::Duration::from_secs(3600));
+        assert!(!dir.exists());
     }
 }

@@ -41,6 +41,11 @@ pub struct Kept {
 /// instead of interrupting the whole run.
 pub static HOLDING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// How many kept machines were released by a Ctrl-C so far. The keeper and
+/// the run loop both hear one SIGINT, in either order: the loop ignores a
+/// Ctrl-C while a machine is held, or when a keeper has just taken it.
+pub static RELEASED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Where registry entries live: `$XDG_RUNTIME_DIR/devlab/kept`, else
 /// `/tmp/devlab-<uid>/kept`.
 pub fn registry_dir() -> PathBuf {

@@ -368,6 +368,7 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
             (i, r)
         });
     }
+    let mut released_seen = harness::kept::RELEASED.load(std::sync::atomic::Ordering::SeqCst);
     let interrupted = loop {
         tokio::select! {
             next = set.join_next() => match next {
@@ -381,9 +382,13 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
             _ = tokio::signal::ctrl_c() => {
                 // A kept machine takes this Ctrl-C (it releases the machine
                 // and its run ends as failed); otherwise stop everything.
-                if harness::kept::HOLDING.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                use std::sync::atomic::Ordering::SeqCst;
+                let released = harness::kept::RELEASED.load(SeqCst);
+                let held = harness::kept::HOLDING.load(SeqCst) > 0;
+                if !held && released == released_seen {
                     break true;
                 }
+                released_seen = released;
             }
         }
     };

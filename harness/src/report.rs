@@ -76,7 +76,8 @@ fn count(records: &[Record], s: Status) -> usize {
     records.iter().filter(|r| r.status == s).count()
 }
 
-fn xml_escape(s: &str) -> String {
+/// Escape text for XML and HTML (control characters XML forbids dropped).
+pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -191,8 +191,32 @@ fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<(Bui
     board.check_firmware()?;
     let recipe = scenario.recipe_path(&crate::rundir::workspace_root())?;
     let image = devlab_images::locate(&recipe, board.arch)?;
+    check_free_space(&opts.runs_root)?;
     let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &board.name)?;
     Ok((image, dir))
+}
+
+/// Free space a run needs where its run directory goes (the overlay grows
+/// by every slot written), in MiB; `DEVLAB_MIN_FREE_MIB` overrides it.
+const MIN_FREE_MIB: u64 = 1024;
+
+/// Refuse to start a run on a disk that is (nearly) full: QEMU would pause
+/// the guest on ENOSPC and the run would end in a confusing timeout.
+pub fn check_free_space(root: &std::path::Path) -> Result<()> {
+    let need: u64 = std::env::var("DEVLAB_MIN_FREE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(MIN_FREE_MIB);
+    // The folder may not exist yet: ask about the nearest one that does.
+    let probe = root.ancestors().find(|p| p.exists()).unwrap_or(std::path::Path::new("/"));
+    let st = nix::sys::statvfs::statvfs(probe)
+        .map_err(|e| Error::infra(format!("cannot check free space in {}: {e}", probe.display())))?;
+    let free_mib = st.blocks_available() as u64 * st.fragment_size() as u64 / (1024 * 1024);
+    if free_mib < need {
+        return Err(Error::infra(format!(
+            "not enough free disk space for a run in {}: {free_mib} MiB free, a run needs about {need} MiB \
+             (free some space, or point DEVLAB_RUNS elsewhere)",
+            probe.display()
+        )));
+    }
+    Ok(())
 }
 
 struct Run<'a> {
@@ -224,6 +248,8 @@ struct Run<'a> {
     on_step: StepHook,
     /// Use checkpoints (`RunOptions::checkpoints`).
     checkpoints: bool,
+    /// Callbacks already consumed by `wait_callback`.
+    callback_cursor: usize,
     /// Console sync barriers issued so far.
     syncs: u32,
 }
@@ -249,6 +275,7 @@ impl<'a> Run<'a> {
             disk_errors: Vec::new(),
             on_step: StepHook::default(),
             checkpoints: true,
+            callback_cursor: 0,
             syncs: 0,
         }
     }
@@ -364,7 +391,11 @@ impl<'a> Run<'a> {
     }
 
     fn subst(&self, s: &str) -> String {
-        s.replace("{arch}", self.board.arch.uname()).replace("{board}", &self.board.name)
+        let s = s.replace("{arch}", self.board.arch.uname()).replace("{board}", &self.board.name);
+        match &self.server {
+            Some(server) => s.replace("{server}", &server.guest_address()),
+            None => s,
+        }
     }
 
     async fn steps(&mut self) -> Result<()> {
@@ -447,6 +478,9 @@ impl<'a> Run<'a> {
                 Ok(())
             }
             Step::Ssh(s) => {
+                if s.command.contains("{server}") {
+                    self.start_server().await?;
+                }
                 let command = self.subst(&s.command);
                 let out = self.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| self.failure(e.to_string()))?;
                 if out.status != s.expect_status {
@@ -898,6 +932,35 @@ impl<'a> Run<'a> {
                 self.drain(None);
                 Ok(())
             }
+            Step::WaitCallback(w) => {
+                self.start_server().await?;
+                let from = self.callback_cursor;
+                let server = self.server.as_ref().expect("started");
+                let got = server.wait_callback(&w.name, from, w.timeout.0).await;
+                let Some((i, body)) = got else {
+                    return Err(self.failure(format!(
+                        "no callback `{}` within {} (the guest calls http://{}/callback/{})",
+                        w.name,
+                        humantime::format_duration(w.timeout.0),
+                        server.guest_address(),
+                        w.name
+                    )));
+                };
+                self.callback_cursor = i + 1;
+                let body = String::from_utf8_lossy(&body).into_owned();
+                if let Some(p) = &w.body {
+                    let pattern = self.subst(&p.0);
+                    let re = Regex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
+                    if !re.is_match(&body) {
+                        return Err(
+                            self.failure(format!("callback `{}` body {body:?} does not match `{pattern}`", w.name))
+                        );
+                    }
+                }
+                self.drain(None);
+                self.record(Event::Callback { name: w.name.clone() });
+                Ok(())
+            }
             Step::AssertService(a) => {
                 let q = crate::machine::shell_quote(&a.name);
                 let out = self.ssh()?.exec(&format!("pidof {q}"), Duration::from_secs(30)).await;
@@ -1231,6 +1294,8 @@ impl<'a> Run<'a> {
         self.on_step.tell("kept: waiting for Ctrl-C or devlab stop");
         eprintln!("\n{}", crate::kept::how_to_reach(&kept));
         sigint.recv().await;
+        // Counted before `_holding` drops, so the run loop sees one or the other.
+        crate::kept::RELEASED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         eprintln!("releasing the kept machine {}", kept.run_id);
     }
 

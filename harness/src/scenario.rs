@@ -190,6 +190,20 @@ pub struct WaitQmp {
     pub timeout: Dur,
 }
 
+/// Wait until the guest calls `http://{server}/callback/<name>` (any
+/// method) after the previous `wait_callback`; `{server}` in `ssh` commands
+/// is the harness's server as the guest reaches it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitCallback {
+    pub name: String,
+    /// A regex the callback's body must match.
+    #[serde(default)]
+    pub body: Option<Pattern>,
+    #[serde(default = "default_step_timeout")]
+    pub timeout: Dur,
+}
+
 /// Is a service (a process by name, `pidof`) running in the guest?
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -490,6 +504,7 @@ pub enum Step {
     WaitQmp(WaitQmp),
     AssertService(AssertService),
     Checkpoint(Checkpoint),
+    WaitCallback(WaitCallback),
 }
 
 /// The action names, in the order the docs list them.
@@ -521,6 +536,7 @@ pub const ACTIONS: &[&str] = &[
     "wait_qmp",
     "assert_service",
     "checkpoint",
+    "wait_callback",
 ];
 
 impl Step {
@@ -553,6 +569,7 @@ impl Step {
             Step::WaitQmp(_) => "wait_qmp",
             Step::AssertService(_) => "assert_service",
             Step::Checkpoint(_) => "checkpoint",
+            Step::WaitCallback(_) => "wait_callback",
         }
     }
 
@@ -597,6 +614,7 @@ impl Step {
             "wait_qmp" => Step::WaitQmp(p(text)?),
             "assert_service" => Step::AssertService(p(text)?),
             "checkpoint" => Step::Checkpoint(p(text)?),
+            "wait_callback" => Step::WaitCallback(p(text)?),
             _ => return Ok(None),
         }))
     }

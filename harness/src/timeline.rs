@@ -93,6 +93,9 @@ pub enum Event {
     Checkpoint {
         name: String,
     },
+    Callback {
+        name: String,
+    },
     Transfer {
         direction: String,
         path: String,
@@ -253,7 +256,7 @@ impl Redactor {
             (r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b", "[uuid]"),
             (r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?Z?\b", "[timestamp]"),
             (r"\[\s*\d+\.\d{6}\]", "[time]"),
-            (r"\b(127\.0\.0\.1|localhost):\d+", "$1:[port]"),
+            (r"\b(127\.0\.0\.1|localhost|10\.0\.2\.2):\d+", "$1:[port]"),
             (r"(/tmp|/var/tmp)/[^\s'\x22]+", "[tmp]"),
         ];
         rules.extend(fixed.iter().map(|(re, with)| (Regex::new(re).unwrap(), with.to_string())));

@@ -8,6 +8,8 @@
 //! next N requests they target. Hand-written HTTP/1.1 (one request per
 //! connection) because the faults need byte-level control of the body.
 //! RAUC bundles are served as-is at `/bundles/<file>` (signed themselves).
+//! `/callback/<name>` (any method, optional body) records that the guest
+//! called back, for steps that wait for it.
 //! Every request is logged to `http.log`. It serves only what it is given.
 
 use hmac::{Hmac, Mac};
@@ -84,6 +86,10 @@ struct State {
     /// Release bytes sent so far, across downloads (watched by steps that
     /// act mid-transfer).
     progress: tokio::sync::watch::Sender<u64>,
+    /// Callbacks the guest made (`/callback/<name>`, any method): name and
+    /// body, in arrival order; the watch counts them.
+    callbacks: Vec<(String, Vec<u8>)>,
+    callback_count: tokio::sync::watch::Sender<usize>,
 }
 
 impl State {
@@ -146,6 +152,8 @@ impl UpdateServer {
             log: std::fs::OpenOptions::new().create(true).append(true).open(&log).ok(),
             t0: Instant::now(),
             progress: tokio::sync::watch::channel(0).0,
+            callbacks: Vec::new(),
+            callback_count: tokio::sync::watch::channel(0).0,
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -186,6 +194,35 @@ impl UpdateServer {
         s.faults.push((fault, count.max(1)));
     }
 
+    /// The server as the guest reaches it: `10.0.2.2:<port>`.
+    pub fn guest_address(&self) -> String {
+        format!("10.0.2.2:{}", self.port)
+    }
+
+    /// Callbacks received so far.
+    pub fn callbacks(&self) -> usize {
+        self.state.lock().unwrap().callbacks.len()
+    }
+
+    /// Wait (at most `timeout`) for a callback named `name` at index >=
+    /// `from`; returns its index and body.
+    pub async fn wait_callback(&self, name: &str, from: usize, timeout: Duration) -> Option<(usize, Vec<u8>)> {
+        let mut rx = self.state.lock().unwrap().callback_count.subscribe();
+        let found = |s: &State| {
+            s.callbacks.iter().enumerate().skip(from).find(|(_, (n, _))| n == name).map(|(i, (_, b))| (i, b.clone()))
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(hit) = found(&self.state.lock().unwrap()) {
+                return Some(hit);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
     /// Release bytes sent so far.
     pub fn downloaded(&self) -> u64 {
         *self.state.lock().unwrap().progress.borrow()
@@ -219,6 +256,35 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) {
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+    if let Some(name) = path.strip_prefix("/callback/") {
+        // The body follows the head: Content-Length bytes (at most 64 KiB, 10 s).
+        let start = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |i| i + 4);
+        let want = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(65536);
+        let mut body = buf[start.min(buf.len())..].to_vec();
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while body.len() < want {
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        body.truncate(want);
+        let reply = text(200, "ok\n");
+        send(&mut conn, &reply, &state).await;
+        let mut s = state.lock().unwrap();
+        s.log(&format!("{method} {target} -> callback `{name}` ({} bytes)", body.len()));
+        s.callbacks.push((name.to_string(), body));
+        let n = s.callbacks.len();
+        s.callback_count.send_replace(n);
+        return;
+    }
     let reply = route(method, path, &query, &state);
     let sent = send(&mut conn, &reply, &state).await;
     let mut s = state.lock().unwrap();

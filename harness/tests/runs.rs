@@ -231,3 +231,26 @@ fn two_runs_at_once_do_not_collide() {
         assert_eq!(json["passed"], 1, "{json}");
     }
 }
+
+#[test]
+fn a_full_disk_is_refused_before_anything_boots() {
+    // No disk is full here: ask for more free space than any disk has.
+    let d = tempfile::tempdir().unwrap();
+    let s = failing_scenario(d.path(), "needs-space", "1s");
+    let reports = d.path().join("reports");
+    let out = devlab()
+        .args(["run", s.to_str().unwrap(), "--no-snapshots", "--report-dir"])
+        .arg(&reports)
+        .env("DEVLAB_RUNS", d.path().join("runs"))
+        .env("DEVLAB_MIN_FREE_MIB", "999999999999")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("not enough free disk space for a run in") && err.contains("DEVLAB_RUNS"), "{err}");
+    // Nothing was started, and the reports are whole.
+    assert!(!d.path().join("runs").exists());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["errors"], 1, "{json}");
+}

@@ -159,7 +159,18 @@ pub fn bundle(image: &BuiltImage, signer: Signer) -> Result<PathBuf, ImageError>
         .map_err(ImageError::io(&slot))?;
     let (cert, key) = keys.pair(signer);
     let tmp = work.path().join("bundle.raucb");
-    Tool::new("rauc")?.arg("--cert").arg(&cert).arg("--key").arg(&key).arg("bundle").arg(&content).arg(&tmp).run()?;
+    Tool::new("rauc")?
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg("bundle")
+        // zstd: 1.3 s for 68 MB against 10 s with the default (VERIFIED.md);
+        // Debian's kernels read zstd squashfs.
+        .arg("--mksquashfs-args=-comp zstd -Xcompression-level 3")
+        .arg(&content)
+        .arg(&tmp)
+        .run()?;
     match std::fs::hard_link(&tmp, &out) {
         Ok(()) => Ok(out),
         Err(_) if out.is_file() => Ok(out),
