@@ -132,6 +132,9 @@ struct Common {
     /// Write the timeline snapshots instead of checking them.
     #[arg(long, visible_alias = "update")]
     update_snapshots: bool,
+    /// Keep the disk overlay of passed runs too (failed runs always keep it).
+    #[arg(long)]
+    keep_disks: bool,
     /// Neither save nor restore checkpoints (every run boots cold).
     #[arg(long)]
     no_checkpoints: bool,
@@ -291,8 +294,13 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i
     } else {
         SnapshotMode::Check
     };
-    let opts =
-        RunOptions { keep_on_failure: c.keep, snapshots, checkpoints: !c.no_checkpoints, ..RunOptions::default() };
+    let opts = RunOptions {
+        keep_on_failure: c.keep,
+        snapshots,
+        checkpoints: !c.no_checkpoints,
+        keep_disks: c.keep_disks,
+        ..RunOptions::default()
+    };
     let parallel = if c.keep { 1 } else { c.jobs.unwrap_or_else(plan::default_jobs).max(1) };
     let report_dir =
         c.report_dir.clone().unwrap_or_else(|| harness::rundir::workspace_root().join("target/devlab-report"));

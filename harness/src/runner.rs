@@ -3,7 +3,9 @@
 //! everything (serial log, QMP log, QEMU command line, SSH transcript,
 //! `timeline.json`, `run.json`, and on failure `failure.txt`). Every wait is
 //! "until X, at most T"; the whole run is bounded by the scenario's timeout.
-//! No QEMU outlives a run unless `keep_on_failure` asked for it.
+//! No QEMU outlives a run unless `keep_on_failure` asked for it. A passed
+//! run's disk overlay is removed (unless `keep_disks`); nothing else of a
+//! run directory is ever deleted.
 
 use crate::accel::{self, AccelChoice};
 use crate::board::Board;
@@ -68,6 +70,8 @@ pub struct RunOptions {
     /// Save and restore at `checkpoint` steps (default); off, a checkpoint
     /// step only records its event, so timelines stay the same.
     pub checkpoints: bool,
+    /// Keep a passed run's disk overlay (by default only failed runs keep it).
+    pub keep_disks: bool,
 }
 
 impl Default for RunOptions {
@@ -78,6 +82,7 @@ impl Default for RunOptions {
             snapshots: SnapshotMode::Skip,
             on_step: StepHook::default(),
             checkpoints: true,
+            keep_disks: false,
         }
     }
 }
@@ -168,6 +173,9 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         }
     }
     out.duration = started.elapsed();
+    // A passed run's disk (the qcow2 overlay, often hundreds of MiB) goes;
+    // its logs, timeline and transcripts stay. A failed run keeps it all.
+    let disk_removed = result.is_ok() && !opts.keep_disks && std::fs::remove_file(run_dir.join("disk.qcow2")).is_ok();
     let _ = std::fs::write(
         run_dir.join("run.json"),
         serde_json::to_string_pretty(&json!({
@@ -180,6 +188,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
             "passed": result.is_ok(),
             "error": result.as_ref().err().map(|e| e.to_string()),
             "duration_s": out.duration.as_secs_f64(),
+            "disk_removed": disk_removed,
         }))
         .unwrap_or_default(),
     );
