@@ -75,36 +75,46 @@ pub fn arch_keys(root: &Path, arch: Arch) -> Result<Keys, ImageError> {
             host_key: std::fs::read(&hostp).map_err(ImageError::io(&hostp))?,
         })
     };
-    if ssh_key.is_file() {
-        return read(&dir);
+    if !ssh_key.is_file() {
+        make_keys_once(root, &arch.to_string(), |tmp| {
+            tools::Tool::new("ssh-keygen")?
+                .args(["-q", "-t", "ecdsa", "-b", "256", "-m", "PEM", "-N", "", "-C"])
+                .arg(format!("devlab-{arch}"))
+                .arg("-f")
+                .arg(tmp.join("id_devlab"))
+                .run()?;
+            tools::Tool::new("dropbearkey")?
+                .args(["-t", "ed25519", "-f"])
+                .arg(tmp.join("dropbear_ed25519_host_key"))
+                .run()?;
+            Ok(())
+        })?;
     }
+    read(&dir)
+}
+
+/// Make `<root>/keys/<name>/` with `make` in a temp folder renamed into
+/// place, so a half-made set is never used; if another build made it
+/// meanwhile, theirs is kept.
+pub(crate) fn make_keys_once(
+    root: &Path,
+    name: &str,
+    make: impl FnOnce(&Path) -> Result<(), ImageError>,
+) -> Result<PathBuf, ImageError> {
     let parent = root.join("keys");
+    let dir = parent.join(name);
     std::fs::create_dir_all(&parent).map_err(ImageError::io(&parent))?;
-    let tmp = parent.join(format!("{arch}.tmp-{}", std::process::id()));
+    let tmp = parent.join(format!("{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
-    let made = (|| {
-        tools::Tool::new("ssh-keygen")?
-            .args(["-q", "-t", "ecdsa", "-b", "256", "-m", "PEM", "-N", "", "-C"])
-            .arg(format!("devlab-{arch}"))
-            .arg("-f")
-            .arg(tmp.join("id_devlab"))
-            .run()?;
-        tools::Tool::new("dropbearkey")?
-            .args(["-t", "ed25519", "-f"])
-            .arg(tmp.join("dropbear_ed25519_host_key"))
-            .run()?;
-        Ok(())
-    })();
-    if let Err(e) = made {
+    if let Err(e) = make(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     if std::fs::rename(&tmp, &dir).is_err() {
-        // Made concurrently by another build: keep theirs.
         let _ = std::fs::remove_dir_all(&tmp);
     }
-    read(&dir)
+    Ok(dir)
 }
 
 /// What an entry contains; `manifest.json` in the entry.
@@ -509,5 +519,22 @@ fn add_generated(tree: &mut rootfs::Tree, recipe: &Recipe, key: &str, pubkey: &[
         if !tree.contains(&path) && !tree.contains(&format!("usr/sbin/{applet}")) {
             tree.symlink(&path, target);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_keys_are_made_once_into_place() {
+        let d = tempfile::tempdir().unwrap();
+        let k = arch_keys(d.path(), Arch::Aarch64).unwrap();
+        assert!(k.ssh_key.is_file() && k.pubkey.starts_with(b"ecdsa-sha2-nistp256 "));
+        assert!(!k.host_key.is_empty());
+        let again = arch_keys(d.path(), Arch::Aarch64).unwrap();
+        assert_eq!((again.pubkey, again.host_key), (k.pubkey, k.host_key));
+        let names: Vec<_> = std::fs::read_dir(d.path().join("keys")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["aarch64"], "no temp folder left");
     }
 }

@@ -76,14 +76,9 @@ pub fn rauc_keys(root: &Path) -> Result<RaucKeys, ImageError> {
     if keys.ca_cert.is_file() {
         return Ok(keys);
     }
-    let parent = root.join("keys");
-    std::fs::create_dir_all(&parent).map_err(ImageError::io(&parent))?;
-    let tmp = parent.join(format!("rauc.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
-    let made = (|| {
-        ec_req(&tmp, "ca", "/O=devlab/CN=devlab test CA", true)?;
-        ec_req(&tmp, "release", "/O=devlab/CN=devlab release signing", false)?;
+    crate::make_keys_once(root, "rauc", |tmp| {
+        ec_req(tmp, "ca", "/O=devlab/CN=devlab test CA", true)?;
+        ec_req(tmp, "release", "/O=devlab/CN=devlab release signing", false)?;
         let ext = tmp.join("release.ext");
         std::fs::write(&ext, SIGNING_EXT).map_err(ImageError::io(&ext))?;
         Tool::new("openssl")?
@@ -98,16 +93,8 @@ pub fn rauc_keys(root: &Path) -> Result<RaucKeys, ImageError> {
             .arg("-out")
             .arg(tmp.join("release.pem"))
             .run()?;
-        ec_req(&tmp, "untrusted", "/O=elsewhere/CN=untrusted signer", true)
-    })();
-    if let Err(e) = made {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if std::fs::rename(&tmp, &dir).is_err() {
-        // Made concurrently by another build: keep theirs.
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
+        ec_req(tmp, "untrusted", "/O=elsewhere/CN=untrusted signer", true)
+    })?;
     Ok(keys)
 }
 
@@ -181,6 +168,30 @@ pub fn bundle(image: &BuiltImage, signer: Signer) -> Result<PathBuf, ImageError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_test_pki_is_made_once_and_chains_to_its_ca() {
+        let d = tempfile::tempdir().unwrap();
+        let keys = rauc_keys(d.path()).unwrap();
+        let ca = std::fs::read(&keys.ca_cert).unwrap();
+        // The release cert verifies against the CA; the untrusted one does not.
+        let verify = |cert: &Path| {
+            std::process::Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(&keys.ca_cert)
+                .arg(cert)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(verify(&keys.pair(Signer::Release).0));
+        assert!(!verify(&keys.pair(Signer::Untrusted).0));
+        // A second call reuses the set; no temp folder is left.
+        assert_eq!(std::fs::read(&rauc_keys(d.path()).unwrap().ca_cert).unwrap(), ca);
+        assert_eq!(std::fs::read_dir(d.path().join("keys")).unwrap().count(), 1);
+    }
 
     #[test]
     fn system_conf_names_the_slot_partitions() {
