@@ -711,17 +711,6 @@ fn matrix_safe(s: &str) -> bool {
 }
 
 impl Scenario {
-    /// Load a scenario file that has no matrix (one run per board).
-    pub fn load(path: &Path) -> Result<Scenario> {
-        let mut all = Self::load_variants(path)?;
-        if all.len() != 1 {
-            return Err(
-                InputError::new(path, format!("has a matrix ({} variants): load its variants", all.len())).into()
-            );
-        }
-        Ok(all.remove(0))
-    }
-
     /// Every variant of a scenario file: the file itself without a
     /// `[scenario.matrix]`, else one scenario per combination of the matrix
     /// values, named `<name>.<param>=<value>...`, with `{param}` and
@@ -917,10 +906,13 @@ impl Scenario {
                     return Err(step_at("name", format!("checkpoint name {:?} is not a plain name", c.name)));
                 }
                 Step::Checkpoint(_) => checkpoint_seen = true,
+                Step::DiskErrors(DiskErrors { partition, .. }) | Step::CorruptDisk(CorruptDisk { partition, .. })
+                    if !devlab_images::disk::LABELS.contains(&partition.as_str()) =>
+                {
+                    let labels = devlab_images::disk::LABELS.join(", ");
+                    return Err(step_at("partition", format!("no partition `{partition}` (the disk has: {labels})")));
+                }
                 Step::DiskErrors(_) => disk_errors_seen = true,
-                _ => {}
-            }
-            match &placed.step {
                 Step::ServeRelease(ServeRelease { image, .. }) => {
                     scenario.recipe_for(&root, image)?;
                 }
@@ -928,53 +920,22 @@ impl Scenario {
                     scenario.recipe_for(&root, &b.image)?;
                     bundles.push(&b.name);
                 }
-                Step::DiskErrors(DiskErrors { partition, .. }) | Step::CorruptDisk(CorruptDisk { partition, .. })
-                    if !devlab_images::disk::LABELS.contains(&partition.as_str()) =>
-                {
-                    let step_text = &scenario.text[spanned.span()];
-                    let offset = spanned.span().start + crate::board::find_key(step_text, "partition").unwrap_or(0);
-                    return Err(InputError::new(
-                        path,
-                        format!(
-                            "no partition `{partition}` (the disk has: {})",
-                            devlab_images::disk::LABELS.join(", ")
-                        ),
-                    )
-                    .at(&scenario.text, offset)
-                    .field("partition")
-                    .into());
-                }
                 Step::Upload(u) if !path.parent().unwrap_or(Path::new(".")).join(&u.from).is_file() => {
-                    let step_text = &scenario.text[spanned.span()];
-                    let offset = spanned.span().start + crate::board::find_key(step_text, "from").unwrap_or(0);
-                    return Err(InputError::new(path, format!("no file `{}` next to the scenario", u.from))
-                        .at(&scenario.text, offset)
-                        .field("from")
-                        .into());
+                    return Err(step_at("from", format!("no file `{}` next to the scenario", u.from)));
                 }
                 Step::Download(d)
                     if d.to.is_empty() || d.to.contains('/') || d.to.starts_with('.') || d.to.contains('\0') =>
                 {
-                    let step_text = &scenario.text[spanned.span()];
-                    let offset = spanned.span().start + crate::board::find_key(step_text, "to").unwrap_or(0);
-                    return Err(InputError::new(
-                        path,
+                    return Err(step_at(
+                        "to",
                         format!("`{}` must be a plain file name (it goes in the run directory)", d.to),
-                    )
-                    .at(&scenario.text, offset)
-                    .field("to")
-                    .into());
+                    ));
                 }
                 Step::RaucInstall(i) if !bundles.contains(&i.bundle.as_str()) => {
-                    let step_text = &scenario.text[spanned.span()];
-                    let offset = spanned.span().start + crate::board::find_key(step_text, "bundle").unwrap_or(0);
-                    return Err(InputError::new(
-                        path,
+                    return Err(step_at(
+                        "bundle",
                         format!("no bundle `{}` served before this step (add a serve_bundle step)", i.bundle),
-                    )
-                    .at(&scenario.text, offset)
-                    .field("bundle")
-                    .into());
+                    ));
                 }
                 _ => {}
             }
@@ -1189,7 +1150,7 @@ mod tests {
         // Placeholders that are not parameters ({arch}) stay for the runner.
         assert_eq!((e.pattern.0.as_str(), e.timeout.0), ("env b on {arch}", Duration::from_secs(2)));
         assert_eq!(all[2].variant, [("copy".to_string(), "b".to_string()), ("wait".to_string(), "1s".to_string())]);
-        assert!(Scenario::load(Path::new("/nonexistent.toml")).is_err());
+        assert!(Scenario::load_variants(Path::new("/nonexistent.toml")).is_err());
     }
 
     #[test]

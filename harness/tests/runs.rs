@@ -14,6 +14,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// The `summary.json` a run wrote into report folder `dir`.
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
 fn list(args: &[&str]) -> Vec<String> {
     let out = devlab().args(args).arg("--list").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -88,8 +93,7 @@ fn a_failure_is_retried_and_reported_in_junit_json_and_markdown() {
     assert!(junit.contains("tests=\"1\" failures=\"1\" errors=\"0\""), "{junit}");
     assert!(junit.contains("<testcase classname=\"always-fails\" name=\"qemu-aarch64\""), "{junit}");
     assert!(junit.contains("never &lt;here&gt; &amp; there"), "{junit}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    let json = summary(&reports);
     assert_eq!(json["failed"], 1);
     assert_eq!(json["runs"][0]["attempts"], 2);
     assert_eq!(json["runs"][0]["status"], "failed");
@@ -131,8 +135,7 @@ fn ctrl_c_reports_unfinished_runs_as_not_run() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert!(!Path::new(&format!("/proc/{qemu}")).exists(), "QEMU {qemu} survived Ctrl-C");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    let json = summary(&reports);
     assert_eq!(json["total"], 2);
     assert_eq!(json["not_run"], 2, "{json}");
 }
@@ -183,8 +186,7 @@ fn a_kept_machine_is_listed_reachable_and_stopped() {
     assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
     assert_eq!(child.wait().unwrap().code(), Some(1), "the run still ends as failed");
     assert!(!Path::new(&format!("/proc/{qemu}")).exists(), "QEMU {qemu} survived stop");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    let json = summary(&reports);
     assert_eq!((json["failed"].as_u64(), json["not_run"].as_u64()), (Some(1), Some(0)), "{json}");
     assert!(String::from_utf8_lossy(&with_xdg(&["ps"]).stdout).contains("no kept machines"));
 }
@@ -225,9 +227,7 @@ fn two_runs_at_once_do_not_collide() {
     };
     assert_ne!(port(&dirs[0]), port(&dirs[1]), "both runs got the same SSH port");
     for n in [1, 2] {
-        let json: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(d.path().join(format!("reports-{n}/summary.json"))).unwrap())
-                .unwrap();
+        let json = summary(&d.path().join(format!("reports-{n}")));
         assert_eq!(json["passed"], 1, "{json}");
     }
 }
@@ -250,7 +250,6 @@ fn a_full_disk_is_refused_before_anything_boots() {
     assert!(err.contains("not enough free disk space for a run in") && err.contains("DEVLAB_RUNS"), "{err}");
     // Nothing was started, and the reports are whole.
     assert!(!d.path().join("runs").exists());
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    let json = summary(&reports);
     assert_eq!(json["errors"], 1, "{json}");
 }
