@@ -12,6 +12,7 @@ pub mod error;
 pub mod html;
 pub mod kept;
 pub mod machine;
+pub mod ostree;
 pub mod plan;
 pub mod qmp;
 pub mod report;

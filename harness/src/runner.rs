@@ -13,7 +13,7 @@ use crate::console::{ConsoleError, ERROR_LINES};
 use crate::disk;
 use crate::error::{Error, Failure, Result};
 use crate::machine::{Machine, MachineSpec};
-use crate::scenario::{PlacedStep, RaucOutcome, Scenario, Source, Step};
+use crate::scenario::{DeploymentState, PlacedStep, RaucOutcome, Scenario, Source, Step};
 use crate::ssh::Ssh;
 use crate::timeline::{console_marker, qmp_event, Entry, Event, Origin, Redactor, Timeline};
 use devlab_images::BuiltImage;
@@ -148,7 +148,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         r.timeline.push(r.now(), Origin::Step, Event::Failed { step: f.step.clone() });
         let _ = std::fs::write(run_dir.join("failure.txt"), f.to_string());
     }
-    let redactor = Redactor::new(&[(&run_dir.to_string_lossy(), "[run]")]);
+    let redactor = r.redactor();
     out.normalised = r.timeline.normalised(&redactor);
     out.timeline = r.timeline.clone();
     let _ =
@@ -228,6 +228,12 @@ pub fn check_free_space(root: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Where `exec_until_power_cut` cuts.
+enum CutAt {
+    Console(BytesRegex),
+    Request(Regex),
+}
+
 struct Run<'a> {
     scenario: &'a Scenario,
     board: &'a Board,
@@ -257,6 +263,8 @@ struct Run<'a> {
     on_step: StepHook,
     /// Use checkpoints (`RunOptions::checkpoints`).
     checkpoints: bool,
+    /// OSTree commits this run knows: image name -> checksum.
+    commits: BTreeMap<String, String>,
     /// Callbacks already consumed by `wait_callback`.
     callback_cursor: usize,
     /// Console sync barriers issued so far.
@@ -286,7 +294,53 @@ impl<'a> Run<'a> {
             checkpoints: true,
             callback_cursor: 0,
             syncs: 0,
+            commits: BTreeMap::new(),
         }
+        .with_booted_commit()
+    }
+
+    /// Knows the booted image's OSTree commit (if it is an OSTree image).
+    fn with_booted_commit(mut self) -> Self {
+        if let Some(o) = &self.image.manifest.ostree {
+            self.commits.insert(self.scenario.header.image.get_ref().clone(), o.commit.clone());
+        }
+        self
+    }
+
+    /// The OSTree commit of image `name` (its last build for this arch).
+    fn commit_of(&mut self, name: &str) -> Result<String> {
+        if let Some(c) = self.commits.get(name) {
+            return Ok(c.clone());
+        }
+        let recipe = crate::rundir::workspace_root().join("images/recipes").join(format!("{name}.toml"));
+        let image = devlab_images::locate(&recipe, self.board.arch)?;
+        let Some(o) = image.manifest.ostree else {
+            return Err(self.failure(format!("image `{name}` is not an OSTree image")));
+        };
+        self.commits.insert(name.to_string(), o.commit.clone());
+        Ok(o.commit)
+    }
+
+    /// Replaces `{commit:<image>}` with that image's OSTree commit.
+    fn subst_commits(&mut self, s: &str) -> Result<String> {
+        static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+        let re = RE.get_or_init(|| Regex::new(r"\{commit:([A-Za-z0-9_.-]+)\}").unwrap());
+        let mut out = s.to_string();
+        let names: Vec<String> = re.captures_iter(s).map(|c| c[1].to_string()).collect();
+        for name in names {
+            let commit = self.commit_of(&name)?;
+            out = out.replace(&format!("{{commit:{name}}}"), &commit);
+        }
+        Ok(out)
+    }
+
+    /// Redactions for this run's snapshots: the run folder and every OSTree
+    /// commit it named (`[commit:<image>]`).
+    fn redactor(&self) -> Redactor {
+        let mut lits: Vec<(String, String)> = vec![(self.run_dir.to_string_lossy().into_owned(), "[run]".into())];
+        lits.extend(self.commits.iter().map(|(name, c)| (c.clone(), format!("[commit:{name}]"))));
+        let refs: Vec<(&str, &str)> = lits.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        Redactor::new(&refs)
     }
 
     fn now(&self) -> f64 {
@@ -490,7 +544,17 @@ impl<'a> Run<'a> {
                 if s.command.contains("{server}") {
                     self.start_server().await?;
                 }
-                let command = self.subst(&s.command);
+                let command = self.subst_commits(&s.command)?;
+                let command = self.subst(&command);
+                if let Some(p) = &s.power_cut_at {
+                    let pattern = self.subst(&p.0);
+                    let re = BytesRegex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
+                    return self.exec_until_power_cut(&command, s.timeout.0, CutAt::Console(re)).await;
+                }
+                if let Some(p) = &s.power_cut_on_request {
+                    let re = Regex::new(&p.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
+                    return self.exec_until_power_cut(&command, s.timeout.0, CutAt::Request(re)).await;
+                }
                 let out = self.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| self.failure(e.to_string()))?;
                 if out.status != s.expect_status {
                     return Err(self.failure(format!(
@@ -694,24 +758,7 @@ impl<'a> Run<'a> {
                 if let Some(p) = &u.power_cut_at {
                     let pattern = self.subst(&p.0);
                     let re = BytesRegex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                    self.ssh()?;
-                    self.machine()?;
-                    let (ssh, machine) = (self.ssh.as_ref().expect("checked"), self.machine.as_mut().expect("checked"));
-                    let cut = tokio::select! {
-                        out = ssh.exec(&command, u.timeout.0) => Err(format!(
-                            "the update agent ended ({}) before `{pattern}` appeared",
-                            out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string())
-                        )),
-                        m = machine.console.expect(std::slice::from_ref(&re), u.timeout.0) => m.map_err(|e| e.to_string()),
-                    };
-                    let got = cut.map_err(|e| self.failure(e))?;
-                    self.machine.as_mut().expect("running").power_cut().await?;
-                    if let Some(s) = self.ssh.take() {
-                        s.disconnect();
-                    }
-                    self.drain(Some(got.end));
-                    self.record(Event::PowerCut);
-                    return Ok(());
+                    return self.exec_until_power_cut(&command, u.timeout.0, CutAt::Console(re)).await;
                 }
                 let out = if u.link_down_mid_transfer {
                     self.update_with_link_drop(&command, u.timeout.0).await?
@@ -778,6 +825,58 @@ impl<'a> Run<'a> {
                     image: b.image.get_ref().clone(),
                     signer: b.signer.as_str().into(),
                 });
+                Ok(())
+            }
+            Step::ServeOstree(o) => {
+                let name = o.image.get_ref().clone();
+                let recipe = self.scenario.recipe_for(&crate::rundir::workspace_root(), &o.image)?;
+                let image = devlab_images::locate(&recipe, self.board.arch)?;
+                let (Some(served), Some(booted)) = (image.manifest.ostree, self.image.manifest.ostree.clone()) else {
+                    return Err(self.failure(format!("`{name}` and the scenario's image must both be OSTree images")));
+                };
+                self.start_server().await?;
+                let server = self.server.as_ref().expect("started");
+                server.serve_ostree_repo(served.repo.clone());
+                server.publish_ostree(&booted.branch, &served.commit);
+                self.commits.insert(name.clone(), served.commit);
+                self.record(Event::OstreeServed { image: name });
+                Ok(())
+            }
+            Step::AssertOstree(a) => {
+                let out = self.ssh()?.exec("ostree admin status", Duration::from_secs(60)).await;
+                let out = out.map_err(|e| self.failure(e.to_string()))?;
+                if out.status != 0 {
+                    return Err(self.failure(format!(
+                        "ostree admin status exited {}: {}",
+                        out.status,
+                        out.stderr.trim()
+                    )));
+                }
+                let got = crate::ostree::parse_status(&out.stdout);
+                let mut want = Vec::new();
+                for d in &a.deployments {
+                    want.push((self.commit_of(&d.image)?, d.state));
+                }
+                let got_pairs: Vec<(String, DeploymentState)> =
+                    got.iter().map(|d| (d.commit.clone(), d.state)).collect();
+                self.drain(None);
+                if got_pairs != want {
+                    let name = |c: &str| {
+                        self.commits.iter().find(|(_, v)| v.as_str() == c).map_or(c.to_string(), |(k, _)| k.clone())
+                    };
+                    let show = |v: &[(String, DeploymentState)]| {
+                        v.iter().map(|(c, s)| format!("{} {}", name(c), s.as_str())).collect::<Vec<_>>().join(", ")
+                    };
+                    return Err(self.failure(format!(
+                        "ostree deployments are [{}], expected [{}]; ostree admin status:\n{}",
+                        show(&got_pairs),
+                        show(&want),
+                        out.stdout.trim_end()
+                    )));
+                }
+                let deployments =
+                    got.iter().map(|d| format!("{} {} version {}", d.state.as_str(), d.commit, d.version)).collect();
+                self.record(Event::OstreeStatus { deployments });
                 Ok(())
             }
             Step::RaucInstall(i) => {
@@ -1023,6 +1122,56 @@ impl<'a> Run<'a> {
     }
 
     /// Start the update server on first use.
+    /// Run `command` over SSH and cut the power at `at` (a console pattern,
+    /// or the update server starting to answer a matching request) while
+    /// it runs; the command ending first is a failure.
+    async fn exec_until_power_cut(&mut self, command: &str, timeout: Duration, at: CutAt) -> Result<()> {
+        self.ssh()?;
+        self.machine()?;
+        if matches!(at, CutAt::Request(_)) && self.server.is_none() {
+            return Err(self.failure("power_cut_on_request needs the update server (serve something first)".into()));
+        }
+        let from = self.server.as_ref().map_or(0, |s| s.requests());
+        let (ssh, machine, server) =
+            (self.ssh.as_ref().expect("checked"), self.machine.as_mut().expect("checked"), self.server.as_ref());
+        let what = match &at {
+            CutAt::Console(re) => format!("`{}` appeared on the console", re.as_str()),
+            CutAt::Request(re) => format!("a request for `{}` reached the server", re.as_str()),
+        };
+        let trigger = async {
+            match &at {
+                CutAt::Console(re) => machine
+                    .console
+                    .expect(std::slice::from_ref(re), timeout)
+                    .await
+                    .map(|m| Some(m.end))
+                    .map_err(|e| e.to_string()),
+                CutAt::Request(re) => {
+                    let server = server.expect("checked");
+                    match tokio::time::timeout(timeout, server.wait_request(re, from)).await {
+                        Ok(_) => Ok(None),
+                        Err(_) => Err(format!("no request for `{}` within {timeout:?}", re.as_str())),
+                    }
+                }
+            }
+        };
+        let cut = tokio::select! {
+            out = ssh.exec(command, timeout) => Err(format!(
+                "`{command}` ended ({}) before {what}",
+                out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string())
+            )),
+            m = trigger => m,
+        };
+        let end = cut.map_err(|e| self.failure(e))?;
+        self.machine.as_mut().expect("running").power_cut().await?;
+        if let Some(s) = self.ssh.take() {
+            s.disconnect();
+        }
+        self.drain(end);
+        self.record(Event::PowerCut);
+        Ok(())
+    }
+
     async fn start_server(&mut self) -> Result<()> {
         if self.server.is_none() {
             let server = crate::update_server::UpdateServer::start(self.run_dir.join("http.log"))

@@ -105,6 +105,14 @@ pub struct SshRun {
     pub expect_stdout: Option<Pattern>,
     #[serde(default = "default_step_timeout")]
     pub timeout: Dur,
+    /// Cut the power when this console pattern appears while the command
+    /// runs (the command must not end first).
+    #[serde(default)]
+    pub power_cut_at: Option<Pattern>,
+    /// Cut the power when the update server starts answering a request
+    /// whose path matches (e.g. an OSTree object while a pull runs).
+    #[serde(default)]
+    pub power_cut_on_request: Option<Pattern>,
 }
 
 /// The slot the guest booted (kernel command line `devlab.slot=`).
@@ -416,6 +424,55 @@ pub struct ServeBundle {
     pub signer: devlab_images::rauc::Signer,
 }
 
+/// Publish an OSTree image's commit on the update server: the harness
+/// serves the arch's archive repo at `/ostree/` and answers the booted
+/// image's branch (`refs/heads/devlab/<image>`) with this image's commit,
+/// so `ostree admin upgrade` on the device pulls it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOstree {
+    /// An OSTree image recipe (`images/recipes/<image>.toml` with `[ostree]`).
+    pub image: toml::Spanned<String>,
+}
+
+/// `ostree admin status` on the device: the deployments, in order, each
+/// the commit of an image in a state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertOstree {
+    pub deployments: Vec<ExpectedDeployment>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedDeployment {
+    /// The OSTree image whose commit is deployed.
+    pub image: String,
+    pub state: DeploymentState,
+}
+
+/// A deployment's marker in `ostree admin status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// `*`: running now.
+    Booted,
+    /// `(pending)`: boots next (listed before the booted one).
+    Pending,
+    /// `(rollback)`: listed after the booted one.
+    Rollback,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Booted => "booted",
+            DeploymentState::Pending => "pending",
+            DeploymentState::Rollback => "rollback",
+        }
+    }
+}
+
 fn release_signer() -> devlab_images::rauc::Signer {
     devlab_images::rauc::Signer::Release
 }
@@ -505,6 +562,8 @@ pub enum Step {
     AssertService(AssertService),
     Checkpoint(Checkpoint),
     WaitCallback(WaitCallback),
+    ServeOstree(ServeOstree),
+    AssertOstree(AssertOstree),
 }
 
 /// The action names, in the order the docs list them.
@@ -537,6 +596,8 @@ pub const ACTIONS: &[&str] = &[
     "assert_service",
     "checkpoint",
     "wait_callback",
+    "serve_ostree",
+    "assert_ostree",
 ];
 
 impl Step {
@@ -570,6 +631,8 @@ impl Step {
             Step::AssertService(_) => "assert_service",
             Step::Checkpoint(_) => "checkpoint",
             Step::WaitCallback(_) => "wait_callback",
+            Step::ServeOstree(_) => "serve_ostree",
+            Step::AssertOstree(_) => "assert_ostree",
         }
     }
 
@@ -578,6 +641,7 @@ impl Step {
         match self {
             Step::ServeRelease(r) => Some(&mut r.image),
             Step::ServeBundle(b) => Some(&mut b.image),
+            Step::ServeOstree(o) => Some(&mut o.image),
             _ => None,
         }
     }
@@ -615,6 +679,8 @@ impl Step {
             "assert_service" => Step::AssertService(p(text)?),
             "checkpoint" => Step::Checkpoint(p(text)?),
             "wait_callback" => Step::WaitCallback(p(text)?),
+            "serve_ostree" => Step::ServeOstree(p(text)?),
+            "assert_ostree" => Step::AssertOstree(p(text)?),
             _ => return Ok(None),
         }))
     }
@@ -920,6 +986,28 @@ impl Scenario {
                     scenario.recipe_for(&root, &b.image)?;
                     bundles.push(&b.name);
                 }
+                Step::ServeOstree(o) => {
+                    scenario.ostree_recipe(&root, &o.image)?;
+                    scenario.ostree_recipe(&root, &scenario.header.image)?;
+                }
+                Step::AssertOstree(a) => {
+                    for d in &a.deployments {
+                        let recipe = root.join("images/recipes").join(format!("{}.toml", d.image));
+                        let is_ostree = devlab_images::Recipe::load(&recipe).is_ok_and(|(r, _)| r.ostree.is_some());
+                        if !is_ostree {
+                            return Err(step_at(
+                                "deployments",
+                                format!("`{}` is not an OSTree image recipe ({})", d.image, recipe.display()),
+                            ));
+                        }
+                    }
+                }
+                Step::Ssh(s) if s.power_cut_at.is_some() && s.power_cut_on_request.is_some() => {
+                    return Err(step_at(
+                        "power_cut_on_request",
+                        "set power_cut_at or power_cut_on_request, not both".into(),
+                    ));
+                }
                 Step::Upload(u) if !path.parent().unwrap_or(Path::new(".")).join(&u.from).is_file() => {
                     return Err(step_at("from", format!("no file `{}` next to the scenario", u.from)));
                 }
@@ -994,6 +1082,26 @@ impl Scenario {
     /// The image recipe path, or an input error at the `image` field.
     pub fn recipe_path(&self, root: &Path) -> Result<PathBuf> {
         self.recipe_for(root, &self.header.image)
+    }
+
+    /// Like [`Scenario::recipe_for`], and the recipe must be an OSTree image.
+    pub fn ostree_recipe(&self, root: &Path, image: &toml::Spanned<String>) -> Result<PathBuf> {
+        let path = self.recipe_for(root, image)?;
+        let is_ostree = devlab_images::Recipe::load(&path)?.0.ostree.is_some();
+        if !is_ostree {
+            return Err(InputError::new(
+                &self.path,
+                format!(
+                    "image `{}` is not an OSTree image ({} has no [ostree] table)",
+                    image.get_ref(),
+                    path.display()
+                ),
+            )
+            .at(&self.text, image.span().start)
+            .field("image")
+            .into());
+        }
+        Ok(path)
     }
 
     /// The recipe named by a (spanned) `image` field anywhere in the file.

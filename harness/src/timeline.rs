@@ -122,6 +122,18 @@ pub enum Event {
     Link {
         up: bool,
     },
+    /// An OSTree boot decision of boot-ostree.cmd (bootcount, altbootcmd,
+    /// which deployment).
+    BootDecision {
+        detail: String,
+    },
+    OstreeServed {
+        image: String,
+    },
+    /// `ostree admin status`, one `<state> <commit> version <v>` per deployment.
+    OstreeStatus {
+        deployments: Vec<String>,
+    },
     Failed {
         step: String,
     },
@@ -200,6 +212,10 @@ pub fn console_marker(line: &str) -> Option<Event> {
             m(r"Starting kernel", |_| Event::KernelStarted),
             m(r"devlab-init: initramfs", |_| Event::Initramfs),
             m(r"devlab-init: root slot=(?<s>[AB])", |c| Event::RootMounted { slot: c["s"].to_string() }),
+            m(r"devlab-init: root ostree deployment", |_| Event::RootMounted { slot: "ostree".into() }),
+            m(r"devlab-boot: (?<d>(ostree|no rollback|rollback=|bootcount|upgrade_available).*)", |c| {
+                Event::BootDecision { detail: c["d"].trim().to_string() }
+            }),
             m(r"devlab-rc: dropbear", |_| Event::DropbearStarted),
             m(r"Kernel panic", |_| Event::KernelPanic),
             m(r"devlab-init: watchdog armed", |_| Event::WatchdogArmed),
@@ -287,6 +303,9 @@ impl Redactor {
             Event::Update { stage } => Event::Update { stage: r(stage) },
             Event::Health { result } => Event::Health { result: r(result) },
             Event::Qmp { name, detail } => Event::Qmp { name: name.clone(), detail: detail.as_ref().map(r) },
+            Event::OstreeStatus { deployments } => {
+                Event::OstreeStatus { deployments: deployments.iter().map(r).collect() }
+            }
             other => other.clone(),
         }
     }

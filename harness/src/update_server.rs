@@ -9,7 +9,12 @@
 //! connection) because the faults need byte-level control of the body.
 //! RAUC bundles are served as-is at `/bundles/<file>` (signed themselves).
 //! `/callback/<name>` (any method, optional body) records that the guest
-//! called back, for steps that wait for it.
+//! called back, for steps that wait for it. An OSTree archive repo is
+//! served read-only at `/ostree/`: its files as they are, except `refs/`,
+//! which answers only the refs the scenario published (branch -> commit),
+//! and no `summary` (so the published refs are the ones a pull sees);
+//! download faults apply to its `objects/`. Every request path is kept in
+//! order, for steps that act while a given request is being answered.
 //! Every request is logged to `http.log`. It serves only what it is given.
 
 use hmac::{Hmac, Mac};
@@ -90,6 +95,12 @@ struct State {
     /// body, in arrival order; the watch counts them.
     callbacks: Vec<(String, Vec<u8>)>,
     callback_count: tokio::sync::watch::Sender<usize>,
+    /// The OSTree repo served at `/ostree/`, and its published refs.
+    ostree_repo: Option<PathBuf>,
+    ostree_refs: BTreeMap<String, String>,
+    /// Paths requested so far, in arrival order; the watch counts them.
+    requests: Vec<String>,
+    request_count: tokio::sync::watch::Sender<usize>,
 }
 
 impl State {
@@ -154,6 +165,10 @@ impl UpdateServer {
             progress: tokio::sync::watch::channel(0).0,
             callbacks: Vec::new(),
             callback_count: tokio::sync::watch::channel(0).0,
+            ostree_repo: None,
+            ostree_refs: BTreeMap::new(),
+            requests: Vec::new(),
+            request_count: tokio::sync::watch::channel(0).0,
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -186,6 +201,45 @@ impl UpdateServer {
         s.log(&format!("bundle {file} ({} bytes, sha256 {sha})", bytes.len()));
         s.bundles.insert(file.to_string(), Arc::new(bytes));
         format!("http://10.0.2.2:{}/bundles/{file}", self.port)
+    }
+
+    /// Serve the OSTree archive repo `repo` at `/ostree/` (nothing published yet).
+    pub fn serve_ostree_repo(&self, repo: PathBuf) {
+        let mut s = self.state.lock().unwrap();
+        s.log(&format!("ostree repo {}", repo.display()));
+        s.ostree_repo = Some(repo);
+    }
+
+    /// Answer `refs/heads/<branch>` with `commit` from now on.
+    pub fn publish_ostree(&self, branch: &str, commit: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.log(&format!("ostree ref {branch} = {commit}"));
+        s.ostree_refs.insert(format!("refs/heads/{branch}"), commit.to_string());
+    }
+
+    /// The repo's URL as the guest sees it.
+    pub fn ostree_url(&self) -> String {
+        format!("http://10.0.2.2:{}/ostree", self.port)
+    }
+
+    /// Requests so far.
+    pub fn requests(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+
+    /// Wait until a request whose path matches `re` (at index >= `from`)
+    /// starts being answered; returns its path. Never times out by itself.
+    pub async fn wait_request(&self, re: &regex::Regex, from: usize) -> String {
+        let mut rx = self.state.lock().unwrap().request_count.subscribe();
+        loop {
+            let hit = self.state.lock().unwrap().requests.iter().skip(from).find(|p| re.is_match(p)).cloned();
+            if let Some(p) = hit {
+                return p;
+            }
+            if rx.changed().await.is_err() {
+                return String::new();
+            }
+        }
     }
 
     pub fn add_fault(&self, fault: Fault, count: u32) {
@@ -286,6 +340,12 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) {
         return;
     }
     let reply = route(method, path, &query, &state);
+    {
+        let mut s = state.lock().unwrap();
+        s.requests.push(path.to_string());
+        let n = s.requests.len();
+        s.request_count.send_replace(n);
+    }
     let sent = send(&mut conn, &reply, &state).await;
     let mut s = state.lock().unwrap();
     s.log(&format!(
@@ -357,7 +417,34 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
         }
         return Reply { status: 200, body: bytes, fault, release: true };
     }
+    if let Some(rel) = path.strip_prefix("/ostree/") {
+        return ostree_file(&mut s, rel);
+    }
     text(404, "not found\n")
+}
+
+/// A file of the served OSTree repo (see the module doc).
+fn ostree_file(s: &mut State, rel: &str) -> Reply {
+    let Some(repo) = s.ostree_repo.clone() else { return text(404, "no ostree repo served\n") };
+    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return text(403, "bad path\n");
+    }
+    if rel.starts_with("refs/") {
+        return match s.ostree_refs.get(rel) {
+            Some(commit) => text(200, &format!("{commit}\n")),
+            None => text(404, "ref not published\n"),
+        };
+    }
+    if rel.starts_with("summary") {
+        return text(404, "no summary\n");
+    }
+    let file = repo.join(rel);
+    let Ok(bytes) = std::fs::read(&file) else { return text(404, "no such file\n") };
+    let fault = if rel.starts_with("objects/") { s.take_fault(false) } else { None };
+    if let Some(f @ Fault::Error500 { .. }) = &fault {
+        return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
+    }
+    Reply { status: 200, body: Arc::new(bytes), fault, release: rel.starts_with("objects/") }
 }
 
 /// Write the reply, applying a body fault; returns the body bytes sent.

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the builder's output format changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// `$DEVLAB_CACHE`, else `$XDG_CACHE_HOME/devlab`, else `~/.cache/devlab`.
 pub fn cache_root() -> PathBuf {
@@ -52,11 +52,14 @@ pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8]) -> Result<String, Image
     h.update(format!("devlab-images format {FORMAT_VERSION}\n"));
     h.update((recipe_bytes.len() as u64).to_le_bytes());
     h.update(recipe_bytes);
-    for (what, root) in [
+    let (_, included) = crate::read_boot_script(&recipe.fixtures.boot_script)?;
+    let mut roots = vec![
         ("boot_script", &recipe.fixtures.boot_script),
         ("init", &recipe.fixtures.init),
         ("rootfs_overlay", &recipe.fixtures.rootfs_overlay),
-    ] {
+    ];
+    roots.extend(included.iter().map(|p| ("boot_script_include", p)));
+    for (what, root) in roots {
         for (rel, path) in walk(root)? {
             let meta = std::fs::symlink_metadata(&path).map_err(ImageError::io(&path))?;
             h.update(format!("{what}|{rel}|{:o}\n", meta.permissions().mode()));

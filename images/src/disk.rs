@@ -12,20 +12,29 @@ const MIB: u64 = 1024 * 1024;
 /// Partition labels, in table order (index = position + 1).
 pub const LABELS: [&str; 6] = ["boot", "uboot-env-a", "uboot-env-b", "rootfs-a", "rootfs-b", "data"];
 
-/// Computes the partition table from sizes in MiB (1 MiB aligned, first
-/// partition at 1 MiB) and the total disk size (1 MiB spare for backup GPT).
-pub fn layout(sizes: &crate::recipe::Sizes) -> (Vec<Partition>, u64) {
-    let mib = [
-        (sizes.boot, "vfat"),
-        (sizes.env, "raw"),
-        (sizes.env, "raw"),
-        (sizes.rootfs, "ext4"),
-        (sizes.rootfs, "ext4"),
-        (sizes.data, "ext4"),
-    ];
+/// Partition labels of an OSTree disk: the same boot and env partitions,
+/// then one `sysroot` (repo, deployments, `/boot`, the stateroot's `/var`).
+pub const OSTREE_LABELS: [&str; 4] = ["boot", "uboot-env-a", "uboot-env-b", "sysroot"];
+
+/// Computes the partition table of `recipe`'s disk: A/B slots and data, or
+/// the OSTree sysroot (1 MiB aligned, first partition at 1 MiB) and the total
+/// disk size (1 MiB spare for backup GPT).
+pub fn layout(recipe: &crate::Recipe) -> (Vec<Partition>, u64) {
+    let sizes = &recipe.sizes;
+    let mut mib = vec![(sizes.boot, "vfat"), (sizes.env, "raw"), (sizes.env, "raw")];
+    let labels: &[&str] = match &recipe.ostree {
+        Some(o) => {
+            mib.push((o.sysroot, "ext4"));
+            &OSTREE_LABELS
+        }
+        None => {
+            mib.extend([(sizes.rootfs, "ext4"), (sizes.rootfs, "ext4"), (sizes.data, "ext4")]);
+            &LABELS
+        }
+    };
     let mut start = MIB;
     let mut parts = Vec::new();
-    for (i, ((size, fs), label)) in mib.iter().zip(LABELS).enumerate() {
+    for (i, ((size, fs), label)) in mib.iter().zip(labels).enumerate() {
         parts.push(Partition {
             index: i as u32 + 1,
             label: label.to_string(),

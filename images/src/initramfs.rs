@@ -120,6 +120,7 @@ pub fn build(busybox: &[u8], init: &[u8], modules: &[PathBuf]) -> Result<Vec<u8>
         "ls",
         "poweroff",
         "reboot",
+        "readlink",
     ] {
         c.symlink(&format!("bin/{applet}"), "busybox");
     }

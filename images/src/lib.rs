@@ -11,6 +11,7 @@ pub mod cache;
 pub mod disk;
 mod error;
 pub mod initramfs;
+pub mod ostree;
 pub mod rauc;
 pub mod recipe;
 pub mod rootfs;
@@ -136,6 +137,19 @@ pub struct Manifest {
     /// RAUC's `compatible` when the image is updated with RAUC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rauc_compatible: Option<String>,
+    /// The commit and where it lives, for an OSTree image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ostree: Option<OstreeInfo>,
+}
+
+/// An OSTree image's commit: on `branch` of the arch's archive `repo`, and
+/// deployed as stateroot `os` on the image's own disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OstreeInfo {
+    pub os: String,
+    pub branch: String,
+    pub commit: String,
+    pub repo: PathBuf,
 }
 
 /// One GPT partition (bytes).
@@ -220,13 +234,17 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
         let ca = rauc::rauc_keys(&root)?.ca_cert;
         let pem = std::fs::read(&ca).map_err(ImageError::io(&ca))?;
         lock.push(format!("rauc-ca:{}", cache::sha256_hex(&pem)));
-        let conf = rauc::system_conf(&r.compatible, &disk::layout(&recipe.sizes).0);
+        let conf = rauc::system_conf(&r.compatible, &disk::layout(&recipe).0);
         lock.push(format!("rauc-conf:{}", cache::sha256_hex(conf.as_bytes())));
     }
     let key = cache::entry_key(&inputs, &lock, arch);
     let name = image_name(&recipe, arch);
     let entry = images.join(format!("{name}-{}", &key[..16]));
-    if !entry.join("manifest.json").is_file() {
+    if !entry.join("manifest.json").is_file() || commit_missing(&entry) {
+        if entry.exists() {
+            // Its commit left the shared repo (removed by hand): rebuild.
+            let _ = std::fs::remove_dir_all(&entry);
+        }
         cache::remove_stale(&images, &format!("{name}-"));
         let tmp = images.join(format!("{name}-{}.tmp-{}", &key[..16], std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -280,7 +298,21 @@ pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> 
     if !pointer.entry.join("manifest.json").is_file() {
         return Err(ImageError::NotBuilt { image: name, path: pointer.entry.join("manifest.json") });
     }
-    open_entry(&pointer.entry)
+    let built = open_entry(&pointer.entry)?;
+    if let Some(o) = &built.manifest.ostree {
+        if !ostree::has_commit(&o.repo, &o.commit) {
+            return Err(ImageError::NotBuilt { image: name, path: o.repo.join("objects") });
+        }
+    }
+    Ok(built)
+}
+
+/// True when `entry` is an OSTree image whose commit is gone from its repo.
+fn commit_missing(entry: &Path) -> bool {
+    match open_entry(entry) {
+        Ok(b) => b.manifest.ostree.is_some_and(|o| !ostree::has_commit(&o.repo, &o.commit)),
+        Err(_) => false,
+    }
 }
 
 fn open_entry(entry: &Path) -> Result<BuiltImage, ImageError> {
@@ -294,6 +326,31 @@ fn open_entry(entry: &Path) -> Result<BuiltImage, ImageError> {
         manifest,
         rootfs: entry.join("rootfs.ext4"),
     })
+}
+
+/// Reads a boot script template and expands its `#include <file>` lines
+/// (paths relative to the template; one level, no nesting). Returns the
+/// text and the included files (part of the image's inputs).
+pub fn read_boot_script(path: &Path) -> Result<(String, Vec<PathBuf>), ImageError> {
+    let text = std::fs::read_to_string(path).map_err(ImageError::io(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut out = String::with_capacity(text.len());
+    let mut included = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("#include ") {
+            let inc = dir.join(name.trim());
+            let body = std::fs::read_to_string(&inc).map_err(ImageError::io(&inc))?;
+            if body.lines().any(|l| l.starts_with("#include ")) {
+                return Err(ImageError::invalid(&inc, "an included script may not include another"));
+            }
+            out.push_str(&body);
+            included.push(inc);
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok((out, included))
 }
 
 /// Substitutes the recipe's values into the boot script template.
@@ -379,10 +436,16 @@ fn build_entry(
         .map_err(ImageError::io(out.join("id_devlab")))?;
 
     add_generated(&mut tree, recipe, key, &keys.pubkey, &keys.host_key);
-    tree.file("boot/vmlinuz", 0o644, vmlinuz);
-    tree.file("boot/initrd.img", 0o644, initrd);
+    if recipe.ostree.is_some() {
+        // Where `ostree admin deploy` looks for them.
+        tree.file(&format!("usr/lib/modules/{kver}/vmlinuz"), 0o644, vmlinuz);
+        tree.file(&format!("usr/lib/modules/{kver}/initramfs.img"), 0o644, initrd);
+    } else {
+        tree.file("boot/vmlinuz", 0o644, vmlinuz);
+        tree.file("boot/initrd.img", 0o644, initrd);
+    }
     tree.overlay(&recipe.fixtures.rootfs_overlay)?;
-    let (parts, total) = disk::layout(&recipe.sizes);
+    let (parts, total) = disk::layout(recipe);
     if let Some(r) = &recipe.rauc {
         let ca = rauc::rauc_keys(root)?.ca_cert;
         let pem = std::fs::read(&ca).map_err(ImageError::io(&ca))?;
@@ -393,15 +456,39 @@ fn build_entry(
 
     // Filesystems.
     const MIB: u64 = 1024 * 1024;
+    if recipe.ostree.is_some() {
+        // OSTree layout: /etc is the deployment's merge of /usr/etc; /var
+        // is the stateroot's, bound over the commit's empty one.
+        tree.move_prefix("etc", "usr/etc");
+        tree.strip(&["var".to_string()]);
+        for d in ["var", "boot", "sysroot"] {
+            tree.dir(d, 0o755);
+        }
+        tree.symlink("ostree", "sysroot/ostree");
+    }
     let tar = work.join("rootfs.tar");
     timed(log, "rootfs tar", || tree.write_tar(&tar))?;
     drop(tree);
     let rootfs_img = out.join("rootfs.ext4");
-    timed(log, "mke2fs rootfs", || disk::mke2fs(&rootfs_img, recipe.sizes.rootfs * MIB, "rootfs", Some(&tar)))?;
     let data_img = work.join("data.ext4");
-    disk::mke2fs(&data_img, recipe.sizes.data * MIB, "data", None)?;
-    let template =
-        std::fs::read_to_string(&recipe.fixtures.boot_script).map_err(ImageError::io(&recipe.fixtures.boot_script))?;
+    let sysroot_img = work.join("sysroot.ext4");
+    let mut ostree_info = None;
+    let part_images: Vec<Option<&Path>> = if let Some(o) = &recipe.ostree {
+        let repo = ostree::ensure_repo(root, arch)?;
+        let branch = ostree::branch(&recipe.name);
+        let commit =
+            timed(log, "ostree commit", || ostree::commit(&repo, &tar, &branch, &recipe.version, &recipe.pretty_name))?;
+        timed(log, "ostree sysroot", || {
+            ostree::sysroot_image(&repo, &branch, &o.os, &recipe.kernel.cmdline, &work, &sysroot_img, o.sysroot * MIB)
+        })?;
+        ostree_info = Some(OstreeInfo { os: o.os.clone(), branch, commit, repo });
+        vec![None, None, None, Some(sysroot_img.as_path())]
+    } else {
+        timed(log, "mke2fs rootfs", || disk::mke2fs(&rootfs_img, recipe.sizes.rootfs * MIB, "rootfs", Some(&tar)))?;
+        disk::mke2fs(&data_img, recipe.sizes.data * MIB, "data", None)?;
+        vec![None, None, None, Some(&rootfs_img), Some(&rootfs_img), Some(&data_img)]
+    };
+    let (template, _) = read_boot_script(&recipe.fixtures.boot_script)?;
     let cmd = work.join("boot.cmd");
     std::fs::write(&cmd, render_boot_script(&template, recipe)).map_err(ImageError::io(&cmd))?;
     let scr = work.join("boot.scr");
@@ -418,17 +505,15 @@ fn build_entry(
     let env1 = ubootenv::encode_copy(&recipe.env.defaults, 0, size)
         .map_err(|e| ImageError::invalid(&recipe.fixtures.boot_script, e.to_string()))?;
     let disk_path = out.join("disk.raw");
+    let mut part_images = part_images;
+    part_images[0] = Some(&boot_img);
     timed(log, "assemble disk", || {
-        disk::assemble(
-            &disk_path,
-            &parts,
-            total,
-            &[Some(&boot_img), None, None, Some(&rootfs_img), Some(&rootfs_img), Some(&data_img)],
-            &[(parts[1].start, &env0), (parts[2].start, &env1)],
-        )
+        disk::assemble(&disk_path, &parts, total, &part_images, &[(parts[1].start, &env0), (parts[2].start, &env1)])
     })?;
     for p in [&disk_path, &rootfs_img] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444)).map_err(ImageError::io(p))?;
+        if p.exists() {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444)).map_err(ImageError::io(p))?;
+        }
     }
 
     let manifest = Manifest {
@@ -450,6 +535,7 @@ fn build_entry(
             vars: recipe.env.vars.clone(),
         },
         rauc_compatible: recipe.rauc.as_ref().map(|r| r.compatible.clone()),
+        ostree: ostree_info,
     };
     let mut lock = manifest.packages.join("\n");
     lock.push('\n');
@@ -525,6 +611,22 @@ fn add_generated(tree: &mut rootfs::Tree, recipe: &Recipe, key: &str, pubkey: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boot_script_includes_expand_once() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("env.cmd"), "setenv a 1\n").unwrap();
+        std::fs::write(d.path().join("boot.cmd"), "# head\n#include env.cmd\nboot\n").unwrap();
+        let (text, inc) = read_boot_script(&d.path().join("boot.cmd")).unwrap();
+        assert_eq!(text, "# head\nsetenv a 1\nboot\n");
+        assert_eq!(inc, [d.path().join("env.cmd")]);
+        std::fs::write(d.path().join("env.cmd"), "#include boot.cmd\n").unwrap();
+        let e = read_boot_script(&d.path().join("boot.cmd")).unwrap_err().to_string();
+        assert!(e.contains("env.cmd") && e.contains("may not include"), "{e}");
+        std::fs::write(d.path().join("boot.cmd"), "#include gone.cmd\n").unwrap();
+        let e = read_boot_script(&d.path().join("boot.cmd")).unwrap_err().to_string();
+        assert!(e.contains("gone.cmd"), "{e}");
+    }
 
     #[test]
     fn arch_keys_are_made_once_into_place() {

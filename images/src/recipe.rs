@@ -45,6 +45,21 @@ pub struct Recipe {
     /// test CA as the keyring.
     #[serde(default)]
     pub rauc: Option<Rauc>,
+    /// Present for OSTree-managed images (package ostree): the build commits
+    /// the tree to the arch's repo and deploys it into a `sysroot` partition
+    /// (instead of root slots A/B and data).
+    #[serde(default)]
+    pub ostree: Option<Ostree>,
+}
+
+/// OSTree settings of an image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ostree {
+    /// The stateroot (`ostree admin os-init <os>`).
+    pub os: String,
+    /// Size of the sysroot partition in MiB (repo and deployments share it).
+    pub sysroot: u64,
 }
 
 /// RAUC settings of an image.
@@ -146,6 +161,15 @@ struct Layer {
     env: Option<EnvLayer>,
     fixtures: Option<FixturesLayer>,
     rauc: Option<RaucLayer>,
+    ostree: Option<OstreeLayer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct OstreeLayer {
+    os: Option<String>,
+    sysroot: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +335,17 @@ impl Recipe {
         if let Some(r) = &self.rauc {
             if !ok_name(&r.compatible) {
                 return Err(err("compatible", format!("{:?} is not a plain name", r.compatible)));
+            }
+        }
+        if let Some(o) = &self.ostree {
+            if !ok_name(&o.os) {
+                return Err(err("os", format!("{:?} is not a plain name", o.os)));
+            }
+            if self.rauc.is_some() {
+                return Err(err("ostree", "an image is updated with RAUC or OSTree, not both".into()));
+            }
+            if o.sysroot < 64 {
+                return Err(err("sysroot", format!("{} MiB is too small for a sysroot", o.sysroot)));
             }
         }
         for v in &self.env.vars {

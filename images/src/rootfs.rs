@@ -77,6 +77,17 @@ impl Tree {
         self.insert(path, Node::Symlink { target: target.to_string() });
     }
 
+    /// Moves `from` and everything below it to `to` (e.g. `etc` to
+    /// `usr/etc` for an OSTree commit); what was at `to` is replaced.
+    pub fn move_prefix(&mut self, from: &str, to: &str) {
+        let below = |p: &str| p == from || (p.starts_with(from) && p.as_bytes().get(from.len()) == Some(&b'/'));
+        let moved: Vec<String> = self.nodes.keys().filter(|p| below(p)).cloned().collect();
+        for p in moved {
+            let node = self.nodes.remove(&p).expect("listed");
+            self.nodes.insert(format!("{to}{}", &p[from.len()..]), node);
+        }
+    }
+
     /// Drops every path equal to or below one of `prefixes`.
     pub fn strip(&mut self, prefixes: &[String]) {
         self.nodes.retain(|p, _| {
