@@ -1185,6 +1185,39 @@ mod tests {
     }
 
     #[test]
+    fn ostree_steps_name_ostree_images() {
+        // The scenario's own image (base) is not an OSTree image.
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"serve_ostree\"\nimage = \"ostree-v2\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `image`: image `base` is not an OSTree image"), "{err}");
+        let head = HEAD.replace("[scenario]\n", "[scenario]\nimage = \"ostree\"\n");
+        let err =
+            parse(&format!("{head}[[step]]\naction = \"serve_ostree\"\nimage = \"v2\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:8:9: field `image`: image `v2` is not an OSTree image"), "{err}");
+        let err =
+            parse(&format!("{head}[[step]]\naction = \"serve_ostree\"\nimage = \"nope\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:8:9: field `image`: no image recipe `nope`"), "{err}");
+        let err = parse(&format!(
+            "{head}[[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree-v9\", state = \"booted\" }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("s.toml:8:1: field `deployments`: `ostree-v9` is not an OSTree image recipe"), "{err}");
+        let err = parse(&format!(
+            "{head}[[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree\", state = \"up\" }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown variant `up`"), "{err}");
+        parse(&format!(
+            "{head}[[step]]\naction = \"serve_ostree\"\nimage = \"ostree-v2\"\n\n\
+             [[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree-v2\", state = \"pending\" }}]\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
     fn rauc_install_needs_a_bundle_served_before_it() {
         let text = format!(
             "{HEAD}[[step]]\naction = \"rauc_install\"\nbundle = \"v2\"\n\n\
