@@ -265,6 +265,8 @@ struct Run<'a> {
     checkpoints: bool,
     /// OSTree commits this run knows: image name -> checksum.
     commits: BTreeMap<String, String>,
+    /// The commit `serve_ostree` last published on the device's branch.
+    ostree_published: Option<String>,
     /// Callbacks already consumed by `wait_callback`.
     callback_cursor: usize,
     /// Console sync barriers issued so far.
@@ -295,6 +297,7 @@ impl<'a> Run<'a> {
             callback_cursor: 0,
             syncs: 0,
             commits: BTreeMap::new(),
+            ostree_published: None,
         }
         .with_booted_commit()
     }
@@ -834,12 +837,22 @@ impl<'a> Run<'a> {
                 let (Some(served), Some(booted)) = (image.manifest.ostree, self.image.manifest.ostree.clone()) else {
                     return Err(self.failure(format!("`{name}` and the scenario's image must both be OSTree images")));
                 };
+                let from = self.ostree_published.clone().unwrap_or_else(|| booted.commit.clone());
+                if o.delta && from != served.commit {
+                    let (repo, to) = (served.repo.clone(), served.commit.clone());
+                    let made =
+                        tokio::task::spawn_blocking(move || devlab_images::ostree::static_delta(&repo, &from, &to))
+                            .await
+                            .map_err(|e| Error::infra(e.to_string()))?;
+                    made.map_err(|e| Error::infra(e.to_string()))?;
+                }
                 self.start_server().await?;
                 let server = self.server.as_ref().expect("started");
-                server.serve_ostree_repo(served.repo.clone());
+                server.serve_ostree_repo(served.repo.clone(), o.delta);
                 server.publish_ostree(&booted.branch, &served.commit);
+                self.ostree_published = Some(served.commit.clone());
                 self.commits.insert(name.clone(), served.commit);
-                self.record(Event::OstreeServed { image: name });
+                self.record(Event::OstreeServed { image: name, delta: o.delta });
                 Ok(())
             }
             Step::AssertOstree(a) => {

@@ -433,6 +433,11 @@ pub struct ServeBundle {
 pub struct ServeOstree {
     /// An OSTree image recipe (`images/recipes/<image>.toml` with `[ostree]`).
     pub image: toml::Spanned<String>,
+    /// Also generate a static delta from the commit the branch pointed at
+    /// before (what the device has) to this one; the device's pull finds
+    /// it at `deltas/…/superblock` and fetches it instead of loose objects.
+    #[serde(default)]
+    pub delta: bool,
 }
 
 /// `ostree admin status` on the device: the deployments, in order, each

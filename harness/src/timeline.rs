@@ -129,6 +129,8 @@ pub enum Event {
     },
     OstreeServed {
         image: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
     },
     /// `ostree admin status`, one `<state> <commit> version <v>` per deployment.
     OstreeStatus {

@@ -12,7 +12,8 @@
 //! called back, for steps that wait for it. An OSTree archive repo is
 //! served read-only at `/ostree/`: its files as they are, except `refs/`,
 //! which answers only the refs the scenario published (branch -> commit),
-//! and no `summary` (so the published refs are the ones a pull sees);
+//! and no `summary` (so the published refs are the ones a pull sees), and
+//! `deltas/` only when the scenario asked for static deltas;
 //! download faults apply to its `objects/`. Every request path is kept in
 //! order, for steps that act while a given request is being answered.
 //! Every request is logged to `http.log`. It serves only what it is given.
@@ -98,6 +99,8 @@ struct State {
     /// The OSTree repo served at `/ostree/`, and its published refs.
     ostree_repo: Option<PathBuf>,
     ostree_refs: BTreeMap<String, String>,
+    /// Whether `deltas/` is served (else a pull sees no static delta).
+    ostree_deltas: bool,
     /// Paths requested so far, in arrival order; the watch counts them.
     requests: Vec<String>,
     request_count: tokio::sync::watch::Sender<usize>,
@@ -167,6 +170,7 @@ impl UpdateServer {
             callback_count: tokio::sync::watch::channel(0).0,
             ostree_repo: None,
             ostree_refs: BTreeMap::new(),
+            ostree_deltas: false,
             requests: Vec::new(),
             request_count: tokio::sync::watch::channel(0).0,
         }));
@@ -203,11 +207,13 @@ impl UpdateServer {
         format!("http://10.0.2.2:{}/bundles/{file}", self.port)
     }
 
-    /// Serve the OSTree archive repo `repo` at `/ostree/` (nothing published yet).
-    pub fn serve_ostree_repo(&self, repo: PathBuf) {
+    /// Serve the OSTree archive repo `repo` at `/ostree/` (nothing published
+    /// yet), with its static deltas or without (`deltas/` then answers 404).
+    pub fn serve_ostree_repo(&self, repo: PathBuf, deltas: bool) {
         let mut s = self.state.lock().unwrap();
-        s.log(&format!("ostree repo {}", repo.display()));
+        s.log(&format!("ostree repo {} (static deltas {})", repo.display(), if deltas { "on" } else { "off" }));
         s.ostree_repo = Some(repo);
+        s.ostree_deltas = deltas;
     }
 
     /// Answer `refs/heads/<branch>` with `commit` from now on.
@@ -437,6 +443,9 @@ fn ostree_file(s: &mut State, rel: &str) -> Reply {
     }
     if rel.starts_with("summary") {
         return text(404, "no summary\n");
+    }
+    if (rel.starts_with("deltas/") || rel.starts_with("delta-indexes/")) && !s.ostree_deltas {
+        return text(404, "static deltas not served\n");
     }
     let file = repo.join(rel);
     let Ok(bytes) = std::fs::read(&file) else { return text(404, "no such file\n") };
@@ -691,6 +700,46 @@ mod tests {
         assert!(ok, "the published package decrypts to the slot image");
         let leftovers = std::fs::read_dir(d.path()).unwrap().count();
         assert_eq!(leftovers, 2, "no temp files left behind");
+    }
+
+    #[tokio::test]
+    async fn ostree_repo_serves_published_refs_and_deltas_on_request() {
+        let (s, d, _) = server().await;
+        let repo = d.path().join("repo");
+        for (path, body) in [
+            ("config", "[core]\nmode=archive-z2\n"),
+            ("refs/heads/devlab/ostree", "aaaa\n"),
+            ("objects/ab/cdef.filez", "object-bytes"),
+            ("deltas/xy/z/superblock", "delta"),
+            ("summary", "real summary"),
+        ] {
+            let p = repo.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        assert_eq!(get(s.port(), "/ostree/config").await.0, 404, "nothing served yet");
+        s.serve_ostree_repo(repo.clone(), false);
+        let (status, body, _) = get(s.port(), "/ostree/config").await;
+        assert_eq!((status, body.as_slice()), (200, b"[core]\nmode=archive-z2\n".as_slice()));
+        assert_eq!(
+            get(s.port(), "/ostree/refs/heads/devlab/ostree").await.0,
+            404,
+            "the repo's own ref is not published"
+        );
+        s.publish_ostree("devlab/ostree", "bbbb");
+        assert_eq!(get(s.port(), "/ostree/refs/heads/devlab/ostree").await.1, b"bbbb\n");
+        assert_eq!(get(s.port(), "/ostree/summary").await.0, 404);
+        assert_eq!(get(s.port(), "/ostree/deltas/xy/z/superblock").await.0, 404, "deltas off");
+        assert_eq!(get(s.port(), "/ostree/../secret").await.0, 403);
+        let from = s.requests();
+        s.add_fault(Fault::Corrupt { bytes: 2 }, 1);
+        let (status, body, _) = get(s.port(), "/ostree/objects/ab/cdef.filez").await;
+        assert_eq!(status, 200);
+        assert_ne!(body, b"object-bytes", "download faults apply to objects");
+        let re = regex::Regex::new(r"\.filez$").unwrap();
+        assert_eq!(s.wait_request(&re, from).await, "/ostree/objects/ab/cdef.filez");
+        s.serve_ostree_repo(repo, true);
+        assert_eq!(get(s.port(), "/ostree/deltas/xy/z/superblock").await.1, b"delta");
     }
 
     #[tokio::test]

@@ -136,6 +136,29 @@ pub fn sysroot_image(
     Ok(())
 }
 
+/// Generates the static delta `from` → `to` in `repo` (what a device that
+/// has `from` pulls instead of loose objects when it upgrades to `to`).
+/// Serialised with other devlab processes by a lock on the repo, since
+/// parallel runs may ask for the same delta; an existing one is kept.
+pub fn static_delta(repo: &Path, from: &str, to: &str) -> Result<(), ImageError> {
+    let lock_path = repo.join(".devlab-delta.lock");
+    let file = std::fs::File::create(&lock_path).map_err(ImageError::io(&lock_path))?;
+    // Held until it drops at the end of this function.
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| ImageError::io(&lock_path)(std::io::Error::from(e)))?;
+    let listed = Tool::new("ostree")?.arg(format!("--repo={}", repo.display())).args(["static-delta", "list"]).run()?;
+    if String::from_utf8_lossy(&listed).lines().any(|l| l.trim() == format!("{from}-{to}")) {
+        return Ok(());
+    }
+    Tool::new("ostree")?
+        .arg(format!("--repo={}", repo.display()))
+        .args(["static-delta", "generate"])
+        .arg(format!("--from={from}"))
+        .arg(format!("--to={to}"))
+        .run()?;
+    Ok(())
+}
+
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }

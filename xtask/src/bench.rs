@@ -39,17 +39,21 @@ pub fn run(args: &[String]) -> Result<()> {
             "boot" => what = Some("boot"),
             "update" => what = Some("update"),
             "suite" => what = Some("suite"),
+            "ostree" => what = Some("ostree"),
             other => arches.push(Arch::parse(other).with_context(|| format!("unknown argument `{other}`"))?),
         }
     }
     if what == Some("suite") {
         return suite();
     }
+    if what == Some("ostree") {
+        return crate::bench_ostree::run(if arches.is_empty() { Arch::ALL.to_vec() } else { arches }, runs);
+    }
     if what == Some("update") {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot|update|suite [--runs N] [x86_64|aarch64 ...]");
+        bail!("usage: cargo xtask bench boot|update|suite|ostree [--runs N] [x86_64|aarch64 ...]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();
@@ -120,7 +124,7 @@ struct Sample {
     accel: Value,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -327,7 +331,12 @@ fn markdown(results: &[Value]) -> String {
 
 /// Run one scenario with devlab, timed as a whole process; return its wall
 /// time, its timeline entries and its run directory.
-fn scenario_once(root: &Path, scenario: &str, board: &str, out_dir: &Path) -> Result<(f64, Vec<Value>, PathBuf)> {
+pub(crate) fn scenario_once(
+    root: &Path,
+    scenario: &str,
+    board: &str,
+    out_dir: &Path,
+) -> Result<(f64, Vec<Value>, PathBuf)> {
     let runs = out_dir.join("runs");
     std::fs::create_dir_all(&runs)?;
     let before = list(&runs);

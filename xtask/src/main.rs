@@ -6,6 +6,7 @@
 //! builds before the host has the harness's C libraries.
 
 mod bench;
+mod bench_ostree;
 mod setup;
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +24,8 @@ commands:
                    every recipe in images/recipes unless --recipe is given
   test             setup, then cargo fmt --check, clippy -D warnings and every test
   bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/
-  bench update     A/B update and rollback cycles, phase by phase; writes target/bench/";
+  bench update     A/B update and rollback cycles, phase by phase; writes target/bench/
+  bench ostree     OSTree pull (objects vs static delta) + deploy, full pull, host image build; writes target/bench/";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
