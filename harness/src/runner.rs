@@ -558,7 +558,14 @@ impl<'a> Run<'a> {
                     let re = Regex::new(&p.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
                     return self.exec_until_power_cut(&command, s.timeout.0, CutAt::Request(re)).await;
                 }
-                let out = self.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| self.failure(e.to_string()))?;
+                let out = match &s.link_drop {
+                    Some(drop) => {
+                        let re =
+                            Regex::new(&drop.on_request.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
+                        self.exec_with_link_drop(&command, s.timeout.0, &re, Duration::from_secs(drop.seconds)).await?
+                    }
+                    None => self.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| self.failure(e.to_string()))?,
+                };
                 if out.status != s.expect_status {
                     return Err(self.failure(format!(
                         "`{command}` exited {} (expected {}); stdout: {:?}; stderr: {:?}",
@@ -1183,6 +1190,57 @@ impl<'a> Run<'a> {
         self.drain(end);
         self.record(Event::PowerCut);
         Ok(())
+    }
+
+    /// Run `command` over SSH; when the update server starts answering a
+    /// request matching `re`, take the link down for `down` (the outage is
+    /// the fault; QEMU's user-mode network keeps the host side of the
+    /// connection), bring it back, and let the command run to its end.
+    async fn exec_with_link_drop(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        re: &Regex,
+        down: Duration,
+    ) -> Result<crate::ssh::Output> {
+        self.ssh()?;
+        self.machine()?;
+        if self.server.is_none() {
+            return Err(self.failure("link_drop needs the update server (serve something first)".into()));
+        }
+        let from = self.server.as_ref().map_or(0, |s| s.requests());
+        let (out, t_down, t_up) = {
+            let server = self.server.as_ref().expect("checked");
+            let ssh = self.ssh.as_ref().expect("checked");
+            let machine = self.machine.as_mut().expect("checked");
+            let exec = ssh.exec(command, timeout);
+            tokio::pin!(exec);
+            let early = tokio::select! {
+                out = &mut exec => Some(out),
+                _ = server.wait_request(re, from) => None,
+            };
+            if let Some(out) = early {
+                let detail = out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string());
+                return Err(self.failure(format!(
+                    "`{command}` ended ({detail}) before a request for `{}` reached the server",
+                    re.as_str()
+                )));
+            }
+            let set_link = |up: bool| json!({"name": "net0", "up": up});
+            let r = machine.qmp.execute_timeout("set_link", Some(set_link(false)), Duration::from_secs(10)).await;
+            r.map_err(|e| Error::infra(format!("set_link: {e}")))?;
+            let t_down = machine.now();
+            // The outage's length is the fault itself, not a wait for something.
+            tokio::time::sleep(down).await;
+            let r = machine.qmp.execute_timeout("set_link", Some(set_link(true)), Duration::from_secs(10)).await;
+            r.map_err(|e| Error::infra(format!("set_link: {e}")))?;
+            let t_up = machine.now();
+            (exec.await, t_down, t_up)
+        };
+        let offset = self.machine_offset();
+        self.timeline.push(offset + t_down, Origin::Step, Event::Link { up: false });
+        self.timeline.push(offset + t_up, Origin::Step, Event::Link { up: true });
+        out.map_err(|e| self.failure(e.to_string()))
     }
 
     async fn start_server(&mut self) -> Result<()> {

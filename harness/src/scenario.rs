@@ -113,6 +113,21 @@ pub struct SshRun {
     /// whose path matches (e.g. an OSTree object while a pull runs).
     #[serde(default)]
     pub power_cut_on_request: Option<Pattern>,
+    /// Take the NIC's link down while the command runs, when the update
+    /// server starts answering a matching request, for `seconds`; the
+    /// command then runs on to its end (a transfer resumes or fails).
+    #[serde(default)]
+    pub link_drop: Option<LinkDrop>,
+}
+
+/// A link outage in the middle of a transfer (see [`SshRun::link_drop`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkDrop {
+    /// Regex on the request path that triggers it.
+    pub on_request: Pattern,
+    /// How long the link stays down (the fault's length, not a wait).
+    pub seconds: u64,
 }
 
 /// The slot the guest booted (kernel command line `devlab.slot=`).
@@ -1007,11 +1022,15 @@ impl Scenario {
                         }
                     }
                 }
-                Step::Ssh(s) if s.power_cut_at.is_some() && s.power_cut_on_request.is_some() => {
-                    return Err(step_at(
-                        "power_cut_on_request",
-                        "set power_cut_at or power_cut_on_request, not both".into(),
-                    ));
+                Step::Ssh(s)
+                    if [s.power_cut_at.is_some(), s.power_cut_on_request.is_some(), s.link_drop.is_some()]
+                        .iter()
+                        .filter(|x| **x)
+                        .count()
+                        > 1 =>
+                {
+                    let key = if s.link_drop.is_some() { "link_drop" } else { "power_cut_on_request" };
+                    return Err(step_at(key, "set one of power_cut_at, power_cut_on_request and link_drop".into()));
                 }
                 Step::Upload(u) if !path.parent().unwrap_or(Path::new(".")).join(&u.from).is_file() => {
                     return Err(step_at("from", format!("no file `{}` next to the scenario", u.from)));
@@ -1215,6 +1234,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("unknown variant `up`"), "{err}");
+        let err = parse(&format!(
+            "{HEAD}[[step]]\naction = \"ssh\"\ncommand = \"x\"\npower_cut_at = 'a'\nlink_drop = {{ on_request = 'b', seconds = 1 }}\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("s.toml:9:1: field `link_drop`: set one of power_cut_at"), "{err}");
         parse(&format!(
             "{head}[[step]]\naction = \"serve_ostree\"\nimage = \"ostree-v2\"\n\n\
              [[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree-v2\", state = \"pending\" }}]\n"

@@ -147,7 +147,7 @@ pub fn run(arches: Vec<Arch>, runs: usize) -> Result<()> {
             f(&h["uncached_build_s"]),
             f(&h["uncached_phases_s"]["ostree commit"]),
             f(&h["uncached_phases_s"]["ostree sysroot"]),
-            f(&h["cached_build_s"]),
+            h["cached_build_s"].as_f64().map_or("-".to_string(), |x| format!("{x:.3}")),
         ));
     }
     std::fs::write(
