@@ -198,8 +198,12 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
 
 fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<(BuiltImage, PathBuf)> {
     board.check_firmware()?;
-    let recipe = scenario.recipe_path(&crate::rundir::workspace_root())?;
-    let image = devlab_images::locate(&recipe, board.arch)?;
+    let root = crate::rundir::workspace_root();
+    let image = scenario.built_image(&root, &scenario.header.image, board.arch)?;
+    // What the steps serve must be built too: say so before anything boots.
+    for served in scenario.served_images() {
+        scenario.built_image(&root, served, board.arch)?;
+    }
     check_free_space(&opts.runs_root)?;
     let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &board.name)?;
     Ok((image, dir))

@@ -1128,6 +1128,37 @@ impl Scenario {
         Ok(path)
     }
 
+    /// The last build of the image a (spanned) `image` field names, for
+    /// `arch`; one that is not built (or stale) is an input error at that
+    /// field, saying how to build it.
+    pub fn built_image(
+        &self,
+        root: &Path,
+        image: &toml::Spanned<String>,
+        arch: devlab_images::Arch,
+    ) -> Result<devlab_images::BuiltImage> {
+        let recipe = self.recipe_for(root, image)?;
+        devlab_images::locate(&recipe, arch).map_err(|e| match e {
+            devlab_images::ImageError::NotBuilt { .. } | devlab_images::ImageError::Stale { .. } => {
+                InputError::new(&self.path, e.to_string()).at(&self.text, image.span().start).field("image").into()
+            }
+            other => other.into(),
+        })
+    }
+
+    /// Every `image` a step serves (releases, bundles, OSTree commits).
+    pub fn served_images(&self) -> Vec<&toml::Spanned<String>> {
+        self.steps
+            .iter()
+            .filter_map(|p| match &p.step {
+                Step::ServeRelease(r) => Some(&r.image),
+                Step::ServeBundle(b) => Some(&b.image),
+                Step::ServeOstree(o) => Some(&o.image),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The recipe named by a (spanned) `image` field anywhere in the file.
     pub fn recipe_for(&self, root: &Path, image: &toml::Spanned<String>) -> Result<PathBuf> {
         let name = image.get_ref();

@@ -253,3 +253,28 @@ fn a_full_disk_is_refused_before_anything_boots() {
     let json = summary(&reports);
     assert_eq!(json["errors"], 1, "{json}");
 }
+
+#[test]
+fn an_image_that_is_not_built_is_bad_input_at_its_field() {
+    // An empty cache: nothing is built. The served image is named too.
+    let d = tempfile::tempdir().unwrap();
+    let s = d.path().join("not-built.toml");
+    std::fs::write(
+        &s,
+        "[scenario]\nname = \"not-built\"\nboards = [\"qemu-aarch64\"]\nimage = \"ostree\"\n\
+         [[step]]\naction = \"serve_ostree\"\nimage = \"ostree-v2\"\n",
+    )
+    .unwrap();
+    let out = devlab()
+        .args(["run", s.to_str().unwrap(), "--no-snapshots", "--report-dir"])
+        .arg(d.path().join("reports"))
+        .env("DEVLAB_RUNS", d.path().join("runs"))
+        .env("DEVLAB_CACHE", d.path().join("cache"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not-built.toml:4:9: field `image`: image ostree-aarch64 is not built"), "{err}");
+    assert!(err.contains("cargo xtask images"), "{err}");
+    assert!(!d.path().join("runs").exists(), "nothing started");
+}
