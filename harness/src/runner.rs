@@ -1145,7 +1145,6 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Start the update server on first use.
     /// Run `command` over SSH and cut the power at `at` (a console pattern,
     /// or the update server starting to answer a matching request) while
     /// it runs; the command ending first is a failure.
@@ -1247,6 +1246,7 @@ impl<'a> Run<'a> {
         out.map_err(|e| self.failure(e.to_string()))
     }
 
+    /// Start the update server on first use.
     async fn start_server(&mut self) -> Result<()> {
         if self.server.is_none() {
             let server = crate::update_server::UpdateServer::start(self.run_dir.join("http.log"))

@@ -969,6 +969,14 @@ impl Scenario {
         let mut bundles: Vec<&str> = Vec::new();
         let mut checkpoint_seen = false;
         let mut disk_errors_seen = false;
+        // The partitions of the scenario's disk: A/B slots, or an OSTree sysroot.
+        let is_ostree = scenario
+            .recipe_path(&root)
+            .ok()
+            .and_then(|r| devlab_images::Recipe::load(&r).ok())
+            .is_some_and(|(r, _)| r.ostree.is_some());
+        let disk_labels: &[&str] =
+            if is_ostree { &devlab_images::disk::OSTREE_LABELS } else { &devlab_images::disk::LABELS };
         for (placed, spanned) in scenario.steps.iter().zip(&raw.step) {
             let step_at = |key: &str, msg: String| -> crate::error::Error {
                 let step_text = &scenario.text[spanned.span()];
@@ -993,9 +1001,9 @@ impl Scenario {
                 }
                 Step::Checkpoint(_) => checkpoint_seen = true,
                 Step::DiskErrors(DiskErrors { partition, .. }) | Step::CorruptDisk(CorruptDisk { partition, .. })
-                    if !devlab_images::disk::LABELS.contains(&partition.as_str()) =>
+                    if !disk_labels.contains(&partition.as_str()) =>
                 {
-                    let labels = devlab_images::disk::LABELS.join(", ");
+                    let labels = disk_labels.join(", ");
                     return Err(step_at("partition", format!("no partition `{partition}` (the disk has: {labels})")));
                 }
                 Step::DiskErrors(_) => disk_errors_seen = true,
@@ -1265,6 +1273,15 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("unknown variant `up`"), "{err}");
+        // An OSTree disk has a sysroot, not root slots.
+        parse(&format!("{head}[[step]]\naction = \"corrupt_disk\"\npartition = \"sysroot\"\n")).unwrap();
+        let err = parse(&format!("{head}[[step]]\naction = \"corrupt_disk\"\npartition = \"rootfs-a\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no partition `rootfs-a` (the disk has: boot, uboot-env-a, uboot-env-b, sysroot)"),
+            "{err}"
+        );
         let err = parse(&format!(
             "{HEAD}[[step]]\naction = \"ssh\"\ncommand = \"x\"\npower_cut_at = 'a'\nlink_drop = {{ on_request = 'b', seconds = 1 }}\n"
         ))
