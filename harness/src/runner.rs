@@ -232,6 +232,20 @@ pub fn check_free_space(root: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The device QEMU stopped the guest for because a write found the host
+/// disk full (`BLOCK_IO_ERROR` with `nospace` and action `stop`: the
+/// default `werror=enospc`). An injected ENOSPC (`disk_errors`) is
+/// reported to the guest instead (`werror=report`) and does not count.
+fn host_disk_full(events: &[crate::qmp::QmpEvent]) -> Option<String> {
+    events.iter().find_map(|e| {
+        let d = &e.data;
+        let hit = e.name == "BLOCK_IO_ERROR" && d["nospace"] == true && d["action"] == "stop";
+        hit.then(|| {
+            d["device"].as_str().filter(|s| !s.is_empty()).or(d["node-name"].as_str()).unwrap_or("the disk").to_string()
+        })
+    })
+}
+
 /// Where `exec_until_power_cut` cuts.
 enum CutAt {
     Console(BytesRegex),
@@ -371,6 +385,17 @@ impl<'a> Run<'a> {
     }
 
     fn failure(&self, message: String) -> Error {
+        // A guest QEMU paused because the host disk filled up looks like a
+        // hang from inside; say what happened.
+        let paused = self.machine.as_ref().and_then(|m| host_disk_full(&m.qmp.events()));
+        let message = match paused {
+            Some(device) => format!(
+                "{message}\nQEMU paused the guest: no space left on the host for {device} (the disk holding {} is \
+                 full; free space and run again)",
+                self.run_dir.display()
+            ),
+            None => message,
+        };
         Error::Failed(Box::new(Failure {
             step: self.current.clone(),
             message,
@@ -1590,6 +1615,18 @@ pub fn parse_printenv(text: &str) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_host_disk_is_told_from_an_injected_enospc() {
+        let ev = |action: &str, nospace: bool| crate::qmp::QmpEvent {
+            name: "BLOCK_IO_ERROR".into(),
+            data: json!({"device": "", "node-name": "disk0", "operation": "write", "action": action, "nospace": nospace}),
+            at: 1.0,
+        };
+        assert_eq!(host_disk_full(&[ev("report", true)]), None, "disk_errors' ENOSPC is reported, not stopped");
+        assert_eq!(host_disk_full(&[ev("stop", false)]), None);
+        assert_eq!(host_disk_full(&[ev("report", true), ev("stop", true)]).as_deref(), Some("disk0"));
+    }
 
     #[test]
     fn printenv_output_is_parsed() {
