@@ -246,6 +246,26 @@ fn host_disk_full(events: &[crate::qmp::QmpEvent]) -> Option<String> {
     })
 }
 
+/// When `exec_with_link_outage` takes the link down.
+enum OutageStart {
+    /// The server has sent another MiB of a release.
+    Downloaded,
+    /// The server starts answering a request whose path matches.
+    Request(Regex),
+}
+
+/// When it brings the link back.
+enum OutageEnd {
+    /// This console pattern appeared.
+    Console(BytesRegex),
+    /// The outage's own length (the fault itself).
+    After(Duration),
+}
+
+/// What the update agent prints when an attempt ends, one way or another.
+const UPDATE_OUTCOME: &str =
+    r"devlab-update: (download failed|api failed|refused|write failed|switch failed|slot . written)";
+
 /// Where `exec_until_power_cut` cuts.
 enum CutAt {
     Console(BytesRegex),
@@ -591,7 +611,8 @@ impl<'a> Run<'a> {
                     Some(drop) => {
                         let re =
                             Regex::new(&drop.on_request.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                        self.exec_with_link_drop(&command, s.timeout.0, &re, Duration::from_secs(drop.seconds)).await?
+                        let end = OutageEnd::After(Duration::from_secs(drop.seconds));
+                        self.exec_with_link_outage(&command, s.timeout.0, OutageStart::Request(re), end).await?
                     }
                     None => self.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| self.failure(e.to_string()))?,
                 };
@@ -800,7 +821,10 @@ impl<'a> Run<'a> {
                     return self.exec_until_power_cut(&command, u.timeout.0, CutAt::Console(re)).await;
                 }
                 let out = if u.link_down_mid_transfer {
-                    self.update_with_link_drop(&command, u.timeout.0).await?
+                    // The link comes back once the agent has reported.
+                    let re = BytesRegex::new(UPDATE_OUTCOME).expect("static pattern");
+                    let end = OutageEnd::Console(re);
+                    self.exec_with_link_outage(&command, u.timeout.0, OutageStart::Downloaded, end).await?
                 } else {
                     let out = self.ssh()?.exec(&command, u.timeout.0).await;
                     out.map_err(|e| self.failure(e.to_string()))?
@@ -1220,57 +1244,6 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Run `command` over SSH; when the update server starts answering a
-    /// request matching `re`, take the link down for `down` (the outage is
-    /// the fault; QEMU's user-mode network keeps the host side of the
-    /// connection), bring it back, and let the command run to its end.
-    async fn exec_with_link_drop(
-        &mut self,
-        command: &str,
-        timeout: Duration,
-        re: &Regex,
-        down: Duration,
-    ) -> Result<crate::ssh::Output> {
-        self.ssh()?;
-        self.machine()?;
-        if self.server.is_none() {
-            return Err(self.failure("link_drop needs the update server (serve something first)".into()));
-        }
-        let from = self.server.as_ref().map_or(0, |s| s.requests());
-        let (out, t_down, t_up) = {
-            let server = self.server.as_ref().expect("checked");
-            let ssh = self.ssh.as_ref().expect("checked");
-            let machine = self.machine.as_mut().expect("checked");
-            let exec = ssh.exec(command, timeout);
-            tokio::pin!(exec);
-            let early = tokio::select! {
-                out = &mut exec => Some(out),
-                _ = server.wait_request(re, from) => None,
-            };
-            if let Some(out) = early {
-                let detail = out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string());
-                return Err(self.failure(format!(
-                    "`{command}` ended ({detail}) before a request for `{}` reached the server",
-                    re.as_str()
-                )));
-            }
-            let set_link = |up: bool| json!({"name": "net0", "up": up});
-            let r = machine.qmp.execute_timeout("set_link", Some(set_link(false)), Duration::from_secs(10)).await;
-            r.map_err(|e| Error::infra(format!("set_link: {e}")))?;
-            let t_down = machine.now();
-            // The outage's length is the fault itself, not a wait for something.
-            tokio::time::sleep(down).await;
-            let r = machine.qmp.execute_timeout("set_link", Some(set_link(true)), Duration::from_secs(10)).await;
-            r.map_err(|e| Error::infra(format!("set_link: {e}")))?;
-            let t_up = machine.now();
-            (exec.await, t_down, t_up)
-        };
-        let offset = self.machine_offset();
-        self.timeline.push(offset + t_down, Origin::Step, Event::Link { up: false });
-        self.timeline.push(offset + t_up, Origin::Step, Event::Link { up: true });
-        out.map_err(|e| self.failure(e.to_string()))
-    }
-
     /// Start the update server on first use.
     async fn start_server(&mut self) -> Result<()> {
         if self.server.is_none() {
@@ -1304,51 +1277,81 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Run the update agent; once 1 MiB of the release has been served,
-    /// take the link down; bring it up when the agent reports its outcome
-    /// on the serial console (SSH rides the same link, so its answer waits).
-    async fn update_with_link_drop(&mut self, command: &str, timeout: Duration) -> Result<crate::ssh::Output> {
-        const OUTCOME: &str =
-            r"devlab-update: (download failed|api failed|refused|write failed|switch failed|slot . written)";
+    /// Run `command` over SSH with the NIC's link down for part of it:
+    /// from `start` (the server has sent 1 MiB more of a release, or starts
+    /// answering a matching request) until `end` (a console line, e.g. the
+    /// agent reporting; or the outage's own length, which is the fault
+    /// itself, not a wait for something). The link changes go into the
+    /// timeline among the console lines by time; the command runs to its end.
+    async fn exec_with_link_outage(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        start: OutageStart,
+        end: OutageEnd,
+    ) -> Result<crate::ssh::Output> {
         self.ssh()?;
         self.machine()?;
         if self.server.is_none() {
-            return Err(self.failure("no update server yet".into()));
+            return Err(self.failure("a link drop mid-transfer needs the update server (serve something first)".into()));
         }
         let (out, reported, t_down, t_up) = {
             let server = self.server.as_ref().expect("checked");
-            let start = server.downloaded();
+            let (bytes, requests) = (server.downloaded(), server.requests());
             let ssh = self.ssh.as_ref().expect("checked");
             let machine = self.machine.as_mut().expect("checked");
             let exec = ssh.exec(command, timeout);
             tokio::pin!(exec);
+            let what = match &start {
+                OutageStart::Downloaded => "1 MiB was downloaded".to_string(),
+                OutageStart::Request(re) => format!("a request for `{}` reached the server", re.as_str()),
+            };
+            let trigger = async {
+                match &start {
+                    OutageStart::Downloaded => server.wait_downloaded(bytes + (1 << 20)).await,
+                    OutageStart::Request(re) => {
+                        server.wait_request(re, requests).await;
+                    }
+                }
+            };
             let early = tokio::select! {
                 out = &mut exec => Some(out),
-                _ = server.wait_downloaded(start + (1 << 20)) => None,
+                _ = trigger => None,
             };
             if let Some(out) = early {
                 let detail = out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string());
-                return Err(self.failure(format!("the update agent ended ({detail}) before 1 MiB was downloaded")));
+                return Err(self.failure(format!("`{command}` ended ({detail}) before {what}")));
             }
             let set_link = |up: bool| json!({"name": "net0", "up": up});
             let down = machine.qmp.execute_timeout("set_link", Some(set_link(false)), Duration::from_secs(10)).await;
             down.map_err(|e| Error::infra(format!("set_link: {e}")))?;
             let t_down = machine.now();
-            let re = BytesRegex::new(OUTCOME).expect("static pattern");
-            let reported = machine.console.expect(std::slice::from_ref(&re), timeout).await;
+            let reported = match &end {
+                OutageEnd::Console(re) => Some(machine.console.expect(std::slice::from_ref(re), timeout).await),
+                OutageEnd::After(d) => {
+                    // The fault itself: the outage lasts `d`.
+                    tokio::time::sleep(*d).await;
+                    None
+                }
+            };
             let up = machine.qmp.execute_timeout("set_link", Some(set_link(true)), Duration::from_secs(10)).await;
             let t_up = machine.now();
             up.map_err(|e| Error::infra(format!("set_link: {e}")))?;
             (exec.await, reported, t_down, t_up)
         };
-        let reported = reported.map_err(|e| self.console_failure(e))?;
+        let console_end = match reported {
+            Some(r) => Some(r.map_err(|e| self.console_failure(e))?.end),
+            None => None,
+        };
         let mark = self.timeline.entries.len();
-        self.drain(Some(reported.end));
+        if console_end.is_some() {
+            self.drain(console_end);
+        }
         let offset = self.machine_offset();
         self.timeline.push(offset + t_down, Origin::Step, Event::Link { up: false });
         self.timeline.push(offset + t_up, Origin::Step, Event::Link { up: true });
-        // Put the link changes among the agent's console lines by time
-        // (stable: a marker seen before the link came up stays first).
+        // Put the link changes among the console lines by time (stable: a
+        // marker seen before the link came up stays first).
         self.timeline.entries[mark..].sort_by(|a, b| a.t.total_cmp(&b.t));
         out.map_err(|e| self.failure(e.to_string()))
     }

@@ -46,7 +46,8 @@ pub struct BuiltImage {
     pub ssh_key: PathBuf,
     pub manifest: Manifest,
     /// The read-only ext4 slot image (`rootfs.ext4`, 0444): what a release
-    /// ships; the disk holds it in both rootfs-a and rootfs-b.
+    /// ships; the disk holds it in both rootfs-a and rootfs-b. An OSTree
+    /// image has none (its tree is a commit; see `manifest.ostree`).
     pub rootfs: PathBuf,
 }
 
@@ -473,7 +474,7 @@ fn build_entry(
     let data_img = work.join("data.ext4");
     let sysroot_img = work.join("sysroot.ext4");
     let mut ostree_info = None;
-    let part_images: Vec<Option<&Path>> = if let Some(o) = &recipe.ostree {
+    let mut part_images: Vec<Option<&Path>> = if let Some(o) = &recipe.ostree {
         let repo = ostree::ensure_repo(root, arch)?;
         let branch = ostree::branch(&recipe.name);
         let commit =
@@ -505,7 +506,6 @@ fn build_entry(
     let env1 = ubootenv::encode_copy(&recipe.env.defaults, 0, size)
         .map_err(|e| ImageError::invalid(&recipe.fixtures.boot_script, e.to_string()))?;
     let disk_path = out.join("disk.raw");
-    let mut part_images = part_images;
     part_images[0] = Some(&boot_img);
     timed(log, "assemble disk", || {
         disk::assemble(&disk_path, &parts, total, &part_images, &[(parts[1].start, &env0), (parts[2].start, &env1)])

@@ -213,7 +213,8 @@ async fn fault_gate(State((app, ep)): State<(App, Endpoint)>, req: Request, next
     match fault {
         Fault::Error500 { .. } => error_response(500, &format!("fault injected: HTTP 500 on {ep}")),
         Fault::Hang { seconds, .. } => {
-            // The fault itself: hold the answer back (until shutdown at most).
+            // The fault itself (its length, not a wait for something): hold
+            // the answer back for `seconds`, or until shutdown.
             let mut stop = app.stop.clone();
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(seconds)) => {}
