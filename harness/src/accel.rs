@@ -24,9 +24,10 @@ pub struct AccelChoice {
     pub reason: String,
 }
 
-/// How long the firmware may take to reach its autoboot prompt under KVM
-/// (it takes ~0.2 s under TCG).
+/// How long the firmware may take to reach its marker under KVM (U-Boot's
+/// prompt takes ~0.2 s under TCG; iPXE's DHCP ~2.5 s, after its Ctrl-B wait).
 const PROBE_BOUND: Duration = Duration::from_secs(3);
+const PROBE_BOUND_IPXE: Duration = Duration::from_secs(8);
 
 fn host_arch() -> Option<Arch> {
     Arch::parse(std::env::consts::ARCH)
@@ -86,14 +87,15 @@ pub fn kvm_runs_firmware(board: &Board) -> Result<String, String> {
     };
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let key = format!(
-        "{}|{}@{}|{}|{}|{}@{}",
+        "probe 2|{}|{}@{}|{}|{}|{}@{}|{}",
         boot_id.trim(),
         qemu.display(),
         mtime(&qemu),
         board.machine,
         board.cpu,
         board.firmware.path.display(),
-        mtime(&board.firmware.path)
+        mtime(&board.firmware.path),
+        board.firmware_marker(),
     );
     let path = cache_file(board);
     if let Ok(c) =
@@ -119,11 +121,14 @@ pub fn kvm_runs_firmware(board: &Board) -> Result<String, String> {
 fn probe(board: &Board, qemu: &std::path::Path) -> Result<String, String> {
     let started = Instant::now();
     let mut child = Command::new(qemu)
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-accel", "kvm"])
+        .args(["-nodefaults", "-no-user-config"])
+        .args(board.display_args())
+        .args(["-accel", "kvm"])
         .args(["-machine", &board.machine, "-cpu", &board.cpu, "-m", &format!("{}M", board.memory_mib)])
         .arg("-bios")
         .arg(&board.firmware.path)
         .args(["-serial", "stdio"])
+        .args(board.probe_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -131,7 +136,8 @@ fn probe(board: &Board, qemu: &std::path::Path) -> Result<String, String> {
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", qemu.display()))?;
     let mut stdout = child.stdout.take().expect("piped");
-    let wanted = board.uboot.autoboot_prompt.clone();
+    let wanted = board.firmware_marker();
+    let wanted_shown = wanted.clone();
     let (tx, rx) = mpsc::channel();
     // The reader ends when QEMU is killed below (EOF on the pipe).
     let reader = std::thread::spawn(move || {
@@ -149,14 +155,18 @@ fn probe(board: &Board, qemu: &std::path::Path) -> Result<String, String> {
         }
         String::from_utf8_lossy(&seen).lines().last().unwrap_or_default().trim().to_string()
     });
-    let reached = rx.recv_timeout(PROBE_BOUND).is_ok();
+    let bound = if board.pxe.is_some() { PROBE_BOUND_IPXE } else { PROBE_BOUND };
+    let reached = rx.recv_timeout(bound).is_ok();
     let _ = child.kill();
     let _ = child.wait();
     let last = reader.join().unwrap_or_default();
     if reached {
-        Ok(format!("kvm probe: firmware reached its prompt in {:.0} ms", started.elapsed().as_secs_f64() * 1000.0))
+        Ok(format!(
+            "kvm probe: firmware reached {wanted_shown:?} in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ))
     } else {
-        Err(format!("under kvm the firmware did not reach its prompt within {PROBE_BOUND:?} (last line: {last:?})"))
+        Err(format!("under kvm the firmware did not reach {wanted_shown:?} within {bound:?} (last line: {last:?})"))
     }
 }
 

@@ -29,7 +29,15 @@ pub struct Board {
     pub nic: Nic,
     #[serde(default)]
     pub smbios: Option<Smbios>,
-    pub uboot: UbootPrompts,
+    /// U-Boot's prompts; required for `kind = "bios"` firmware (U-Boot),
+    /// absent for SeaBIOS.
+    #[serde(default)]
+    pub uboot: Option<UbootPrompts>,
+    /// How the firmware boots from the network, if the board does: `ipxe`
+    /// (SeaBIOS runs the NIC's iPXE ROM, network first, then the disk; the
+    /// harness serves `boot.ipxe` over the user network's TFTP).
+    #[serde(default)]
+    pub pxe: Option<Pxe>,
     /// A hardware watchdog model (`i6300esb`), reset on expiry; `None` if
     /// the board has none (a scenario that needs one is refused).
     #[serde(default)]
@@ -66,13 +74,21 @@ impl Accel {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pxe {
+    Ipxe,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Firmware {
     pub path: PathBuf,
     /// The Debian package that ships it, named when the file is missing.
     pub package: String,
-    /// How QEMU loads it: `bios` (-bios FILE).
+    /// What it is; QEMU loads either with `-bios FILE`. `bios`: U-Boot
+    /// (the board needs `[uboot]`). `seabios`: SeaBIOS, which prints on the
+    /// serial port only under `-nographic` (that sets its serial console).
     #[serde(default = "bios")]
     pub kind: String,
 }
@@ -118,6 +134,9 @@ pub struct UbootPrompts {
     pub boot_command: String,
 }
 
+/// The file the user network's DHCP names as the boot file.
+pub const PXE_BOOTFILE: &str = "boot.ipxe";
+
 /// Paths the machine lives at, handed to [`Board::qemu_args`].
 pub struct QemuPaths<'a> {
     pub console_sock: &'a Path,
@@ -128,6 +147,12 @@ pub struct QemuPaths<'a> {
     pub disk_errors: &'a [DiskError],
     /// An internal snapshot of the disk to start from (`-loadvm`).
     pub loadvm: Option<&'a str>,
+    /// The TFTP folder of the user network (with `boot.ipxe`), for a board
+    /// that boots from the network.
+    pub tftp: Option<&'a Path>,
+    /// Turn all-zero writes into zero clusters (an install writing a whole
+    /// disk image then costs only its data).
+    pub detect_zeroes: bool,
 }
 
 /// Which requests a disk error hits.
@@ -221,12 +246,55 @@ impl Board {
                 field_err("mac", format!("`{}` is not a MAC address like 52:54:00:12:34:56", board.nic.mac)).into()
             );
         }
-        if board.firmware.kind != "bios" {
-            return Err(
-                field_err("kind", format!("unknown firmware kind `{}` (known: bios)", board.firmware.kind)).into()
-            );
+        match board.firmware.kind.as_str() {
+            "bios" if board.uboot.is_none() => {
+                return Err(field_err("kind", "U-Boot firmware (`bios`) needs a [uboot] table".into()).into())
+            }
+            "bios" | "seabios" => {}
+            other => {
+                return Err(field_err("kind", format!("unknown firmware kind `{other}` (known: bios, seabios)")).into())
+            }
+        }
+        if board.pxe == Some(Pxe::Ipxe) && board.firmware.kind != "seabios" {
+            return Err(field_err("pxe", "`ipxe` network boot needs SeaBIOS (firmware kind `seabios`)".into()).into());
         }
         Ok(board)
+    }
+
+    /// What the KVM probe waits for on the serial port: U-Boot's autoboot
+    /// prompt; for iPXE, its DHCP (iPXE's protected-mode code is what KVM
+    /// fails on here, after SeaBIOS and the ROM banner ran fine); else
+    /// SeaBIOS trying the (absent) disk.
+    pub fn firmware_marker(&self) -> String {
+        match (&self.uboot, self.pxe) {
+            (Some(u), _) => u.autoboot_prompt.clone(),
+            (None, Some(Pxe::Ipxe)) => "Configuring (net0".into(),
+            (None, None) => "Booting from Hard Disk".into(),
+        }
+    }
+
+    /// Devices the KVM probe adds: the NIC (with its boot ROM) of a board
+    /// that boots from the network.
+    pub fn probe_args(&self) -> Vec<String> {
+        match self.pxe {
+            Some(Pxe::Ipxe) => vec![
+                "-netdev".into(),
+                "user,id=net0".into(),
+                "-device".into(),
+                format!("{},netdev=net0,mac={},bootindex=1", self.nic.model, self.nic.mac),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// QEMU's display arguments: none, but SeaBIOS needs `-nographic` to
+    /// print (and run iPXE's console) on the serial port.
+    pub fn display_args(&self) -> &'static [&'static str] {
+        if self.firmware.kind == "seabios" {
+            &["-nographic"]
+        } else {
+            &["-display", "none"]
+        }
     }
 
     /// Is the firmware file present? (`devlab boards` shows it; starting a
@@ -258,7 +326,8 @@ impl Board {
     pub fn qemu_args(&self, accel: Accel, paths: &QemuPaths<'_>) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-        push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        push(&["-nodefaults", "-no-user-config"]);
+        push(self.display_args());
         push(&["-machine", &self.machine, "-accel", accel.as_str()]);
         push(&["-cpu", &self.cpu, "-smp", &self.smp.to_string()]);
         push(&["-m", &format!("{}M", self.memory_mib)]);
@@ -272,16 +341,23 @@ impl Board {
         push(&["-mon", "chardev=qmp0,mode=control"]);
         // A human monitor for people who attach to a kept machine.
         push(&["-monitor", &format!("unix:{},server=on,wait=off", paths.monitor_sock.display())]);
+        // Network boot first, then the disk (the NIC's ROM `exit`s to it).
+        let (nic_boot, disk_boot) = if self.pxe.is_some() { (",bootindex=1", ",bootindex=2") } else { ("", "") };
+        let zeroes = if paths.detect_zeroes { ",detect-zeroes=on" } else { "" };
         if paths.disk_errors.is_empty() {
-            push(&["-drive", &format!("if=none,id=disk0,file={},format=qcow2", paths.disk.display())]);
-            push(&["-device", &format!("{},drive=disk0", self.disk.model)]);
+            push(&["-drive", &format!("if=none,id=disk0,file={},format=qcow2{zeroes}", paths.disk.display())]);
+            push(&["-device", &format!("{},drive=disk0{disk_boot}", self.disk.model)]);
         } else {
             push(&["-blockdev", &blkdebug_blockdev(paths.disk, paths.disk_errors)]);
             // Report every error to the guest (never pause the VM).
-            push(&["-device", &format!("{},drive=disk0,werror=report,rerror=report", self.disk.model)]);
+            push(&["-device", &format!("{},drive=disk0,werror=report,rerror=report{disk_boot}", self.disk.model)]);
         }
-        push(&["-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22"]);
-        push(&["-device", &format!("{},netdev=net0,mac={}", self.nic.model, self.nic.mac)]);
+        let mut netdev = "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22".to_string();
+        if let Some(dir) = paths.tftp {
+            netdev += &format!(",tftp={},bootfile={PXE_BOOTFILE}", dir.display());
+        }
+        push(&["-netdev", &netdev]);
+        push(&["-device", &format!("{},netdev=net0,mac={}{nic_boot}", self.nic.model, self.nic.mac)]);
         if let Some(s) = &self.smbios {
             push(&[
                 "-smbios",
@@ -388,6 +464,8 @@ mod tests {
             disk: Path::new("/r/disk.qcow2"),
             disk_errors: &[],
             loadvm: None,
+            tftp: None,
+            detect_zeroes: false,
         };
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
         assert!(args.contains("-drive if=none,id=disk0,file=/r/disk.qcow2,format=qcow2"), "{args}");
@@ -409,6 +487,8 @@ mod tests {
             disk: Path::new("/r/disk.qcow2"),
             disk_errors: &errors,
             loadvm: None,
+            tftp: None,
+            detect_zeroes: false,
         };
         let args = b.qemu_args(Accel::Tcg, &p);
         assert!(!args.iter().any(|a| a == "-drive"), "{args:?}");

@@ -14,6 +14,7 @@ pub mod kept;
 pub mod machine;
 pub mod ostree;
 pub mod plan;
+pub mod provision;
 pub mod qmp;
 pub mod report;
 pub mod rundir;

@@ -40,6 +40,10 @@ pub struct MachineSpec<'a> {
     pub disk_errors: &'a [crate::board::DiskError],
     /// Start from this internal snapshot of the overlay (`-loadvm`).
     pub loadvm: Option<&'a str>,
+    /// The user network's TFTP folder (network-booting boards).
+    pub tftp: Option<&'a Path>,
+    /// See [`QemuPaths::detect_zeroes`].
+    pub detect_zeroes: bool,
 }
 
 /// A running (or stopped) QEMU machine.
@@ -133,6 +137,8 @@ impl Machine {
                 disk: &overlay,
                 disk_errors: spec.disk_errors,
                 loadvm: spec.loadvm,
+                tftp: spec.tftp,
+                detect_zeroes: spec.detect_zeroes,
             },
         );
         let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())

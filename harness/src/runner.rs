@@ -176,6 +176,9 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     // A passed run's disk (the qcow2 overlay, often hundreds of MiB) goes;
     // its logs, timeline and transcripts stay. A failed run keeps it all.
     let disk_removed = result.is_ok() && !opts.keep_disks && std::fs::remove_file(run_dir.join("disk.qcow2")).is_ok();
+    if disk_removed {
+        let _ = std::fs::remove_file(run_dir.join("blank.raw"));
+    }
     let _ = std::fs::write(
         run_dir.join("run.json"),
         serde_json::to_string_pretty(&json!({
@@ -203,6 +206,9 @@ fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<(Bui
     // What the steps serve must be built too: say so before anything boots.
     for served in scenario.served_images() {
         scenario.built_image(&root, served, board.arch)?;
+    }
+    if scenario.provision.is_some() {
+        crate::provision::mgmt_image(scenario, board.arch)?;
     }
     check_free_space(&opts.runs_root)?;
     let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &board.name)?;
@@ -266,6 +272,23 @@ enum OutageEnd {
 const UPDATE_OUTCOME: &str =
     r"devlab-update: (download failed|api failed|refused|write failed|switch failed|slot . written)";
 
+/// The line the management OS's agent prints once the service has taken a
+/// state change it made (see `provision_wait`).
+fn agent_ack(state: devlab_provision::NodeState) -> Option<&'static str> {
+    use devlab_provision::NodeState as S;
+    match state {
+        S::Registered => Some(r"devlab-mgmt: registered"),
+        S::Deploying => Some(r"devlab-mgmt: DEPLOYING"),
+        S::Installed => Some(r"devlab-mgmt: INSTALLED"),
+        S::UnrecoverableError => Some(r"devlab-mgmt: FAILED"),
+        S::DeployStart => None,
+    }
+}
+
+/// How long the agent may take to print its line after the service
+/// answered it (it prints at once).
+const AGENT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where `exec_until_power_cut` cuts.
 enum CutAt {
     Console(BytesRegex),
@@ -309,6 +332,9 @@ struct Run<'a> {
     callback_cursor: usize,
     /// Console sync barriers issued so far.
     syncs: u32,
+    /// The provisioning service and its files (`[provision]`), started
+    /// before the first power-on.
+    lab: Option<crate::provision::Lab>,
 }
 
 impl<'a> Run<'a> {
@@ -336,6 +362,7 @@ impl<'a> Run<'a> {
             syncs: 0,
             commits: BTreeMap::new(),
             ostree_published: None,
+            lab: None,
         }
         .with_booted_commit()
     }
@@ -542,7 +569,9 @@ impl<'a> Run<'a> {
         match &placed.step {
             Step::PowerOn(_) => self.power_on().await,
             Step::Boot(b) => {
-                let prompts = self.board.uboot.clone();
+                let Some(prompts) = self.board.uboot.clone() else {
+                    return Err(self.failure(format!("board {} has no U-Boot to stop", self.board.name)));
+                };
                 let timeout = b.timeout.0;
                 let autoboot = BytesRegex::new(&regex::escape(&prompts.autoboot_prompt)).unwrap();
                 let prompt = BytesRegex::new(&regex::escape(&prompts.prompt)).unwrap();
@@ -1105,6 +1134,93 @@ impl<'a> Run<'a> {
                 });
                 Ok(())
             }
+            Step::ProvisionAssign(a) => {
+                let uuid = self.node_uuid()?;
+                let lab = self.lab()?;
+                lab.service
+                    .assign(&uuid, &a.profile)
+                    .map_err(|e| self.failure(format!("assigning {}: {e}", a.profile)))?;
+                self.drain(None);
+                self.record(Event::Provision { detail: format!("assigned profile {}", a.profile) });
+                Ok(())
+            }
+            Step::ProvisionWait(w) => {
+                let uuid = self.node_uuid()?;
+                let state: devlab_provision::NodeState = w.state.parse().map_err(|e: String| self.failure(e))?;
+                let service = self.lab()?.service.clone();
+                let wait = service.wait_state(&uuid, state, w.timeout.0);
+                // Raced with the console (a panic, or the machine powering
+                // off without reaching the state, ends the wait at once);
+                // `biased`: a state already reached wins over a closed console.
+                let got = if self.machine_running() {
+                    let m = self.machine.as_mut().expect("running");
+                    let bad = tokio::select! {
+                        biased;
+                        r = wait => Ok(r),
+                        bad = m.console.wait_bad() => Err(bad),
+                    };
+                    match bad {
+                        Ok(r) => r,
+                        Err(bad) => return Err(self.console_failure(bad)),
+                    }
+                } else {
+                    wait.await
+                };
+                got.map_err(|e| self.failure(format!("node {uuid}: {e}")))?;
+                // The service changes state before it answers the agent,
+                // which then prints its own line: wait for that line too, so
+                // the timeline's order does not depend on who was faster.
+                let mut end = None;
+                if let (Some(ack), true) = (agent_ack(state), self.machine_running()) {
+                    let re = BytesRegex::new(ack).expect("static pattern");
+                    let m = self.machine()?;
+                    let got = m.console.expect(&[re], AGENT_ACK_TIMEOUT).await.map_err(|e| self.console_failure(e))?;
+                    self.settle_line(got.end).await;
+                    end = Some(got.end);
+                }
+                self.drain(end);
+                self.record(Event::Provision { detail: format!("node {}", w.state) });
+                Ok(())
+            }
+            Step::ProvisionFault(f) => {
+                let endpoint: devlab_provision::Endpoint = f.endpoint.parse().map_err(|e: String| self.failure(e))?;
+                let fault = match f.fault.as_str() {
+                    "hang" => devlab_provision::Fault::Hang { count: f.count, seconds: f.seconds },
+                    _ => devlab_provision::Fault::Error500 { count: f.count },
+                };
+                self.lab()?.service.fault(endpoint, fault);
+                self.record(Event::Fault {
+                    kind: format!("provision {} x{}", f.fault, f.count),
+                    target: f.endpoint.clone(),
+                });
+                Ok(())
+            }
+            Step::ProvisionTable(_) => {
+                let table = self.lab()?.service.state_table();
+                self.drain(None);
+                self.record(Event::ProvisionTable { rows: table.lines().map(|l| l.trim_end().to_string()).collect() });
+                Ok(())
+            }
+            Step::WaitPoweroff(w) => {
+                let timeout = w.timeout.0;
+                // A machine that is already off (it powered off while the
+                // last step ran) passes at once.
+                let Some(m) = self.machine.as_mut() else {
+                    return Err(self.failure("the machine was never powered on".into()));
+                };
+                if m.wait_exit(timeout).await.is_none() {
+                    return Err(self.failure(format!(
+                        "the guest did not power off within {}",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                if let Some(s) = self.ssh.take() {
+                    s.disconnect();
+                }
+                self.drain(None);
+                self.record(Event::PoweredOff);
+                Ok(())
+            }
             Step::WaitQmp(w) => {
                 let from = self.qmp_cursor;
                 let m = self.machine()?;
@@ -1363,6 +1479,42 @@ impl<'a> Run<'a> {
             .ok_or_else(|| self.failure("no disk yet (the machine was never powered on)".into()))
     }
 
+    /// This board's node UUID (its SMBIOS UUID).
+    fn node_uuid(&self) -> Result<String> {
+        match &self.board.smbios {
+            Some(s) => Ok(s.uuid.clone()),
+            None => Err(self.failure(format!("board {} has no [smbios] uuid (the node's identity)", self.board.name))),
+        }
+    }
+
+    fn lab(&self) -> Result<&crate::provision::Lab> {
+        self.lab.as_ref().ok_or_else(|| self.failure("the provisioning service is not running".into()))
+    }
+
+    /// Start the provisioning lab if the scenario has one and it is not up.
+    async fn ensure_lab(&mut self) -> Result<()> {
+        if let (None, Some(spec)) = (&self.lab, &self.scenario.provision) {
+            let lab = crate::provision::Lab::start(&self.run_dir, self.scenario, spec, self.board.arch).await?;
+            self.lab = Some(lab);
+        }
+        Ok(())
+    }
+
+    /// The disk the first power-on starts from: the image's, or a blank one
+    /// (sparse, in the run directory) at least twice the image's size.
+    fn base_disk(&self) -> Result<PathBuf> {
+        if self.scenario.header.disk != crate::scenario::DiskStart::Blank {
+            return Ok(self.image.disk.clone());
+        }
+        let path = self.run_dir.join("blank.raw");
+        if !path.exists() {
+            let size = (self.image.manifest.disk_size * 2).max(1 << 30);
+            let f = std::fs::File::create(&path).map_err(|e| Error::infra(format!("{}: {e}", path.display())))?;
+            f.set_len(size).map_err(|e| Error::infra(format!("{}: {e}", path.display())))?;
+        }
+        Ok(path)
+    }
+
     async fn power_on(&mut self) -> Result<()> {
         self.start_machine(None).await?;
         let t = self.machine_offset();
@@ -1377,14 +1529,19 @@ impl<'a> Run<'a> {
             return Err(self.failure("the machine is already on".into()));
         }
         let loadvm = restore.as_ref().map(|_| crate::checkpoint::TAG);
+        self.ensure_lab().await?;
+        let base_disk = self.base_disk()?;
+        let tftp = self.lab.as_ref().filter(|_| self.board.pxe.is_some()).map(|l| l.tftp.clone());
         let spec = MachineSpec {
             board: self.board,
             accel: self.accel.accel,
-            base_disk: &self.image.disk,
+            base_disk: &base_disk,
             run_dir: &self.run_dir,
             epoch: self.t_first,
             disk_errors: &self.disk_errors,
             loadvm,
+            tftp: tftp.as_deref(),
+            detect_zeroes: self.scenario.header.disk == crate::scenario::DiskStart::Blank,
         };
         let machine = match (restore, self.machine.take()) {
             (Some(overlay), _) => Machine::start_on(spec, overlay).await?,
@@ -1563,6 +1720,9 @@ impl<'a> Run<'a> {
     async fn teardown(&mut self) {
         if let Some(m) = self.machine.as_mut() {
             m.shutdown().await;
+        }
+        if let Some(lab) = self.lab.as_mut() {
+            lab.stop().await;
         }
     }
 }

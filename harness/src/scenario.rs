@@ -584,6 +584,97 @@ pub enum Step {
     WaitCallback(WaitCallback),
     ServeOstree(ServeOstree),
     AssertOstree(AssertOstree),
+    ProvisionAssign(ProvisionAssign),
+    ProvisionWait(ProvisionWait),
+    ProvisionFault(ProvisionFault),
+    ProvisionTable(ProvisionTable),
+    WaitPoweroff(WaitPoweroff),
+}
+
+/// Assign an install profile (`[provision]`) to this board's node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionAssign {
+    pub profile: String,
+}
+
+/// Node states of the provisioning service (its own names).
+pub const PROVISION_STATES: &[&str] = &["REGISTERED", "DEPLOY_START", "DEPLOYING", "INSTALLED", "UNRECOVERABLE_ERROR"];
+
+/// Wait until this board's node is in `state` in the provisioning service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionWait {
+    pub state: String,
+    #[serde(default = "default_provision_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_provision_timeout() -> Dur {
+    Dur(Duration::from_secs(180))
+}
+
+/// Arm a fault on one node-facing endpoint of the provisioning service for
+/// its next `count` requests: `error500`, or `hang` for `seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionFault {
+    pub endpoint: String,
+    pub fault: String,
+    #[serde(default = "one_u32")]
+    pub count: u32,
+    /// How long a `hang` holds each answer back (the fault's length).
+    #[serde(default)]
+    pub seconds: u64,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+/// Put the provisioning service's state table in the timeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionTable {}
+
+/// Wait for the guest to power the machine off by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitPoweroff {
+    #[serde(default = "default_boot_timeout")]
+    pub timeout: Dur,
+}
+
+/// `[provision]`: the run starts the provisioning service (in-process,
+/// its database in the run directory) with these install profiles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSpec {
+    pub profiles: Vec<ProfileSpec>,
+}
+
+/// One install profile: the image recipe it installs (its disk, gzip'd,
+/// with its SHA-256).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    pub name: toml::Spanned<String>,
+    pub image: toml::Spanned<String>,
+    /// Serve an image whose bytes do not match the profile's checksum (a
+    /// download corrupted on the way): the agent must refuse it.
+    #[serde(default)]
+    pub corrupt_image: bool,
+}
+
+/// What the board's disk holds at the first power-on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskStart {
+    /// The scenario's image.
+    #[default]
+    Image,
+    /// Nothing (all zeroes): a bare node waiting to be provisioned.
+    Blank,
 }
 
 /// The action names, in the order the docs list them.
@@ -618,6 +709,11 @@ pub const ACTIONS: &[&str] = &[
     "wait_callback",
     "serve_ostree",
     "assert_ostree",
+    "provision_assign",
+    "provision_wait",
+    "provision_fault",
+    "provision_table",
+    "wait_poweroff",
 ];
 
 impl Step {
@@ -653,6 +749,11 @@ impl Step {
             Step::WaitCallback(_) => "wait_callback",
             Step::ServeOstree(_) => "serve_ostree",
             Step::AssertOstree(_) => "assert_ostree",
+            Step::ProvisionAssign(_) => "provision_assign",
+            Step::ProvisionWait(_) => "provision_wait",
+            Step::ProvisionFault(_) => "provision_fault",
+            Step::ProvisionTable(_) => "provision_table",
+            Step::WaitPoweroff(_) => "wait_poweroff",
         }
     }
 
@@ -701,6 +802,11 @@ impl Step {
             "wait_callback" => Step::WaitCallback(p(text)?),
             "serve_ostree" => Step::ServeOstree(p(text)?),
             "assert_ostree" => Step::AssertOstree(p(text)?),
+            "provision_assign" => Step::ProvisionAssign(p(text)?),
+            "provision_wait" => Step::ProvisionWait(p(text)?),
+            "provision_fault" => Step::ProvisionFault(p(text)?),
+            "provision_table" => Step::ProvisionTable(p(text)?),
+            "wait_poweroff" => Step::WaitPoweroff(p(text)?),
             _ => return Ok(None),
         }))
     }
@@ -728,6 +834,11 @@ pub struct Header {
     /// The image recipe (`images/recipes/<image>.toml`).
     #[serde(default = "base")]
     pub image: toml::Spanned<String>,
+    /// What the disk holds at the first power-on: the image, or nothing
+    /// (`blank`: a bare node the scenario provisions over the network; the
+    /// image is then what it ends up running).
+    #[serde(default)]
+    pub disk: DiskStart,
     /// Bound on the whole run.
     #[serde(default = "default_run_timeout")]
     pub timeout: Dur,
@@ -759,6 +870,8 @@ fn default_bad_patterns() -> Vec<Pattern> {
 struct Raw {
     scenario: Header,
     #[serde(default)]
+    provision: Option<ProvisionSpec>,
+    #[serde(default)]
     step: Vec<toml::Spanned<toml::Table>>,
 }
 
@@ -767,6 +880,7 @@ struct Raw {
 pub struct Scenario {
     pub path: PathBuf,
     pub header: Header,
+    pub provision: Option<ProvisionSpec>,
     pub steps: Vec<PlacedStep>,
     /// The matrix values this variant runs with (`param` -> value name).
     pub variant: Vec<(String, String)>,
@@ -964,7 +1078,15 @@ impl Scenario {
             let offset = crate::board::find_key(&text, "boards").unwrap_or(0);
             return Err(InputError::new(path, "name at least one board").at(&text, offset).field("boards").into());
         }
-        let scenario = Scenario { path: path.to_path_buf(), header: raw.scenario, steps, variant: Vec::new(), text };
+        let scenario = Scenario {
+            path: path.to_path_buf(),
+            header: raw.scenario,
+            provision: raw.provision,
+            steps,
+            variant: Vec::new(),
+            text,
+        };
+        scenario.check_provision(path)?;
         let root = crate::rundir::workspace_root();
         let mut bundles: Vec<&str> = Vec::new();
         let mut checkpoint_seen = false;
@@ -1051,6 +1173,47 @@ impl Scenario {
                         format!("`{}` must be a plain file name (it goes in the run directory)", d.to),
                     ));
                 }
+                Step::ProvisionAssign(_)
+                | Step::ProvisionWait(_)
+                | Step::ProvisionFault(_)
+                | Step::ProvisionTable(_)
+                    if scenario.provision.is_none() =>
+                {
+                    return Err(step_at(
+                        "action",
+                        format!("{} needs a [provision] table (the service and its profiles)", placed.step.action()),
+                    ));
+                }
+                Step::ProvisionAssign(a) if !scenario.profile_names().any(|n| n == a.profile) => {
+                    let known: Vec<&str> = scenario.profile_names().collect();
+                    return Err(step_at(
+                        "profile",
+                        format!("no profile `{}` in [provision] (known: {})", a.profile, known.join(", ")),
+                    ));
+                }
+                Step::ProvisionWait(w) if !PROVISION_STATES.contains(&w.state.as_str()) => {
+                    return Err(step_at(
+                        "state",
+                        format!("unknown node state `{}` (one of {})", w.state, PROVISION_STATES.join(", ")),
+                    ));
+                }
+                Step::ProvisionFault(f) => {
+                    if f.endpoint.parse::<devlab_provision::Endpoint>().is_err() {
+                        let e = f.endpoint.parse::<devlab_provision::Endpoint>().unwrap_err();
+                        return Err(step_at("endpoint", e));
+                    }
+                    match f.fault.as_str() {
+                        "error500" => {}
+                        "hang" if f.seconds > 0 => {}
+                        "hang" => return Err(step_at("seconds", "a hang needs `seconds` (its length)".into())),
+                        other => {
+                            return Err(step_at("fault", format!("unknown fault `{other}` (error500 or hang)")));
+                        }
+                    }
+                    if f.count == 0 {
+                        return Err(step_at("count", "count must be at least 1".into()));
+                    }
+                }
                 Step::RaucInstall(i) if !bundles.contains(&i.bundle.as_str()) => {
                     return Err(step_at(
                         "bundle",
@@ -1065,6 +1228,46 @@ impl Scenario {
 
     pub fn name(&self) -> &str {
         &self.header.name
+    }
+
+    /// The names of the `[provision]` profiles.
+    pub fn profile_names(&self) -> impl Iterator<Item = &str> {
+        self.provision.iter().flat_map(|p| p.profiles.iter().map(|x| x.name.get_ref().as_str()))
+    }
+
+    /// `[provision]`: profile names plain and unique, images that exist;
+    /// a blank disk only with a provisioning service to fill it.
+    fn check_provision(&self, path: &Path) -> Result<()> {
+        let root = crate::rundir::workspace_root();
+        let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
+            InputError::new(path, msg).at(&self.text, offset).field(field).into()
+        };
+        if self.header.disk == DiskStart::Blank && self.provision.is_none() {
+            let offset = crate::board::find_key(&self.text, "disk").unwrap_or(0);
+            return Err(at(offset, "disk", "a blank disk needs a [provision] table to install it".into()));
+        }
+        let Some(spec) = &self.provision else { return Ok(()) };
+        if spec.profiles.is_empty() {
+            let offset = crate::board::find_key(&self.text, "profiles").unwrap_or(0);
+            return Err(at(offset, "provision.profiles", "name at least one profile".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &spec.profiles {
+            let name = p.name.get_ref();
+            let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+            if !plain {
+                return Err(at(
+                    p.name.span().start,
+                    "provision.profiles.name",
+                    format!("{name:?} is not a plain name"),
+                ));
+            }
+            if !seen.insert(name) {
+                return Err(at(p.name.span().start, "provision.profiles.name", format!("profile `{name}` twice")));
+            }
+            self.recipe_for(&root, &p.image)?;
+        }
+        Ok(())
     }
 
     /// Boards named in the file, resolved to profiles; an unknown one is an
@@ -1084,8 +1287,32 @@ impl Scenario {
         Ok(board)
     }
 
-    /// Refuse a board that lacks a feature the scenario `needs`.
+    /// Refuse a board that lacks a feature the scenario `needs`, has no
+    /// U-Boot for a `boot` step, or cannot boot from the network to fill a
+    /// blank disk.
     pub fn check_board(&self, board: &crate::board::Board) -> Result<()> {
+        let refuse = |key: &str, msg: String| -> crate::error::Error {
+            let offset = crate::board::find_key(&self.text, key).unwrap_or(0);
+            InputError::new(&self.path, msg).at(&self.text, offset).field(key).into()
+        };
+        if self.header.disk == DiskStart::Blank && board.pxe.is_none() {
+            return Err(refuse(
+                "disk",
+                format!("a blank disk needs a board that boots from the network; `{}` does not (no `pxe`)", board.name),
+            ));
+        }
+        if board.uboot.is_none() {
+            if let Some(p) = self.steps.iter().find(|p| matches!(p.step, Step::Boot(_))) {
+                let offset = self.text.lines().take(p.line - 1).map(|l| l.len() + 1).sum();
+                return Err(InputError::new(
+                    &self.path,
+                    format!("board `{}` has no U-Boot to stop (`boot` step)", board.name),
+                )
+                .at(&self.text, offset)
+                .field("action")
+                .into());
+            }
+        }
         for need in &self.header.needs {
             let ok = match need.as_str() {
                 "watchdog" => board.watchdog.is_some(),
@@ -1154,7 +1381,8 @@ impl Scenario {
         })
     }
 
-    /// Every `image` a step serves (releases, bundles, OSTree commits).
+    /// Every `image` a step serves (releases, bundles, OSTree commits) or
+    /// a `[provision]` profile installs.
     pub fn served_images(&self) -> Vec<&toml::Spanned<String>> {
         self.steps
             .iter()
@@ -1164,6 +1392,7 @@ impl Scenario {
                 Step::ServeOstree(o) => Some(&o.image),
                 _ => None,
             })
+            .chain(self.provision.iter().flat_map(|p| p.profiles.iter().map(|x| &x.image)))
             .collect()
     }
 
@@ -1222,6 +1451,66 @@ mod tests {
             Step::Expect(e) => assert_eq!(e.timeout.0, Duration::from_secs(5)),
             other => panic!("{other:?}"),
         }
+    }
+
+    const PXE_HEAD: &str = "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64-pxe\"]\ndisk = \"blank\"\n\n";
+
+    #[test]
+    fn provision_steps_and_profiles_are_checked() {
+        let prov = "[provision]\nprofiles = [{ name = \"ab\", image = \"base\" }]\n\n";
+        let ok = parse(&format!(
+            "{PXE_HEAD}{prov}[[step]]\naction = \"provision_assign\"\nprofile = \"ab\"\n\n[[step]]\naction = \"provision_wait\"\nstate = \"INSTALLED\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.profile_names().collect::<Vec<_>>(), ["ab"]);
+        assert_eq!(ok.header.disk, DiskStart::Blank);
+
+        let err = parse(&format!("{PXE_HEAD}[[step]]\naction = \"power_on\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:4:1: field `disk`: a blank disk needs a [provision] table"), "{err}");
+
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"provision_table\"\n")).unwrap_err().to_string();
+        assert!(err.contains("provision_table needs a [provision] table"), "{err}");
+
+        let err = parse(&format!("{PXE_HEAD}{prov}[[step]]\naction = \"provision_assign\"\nprofile = \"nope\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:11:1: field `profile`: no profile `nope` in [provision] (known: ab)"), "{err}");
+
+        let err = parse(&format!("{PXE_HEAD}{prov}[[step]]\naction = \"provision_wait\"\nstate = \"DONE\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `state`: unknown node state `DONE`"), "{err}");
+
+        let err = parse(&format!(
+            "{PXE_HEAD}{prov}[[step]]\naction = \"provision_fault\"\nendpoint = \"profile\"\nfault = \"hang\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("field `seconds`: a hang needs `seconds`"), "{err}");
+
+        let dup =
+            "[provision]\nprofiles = [{ name = \"ab\", image = \"base\" },\n  { name = \"ab\", image = \"v2\" }]\n\n";
+        let err = parse(&format!("{PXE_HEAD}{dup}[[step]]\naction = \"power_on\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:8:12: field `provision.profiles.name`: profile `ab` twice"), "{err}");
+
+        let missing = "[provision]\nprofiles = [{ name = \"ab\", image = \"no-such\" }]\n\n";
+        let err = parse(&format!("{PXE_HEAD}{missing}[[step]]\naction = \"power_on\"\n")).unwrap_err().to_string();
+        assert!(err.contains("field `image`: no image recipe `no-such`"), "{err}");
+    }
+
+    #[test]
+    fn boards_without_network_boot_or_uboot_are_refused() {
+        let prov = "[provision]\nprofiles = [{ name = \"ab\", image = \"base\" }]\n\n";
+        let s = parse(&format!("{PXE_HEAD}{prov}[[step]]\naction = \"power_on\"\n")).unwrap();
+        let uboot_board = crate::board::find("qemu-x86_64").unwrap();
+        let err = s.check_board(&uboot_board).unwrap_err().to_string();
+        assert!(err.contains("field `disk`: a blank disk needs a board that boots from the network"), "{err}");
+        let pxe_board = crate::board::find("qemu-x86_64-pxe").unwrap();
+        s.check_board(&pxe_board).unwrap();
+
+        let s = parse(&format!("{HEAD}[[step]]\naction = \"power_on\"\n\n[[step]]\naction = \"boot\"\n")).unwrap();
+        let err = s.check_board(&pxe_board).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:8:1: field `action`: board `qemu-x86_64-pxe` has no U-Boot"), "{err}");
     }
 
     #[test]

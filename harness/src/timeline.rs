@@ -136,6 +136,26 @@ pub enum Event {
     OstreeStatus {
         deployments: Vec<String>,
     },
+    /// The provisioning service: a profile assigned, a node state reached.
+    Provision {
+        detail: String,
+    },
+    /// The provisioning service's state table, one line per row.
+    ProvisionTable {
+        rows: Vec<String>,
+    },
+    /// What the network boot script chose (`devlab: node <uuid>: ...`).
+    NetBoot {
+        detail: String,
+    },
+    /// A stage of the management OS's agent (`devlab-mgmt: ...`).
+    Agent {
+        stage: String,
+    },
+    /// Firmware that announced itself (SeaBIOS, iPXE, SYSLINUX).
+    Firmware {
+        name: String,
+    },
     Failed {
         step: String,
     },
@@ -224,6 +244,14 @@ pub fn console_marker(line: &str) -> Option<Event> {
             m(r"devlab-(init|rc): fault (?<f>\w+)", |c| Event::FaultTriggered { kind: c["f"].to_string() }),
             m(r"devlab-update: (?<s>.+)", |c| Event::Update { stage: c["s"].trim().to_string() }),
             m(r"devlab-health: (?<s>.+)", |c| Event::Health { result: c["s"].trim().to_string() }),
+            m(r"SeaBIOS \(version", |_| Event::Firmware { name: "SeaBIOS".into() }),
+            m(r"iPXE initialising devices", |_| Event::Firmware { name: "iPXE".into() }),
+            m(r"^SYSLINUX \S+ EDD", |_| Event::Firmware { name: "SYSLINUX".into() }),
+            m(r"^devlab: node \S+: (?<d>.+)", |c| Event::NetBoot { detail: c["d"].trim().to_string() }),
+            m(
+                r"devlab-mgmt: (?<s>agent mode=\w+|registered|powering off|DEPLOYING|image checksum ok|image written|INSTALLED|install failed: .*|FAILED: .*|POST \S+ failed.*|GET \S+ failed.*)",
+                |c| Event::Agent { stage: c["s"].trim().to_string() },
+            ),
         ]
     });
     markers.iter().find_map(|m| m.re.captures(line).map(|c| (m.make)(&c)))
@@ -304,6 +332,7 @@ impl Redactor {
             Event::Fault { kind, target } => Event::Fault { kind: kind.clone(), target: r(target) },
             Event::Update { stage } => Event::Update { stage: r(stage) },
             Event::Health { result } => Event::Health { result: r(result) },
+            Event::Agent { stage } => Event::Agent { stage: r(stage) },
             Event::Qmp { name, detail } => Event::Qmp { name: name.clone(), detail: detail.as_ref().map(r) },
             Event::OstreeStatus { deployments } => {
                 Event::OstreeStatus { deployments: deployments.iter().map(r).collect() }

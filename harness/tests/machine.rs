@@ -179,6 +179,8 @@ fn a_panic_while_a_machine_runs_leaves_no_qemu() {
                 epoch: None,
                 disk_errors: &[],
                 loadvm: None,
+                tftp: None,
+                detect_zeroes: false,
             };
             let m = Machine::start(spec).await.unwrap();
             std::fs::write(run_dir.join("pid"), m.pid().to_string()).unwrap();

@@ -58,13 +58,64 @@ pub fn mke2fs(out: &Path, size: u64, label: &str, tar: Option<&Path>) -> Result<
     Ok(())
 }
 
-/// Makes the FAT boot partition image holding `boot.scr`.
-pub fn boot_fat(out: &Path, size: u64, boot_scr: &Path) -> Result<(), ImageError> {
+/// Syslinux's GPT-aware MBR boot code (440 bytes, from syslinux-common).
+pub const GPT_MBR: &str = "/usr/lib/syslinux/mbr/gptmbr.bin";
+
+/// The legacy BIOS boot path of an x86 A/B disk, for firmware without
+/// U-Boot (SeaBIOS on the PXE board, after an install): syslinux in the FAT
+/// boot partition boots slot A's kernel and initramfs, copied next to it.
+/// U-Boot never reads any of it. No A/B choice on this path: slot A only.
+pub struct BiosBoot<'a> {
+    /// Folder for the files copied in (kernel, initramfs, syslinux.cfg).
+    pub work: &'a Path,
+    pub vmlinuz: &'a [u8],
+    pub initrd: &'a [u8],
+    /// The whole kernel command line.
+    pub cmdline: String,
+}
+
+/// The `syslinux.cfg` of [`BiosBoot`]: boot at once, console on COM1.
+pub fn syslinux_cfg(cmdline: &str) -> String {
+    format!(
+        "# devlab: legacy BIOS boot of slot A (SeaBIOS); U-Boot boots boot.scr instead.\n\
+         SERIAL 0 115200\nDEFAULT devlab\nPROMPT 0\nTIMEOUT 0\n\
+         LABEL devlab\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  APPEND {cmdline}\n"
+    )
+}
+
+/// Makes the FAT boot partition image holding `boot.scr` (and, with
+/// `bios`, syslinux and what it boots).
+pub fn boot_fat(out: &Path, size: u64, boot_scr: &Path, bios: Option<&BiosBoot>) -> Result<(), ImageError> {
     let f = std::fs::File::create(out).map_err(ImageError::io(out))?;
     f.set_len(size).map_err(ImageError::io(out))?;
     drop(f);
     Tool::new("mkfs.vfat")?.args(["-n", "BOOT"]).arg(out).run()?;
     Tool::new("mcopy")?.arg("-i").arg(out).arg(boot_scr).arg("::boot.scr").run()?;
+    if let Some(b) = bios {
+        let cfg = syslinux_cfg(&b.cmdline);
+        for (name, data) in [("vmlinuz", b.vmlinuz), ("initrd.img", b.initrd), ("syslinux.cfg", cfg.as_bytes())] {
+            let file = b.work.join(name);
+            std::fs::write(&file, data).map_err(ImageError::io(&file))?;
+            Tool::new("mcopy")?.arg("-i").arg(out).arg(&file).arg(format!("::{name}")).run()?;
+        }
+        // The mtools installer: writes ldlinux.sys/.c32 and the FAT boot
+        // sector of the partition image, no mount.
+        Tool::new("syslinux")?.args(["--install", "--directory", "/"]).arg(out).run()?;
+    }
+    Ok(())
+}
+
+/// Writes syslinux's GPT MBR boot code into sector 0 of `disk` (the
+/// protective MBR's partition entries and signature are kept): a BIOS
+/// loads it, and it boots the partition marked legacy-BIOS-bootable.
+pub fn write_gpt_mbr(disk: &Path) -> Result<(), ImageError> {
+    let code = std::fs::read(GPT_MBR)
+        .map_err(|_| ImageError::MissingTool { tool: GPT_MBR.to_string(), package: "syslinux-common".to_string() })?;
+    if code.len() > 440 {
+        return Err(ImageError::invalid(GPT_MBR, format!("{} bytes: MBR boot code is at most 440", code.len())));
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(disk).map_err(ImageError::io(disk))?;
+    f.write_all_at(&code, 0).map_err(ImageError::io(disk))?;
     Ok(())
 }
 

@@ -213,6 +213,11 @@ fn image_name(recipe: &Recipe, arch: Arch) -> String {
     format!("{}-{}", recipe.name, arch)
 }
 
+/// The entry's kernel, for network boot.
+pub const NETBOOT_KERNEL: &str = "vmlinuz";
+/// The entry's initramfs, for network boot.
+pub const NETBOOT_INITRD: &str = "initrd.img";
+
 /// Builds (or finds in the cache) the image for `recipe` and `arch`, and
 /// points `images/<recipe>-<arch>.current` at it.
 pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Result<BuiltImage, ImageError> {
@@ -439,11 +444,17 @@ fn build_entry(
     add_generated(&mut tree, recipe, key, &keys.pubkey, &keys.host_key);
     if recipe.ostree.is_some() {
         // Where `ostree admin deploy` looks for them.
-        tree.file(&format!("usr/lib/modules/{kver}/vmlinuz"), 0o644, vmlinuz);
-        tree.file(&format!("usr/lib/modules/{kver}/initramfs.img"), 0o644, initrd);
+        tree.file(&format!("usr/lib/modules/{kver}/vmlinuz"), 0o644, vmlinuz.clone());
+        tree.file(&format!("usr/lib/modules/{kver}/initramfs.img"), 0o644, initrd.clone());
     } else {
-        tree.file("boot/vmlinuz", 0o644, vmlinuz);
-        tree.file("boot/initrd.img", 0o644, initrd);
+        tree.file("boot/vmlinuz", 0o644, vmlinuz.clone());
+        tree.file("boot/initrd.img", 0o644, initrd.clone());
+    }
+    // The kernel and initramfs on their own, for network boot (the
+    // management OS is booted this way) and for the BIOS boot path.
+    for (name, data) in [(NETBOOT_KERNEL, &vmlinuz), (NETBOOT_INITRD, &initrd)] {
+        let p = out.join(name);
+        std::fs::write(&p, data).map_err(ImageError::io(&p))?;
     }
     tree.overlay(&recipe.fixtures.rootfs_overlay)?;
     let (parts, total) = disk::layout(recipe);
@@ -494,9 +505,16 @@ fn build_entry(
     std::fs::write(&cmd, render_boot_script(&template, recipe)).map_err(ImageError::io(&cmd))?;
     let scr = work.join("boot.scr");
     let boot_img = work.join("boot.vfat");
+    // x86 A/B disks can also be booted by a plain BIOS (slot A).
+    let bios = (arch == Arch::X86_64 && recipe.ostree.is_none()).then(|| disk::BiosBoot {
+        work: &work,
+        vmlinuz: &vmlinuz,
+        initrd: &initrd,
+        cmdline: format!("console=ttyS0,115200 devlab.slot=A rauc.slot=A {}", recipe.kernel.cmdline),
+    });
     timed(log, "boot partition", || {
         disk::mkimage_script(&cmd, &scr)?;
-        disk::boot_fat(&boot_img, recipe.sizes.boot * MIB, &scr)
+        disk::boot_fat(&boot_img, recipe.sizes.boot * MIB, &scr, bios.as_ref())
     })?;
 
     // Env copies: both valid with the defaults, copy 0 current (flag 1).
@@ -508,7 +526,11 @@ fn build_entry(
     let disk_path = out.join("disk.raw");
     part_images[0] = Some(&boot_img);
     timed(log, "assemble disk", || {
-        disk::assemble(&disk_path, &parts, total, &part_images, &[(parts[1].start, &env0), (parts[2].start, &env1)])
+        disk::assemble(&disk_path, &parts, total, &part_images, &[(parts[1].start, &env0), (parts[2].start, &env1)])?;
+        if bios.is_some() {
+            disk::write_gpt_mbr(&disk_path)?;
+        }
+        Ok(())
     })?;
     for p in [&disk_path, &rootfs_img] {
         if p.exists() {
@@ -606,6 +628,57 @@ fn add_generated(tree: &mut rootfs::Tree, recipe: &Recipe, key: &str, pubkey: &[
             tree.symlink(&path, target);
         }
     }
+}
+
+/// The install form of an image's disk: `disk.raw.gz` in its entry (gzip
+/// -1 of the raw disk; all-zero runs cost almost nothing) and its SHA-256,
+/// made on first use. Written to a temporary file and renamed, so a build
+/// that is interrupted leaves no half-written file behind; concurrent
+/// callers each write their own and the last rename wins (same bytes).
+pub fn install_image(image: &BuiltImage) -> Result<(PathBuf, String), ImageError> {
+    use sha2::Digest;
+    let gz = image.dir.join("disk.raw.gz");
+    let sum_path = image.dir.join("disk.raw.gz.sha256");
+    if let (true, Ok(sum)) = (gz.is_file(), std::fs::read_to_string(&sum_path)) {
+        let sum = sum.trim();
+        if sum.len() == 64 {
+            return Ok((gz, sum.to_string()));
+        }
+    }
+    // Leftovers of interrupted runs (their process is gone).
+    for e in std::fs::read_dir(&image.dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("disk.raw.gz-partial-") {
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    // Not `disk.raw.gz.tmp-*`: write_atomic's temporary for the checksum file.
+    let tmp = image.dir.join(format!("disk.raw.gz-partial-{}", std::process::id()));
+    let out = std::fs::File::create(&tmp).map_err(ImageError::io(&tmp))?;
+    let status = std::process::Command::new(tools::find("gzip")?)
+        .args(["-1", "-c", "-n"])
+        .arg(&image.disk)
+        .stdout(out)
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .map_err(ImageError::io(&image.disk));
+    let fail = |e: ImageError| {
+        let _ = std::fs::remove_file(&tmp);
+        e
+    };
+    let status = status.map_err(fail)?;
+    if !status.success() {
+        return Err(fail(ImageError::invalid(&image.disk, format!("gzip failed ({status})"))));
+    }
+    let bytes = std::fs::read(&tmp).map_err(|e| fail(ImageError::io(&tmp)(e)))?;
+    let sum = hex::encode(sha2::Sha256::digest(&bytes));
+    drop(bytes);
+    // The image first, then its checksum: the checksum file says it is done.
+    std::fs::rename(&tmp, &gz).map_err(|e| fail(ImageError::io(&gz)(e)))?;
+    cache::write_atomic(&sum_path, format!("{sum}\n").as_bytes())?;
+    Ok((gz, sum))
 }
 
 #[cfg(test)]

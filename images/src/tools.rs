@@ -20,7 +20,9 @@ pub fn package_for(tool: &str) -> &'static str {
         "dropbearkey" => "dropbear-bin",
         "ssh-keygen" => "openssh-client",
         "xz" => "xz-utils",
+        "gzip" => "gzip",
         "dd" | "truncate" => "coreutils",
+        "syslinux" => "syslinux",
         _ => "the package providing it",
     }
 }

@@ -1,7 +1,10 @@
 //! The HTTP/JSON API (axum). Node-facing: `POST /api/register`,
 //! `GET /ipxe/{uuid}` (text/plain iPXE script), `GET /profile/{uuid}`,
-//! `POST /detail/{uuid}`, `POST /installed/{uuid}`, and
-//! `GET /files/{profile}/kernel|initrd` (the files a profile names).
+//! `GET /profile/{uuid}?format=sh` (the same as shell assignments, for a
+//! busybox agent), `GET /profile/{uuid}/install.sh`, `POST /detail/{uuid}`,
+//! `POST /installed/{uuid}`, `GET /files/{profile}/kernel|initrd` (the files
+//! a profile names) and `GET /boot/...` (the boot folder, when the service
+//! serves one: management OS, images).
 //! Operator: `GET /api/nodes`, `GET /api/nodes/{uuid}` (with history),
 //! `PUT /api/nodes/{uuid}/profile`. Bodies are JSON; every error is
 //! `{"error": "..."}` with the status [`ProvisionError::status`] gives
@@ -51,6 +54,8 @@ pub(crate) fn router(service: Service, local: SocketAddr, stop: watch::Receiver<
         .route("/api/register", post(register).route_layer(gate(Endpoint::Register)))
         .route("/ipxe/:uuid", get(ipxe).route_layer(gate(Endpoint::Ipxe)))
         .route("/profile/:uuid", get(profile).route_layer(gate(Endpoint::Profile)))
+        .route("/profile/:uuid/install.sh", get(install_script).route_layer(gate(Endpoint::Profile)))
+        .route("/boot/*path", get(boot_file))
         .route("/detail/:uuid", post(detail).route_layer(gate(Endpoint::Detail)))
         .route("/installed/:uuid", post(installed).route_layer(gate(Endpoint::Installed)))
         .route("/api/nodes", get(nodes))
@@ -125,15 +130,51 @@ async fn ipxe(
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let arch = query_param(&uri, "arch");
-    let script = app.service.ipxe_script(&uuid, arch.as_deref(), &api_base(&headers, app.local))?;
-    let mut r = Response::new(Body::from(script));
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    Ok(r)
+    Ok(text(app.service.ipxe_script(&uuid, arch.as_deref(), &api_base(&headers, app.local))?))
 }
 
-async fn profile(State(app): State<App>, Path(uuid): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn profile(
+    State(app): State<App>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
     let p = app.service.profile_of(&uuid)?;
-    Ok(json(200, &p.document(&api_base(&headers, app.local), app.service.boot_base_url())))
+    let api = api_base(&headers, app.local);
+    let doc = p.document(&api, &app.service.boot_base_for(&api));
+    match query_param(&uri, "format").as_deref() {
+        None | Some("json") => Ok(json(200, &doc)),
+        Some("sh") => Ok(text(doc.to_shell())),
+        Some(other) => Err(ApiError(ProvisionError::BadRequest(format!("unknown format `{other}` (json or sh)")))),
+    }
+}
+
+async fn install_script(State(app): State<App>, Path(uuid): Path<String>) -> Result<Response, ApiError> {
+    Ok(text(app.service.profile_of(&uuid)?.install_script))
+}
+
+fn text(body: String) -> Response {
+    let mut r = Response::new(Body::from(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A file of the boot folder (the management OS, images).
+async fn boot_file(State(app): State<App>, Path(rel): Path<String>) -> Result<Response, ApiError> {
+    let Some(path) = app.service.boot_file(&rel) else {
+        return Ok(error_response(404, &format!("no such boot file: /boot/{rel}")));
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let mut r = Response::new(Body::from(bytes));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            Ok(r)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(error_response(404, &format!("no such boot file: /boot/{rel}")))
+        }
+        Err(e) => Err(ApiError(ProvisionError::io(&path)(e))),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -15,7 +15,8 @@
 //! `shell`: nothing waits for a person.
 //!
 //! The management OS is `<boot-base-url>/mgmt/<arch>/vmlinuz` and
-//! `.../initrd.img`; its kernel gets `devlab.mode`, `devlab.api` (this
+//! `.../initrd.img`; its kernel gets the arch's serial console (`quiet`:
+//! the agent's lines are what matters), `devlab.mode`, `devlab.api` (this
 //! service as the node reached it) and `devlab.uuid`. Text that came from a
 //! node (the failure message) is reduced to plain characters before it goes
 //! into a script, so it cannot expand `${...}` or end a line.
@@ -85,8 +86,12 @@ pub fn script(input: &ScriptInput) -> String {
 fn mgmt_boot(input: &ScriptInput, mode: &str) -> String {
     let base = format!("{}/mgmt/{}", input.boot_base.trim_end_matches('/'), input.arch.as_str());
     let api = input.api_base.trim_end_matches('/');
+    let console = match input.arch {
+        Arch::X86_64 => "ttyS0,115200",
+        Arch::Aarch64 => "ttyAMA0",
+    };
     format!(
-        "kernel {base}/vmlinuz initrd=initrd.img devlab.mode={mode} devlab.api={api} devlab.uuid={}\n\
+        "kernel {base}/vmlinuz initrd=initrd.img console={console} quiet devlab.mode={mode} devlab.api={api} devlab.uuid={}\n\
          initrd {base}/initrd.img\n\
          boot\n",
         input.uuid
@@ -128,7 +133,7 @@ mod tests {
             let s = script(&input(st));
             assert!(s.starts_with("#!ipxe\n"), "{s}");
             assert!(s.contains(&format!(
-                "\nkernel http://10.0.2.2:9000/boot/mgmt/x86_64/vmlinuz initrd=initrd.img devlab.mode=register \
+                "\nkernel http://10.0.2.2:9000/boot/mgmt/x86_64/vmlinuz initrd=initrd.img console=ttyS0,115200 quiet devlab.mode=register \
                  devlab.api=http://10.0.2.2:8080 devlab.uuid={U}\n"
             )));
             assert!(s.contains("\ninitrd http://10.0.2.2:9000/boot/mgmt/x86_64/initrd.img\nboot\n"), "{s}");
@@ -139,7 +144,12 @@ mod tests {
     fn deploying_nodes_boot_install_mode_for_their_arch() {
         for st in [NodeState::DeployStart, NodeState::Deploying] {
             let s = script(&ScriptInput { arch: Arch::Aarch64, ..input(Some(st)) });
-            assert!(s.contains("/mgmt/aarch64/vmlinuz initrd=initrd.img devlab.mode=install devlab.api="), "{s}");
+            assert!(
+                s.contains(
+                    "/mgmt/aarch64/vmlinuz initrd=initrd.img console=ttyAMA0 quiet devlab.mode=install devlab.api="
+                ),
+                "{s}"
+            );
             assert!(s.contains("(profile debian)"), "{s}");
             assert!(!s.contains("register"), "{s}");
         }

@@ -29,8 +29,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Base URL of `mgmt/<arch>/vmlinuz|initrd.img` and of relative profile images.
+        #[arg(long, conflicts_with = "boot_dir", required_unless_present = "boot_dir")]
+        boot_base_url: Option<String>,
+        /// Serve this folder at `/boot/` (management OS, images) and use it
+        /// as the boot base.
         #[arg(long)]
-        boot_base_url: String,
+        boot_dir: Option<PathBuf>,
         /// Append every request to this file.
         #[arg(long)]
         log: Option<PathBuf>,
@@ -42,8 +46,13 @@ const EXIT_INFRA: u8 = 69;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Serve { db, profiles, listen, boot_base_url, log } = Cli::parse().command;
-    let service = match Service::open(&db, &profiles, boot_base_url) {
+    let Command::Serve { db, profiles, listen, boot_base_url, boot_dir, log } = Cli::parse().command;
+    let opened = match (boot_dir, boot_base_url) {
+        (Some(dir), _) => Service::open_serving(&db, &profiles, &dir),
+        (None, Some(url)) => Service::open(&db, &profiles, url),
+        (None, None) => unreachable!("clap requires one of them"),
+    };
+    let service = match opened {
         Ok(s) => s,
         Err(e) => {
             eprintln!("devlab-provision: {e}");

@@ -47,6 +47,33 @@ pub struct Profile {
     pub install_script: String,
 }
 
+/// Quote `s` for a POSIX shell: `'...'`, with `'` as `'\''`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl ProfileDocument {
+    /// The document as shell assignments (`GET /profile/{uuid}?format=sh`),
+    /// for an agent with only a busybox shell: `PROFILE_NAME`,
+    /// `PROFILE_KERNEL`, `PROFILE_INITRD`, `PROFILE_CMDLINE`, `PROFILE_IMAGE`
+    /// and `PROFILE_IMAGE_SHA256`, each single-quoted (nothing expands when
+    /// it is sourced). The install script is served on its own
+    /// (`/profile/{uuid}/install.sh`).
+    pub fn to_shell(&self) -> String {
+        [
+            ("PROFILE_NAME", &self.name),
+            ("PROFILE_KERNEL", &self.kernel),
+            ("PROFILE_INITRD", &self.initrd),
+            ("PROFILE_CMDLINE", &self.cmdline),
+            ("PROFILE_IMAGE", &self.image),
+            ("PROFILE_IMAGE_SHA256", &self.image_sha256),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={}\n", sh_quote(v)))
+        .collect()
+    }
+}
+
 /// What `GET /profile/{uuid}` answers: everything the agent needs, as URLs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProfileDocument {

@@ -59,6 +59,8 @@ struct Inner {
     store: Mutex<Store>,
     profiles: Profiles,
     boot_base_url: String,
+    /// Files served at `/boot/...` (the management OS, images), if any.
+    boot_dir: Option<std::path::PathBuf>,
     /// Bumped after every committed change.
     changes: watch::Sender<u64>,
     faults: Mutex<Faults>,
@@ -79,8 +81,30 @@ impl Service {
     /// Open (or create) the database and load every profile of
     /// `profiles_dir`; a broken profile is an error here, before anything
     /// is served. `boot_base_url` serves `mgmt/<arch>/vmlinuz|initrd.img`
-    /// and the images profiles name by relative path.
+    /// and the images profiles name by relative path; a URL that starts
+    /// with `/` is a path on this service, as the node reached it.
     pub fn open(db: &Path, profiles_dir: &Path, boot_base_url: String) -> Result<Service, ProvisionError> {
+        Self::open_with(db, profiles_dir, boot_base_url, None)
+    }
+
+    /// [`Service::open`] that also serves the files of `boot_dir` at
+    /// `/boot/...` itself, and makes that its boot base URL.
+    pub fn open_serving(db: &Path, profiles_dir: &Path, boot_dir: &Path) -> Result<Service, ProvisionError> {
+        if !boot_dir.is_dir() {
+            return Err(ProvisionError::io(boot_dir)(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the boot folder does not exist",
+            )));
+        }
+        Self::open_with(db, profiles_dir, "/boot".into(), Some(boot_dir.to_path_buf()))
+    }
+
+    fn open_with(
+        db: &Path,
+        profiles_dir: &Path,
+        boot_base_url: String,
+        boot_dir: Option<std::path::PathBuf>,
+    ) -> Result<Service, ProvisionError> {
         let profiles = Profiles::load_dir(profiles_dir)?;
         let store = Store::open(db)?;
         Ok(Service {
@@ -88,6 +112,7 @@ impl Service {
                 store: Mutex::new(store),
                 profiles,
                 boot_base_url: boot_base_url.trim_end_matches('/').to_string(),
+                boot_dir,
                 changes: watch::channel(0).0,
                 faults: Mutex::new(Faults::default()),
                 log: Mutex::new(RequestLog { records: Vec::new(), file: None, t0: Instant::now() }),
@@ -108,6 +133,26 @@ impl Service {
 
     pub fn boot_base_url(&self) -> &str {
         &self.inner.boot_base_url
+    }
+
+    /// The boot base URL as a node that reached this service at `api_base`
+    /// uses it (a base that is a path is made absolute on `api_base`).
+    pub fn boot_base_for(&self, api_base: &str) -> String {
+        let base = &self.inner.boot_base_url;
+        if base.starts_with('/') {
+            format!("{}{base}", api_base.trim_end_matches('/'))
+        } else {
+            base.clone()
+        }
+    }
+
+    /// The file `/boot/<rel>` names, if this service serves a boot folder
+    /// and `rel` stays inside it (plain components only).
+    pub fn boot_file(&self, rel: &str) -> Option<std::path::PathBuf> {
+        let dir = self.inner.boot_dir.as_ref()?;
+        let plain =
+            !rel.is_empty() && rel.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\\'));
+        plain.then(|| dir.join(rel))
     }
 
     fn changed(&self) {
@@ -215,7 +260,7 @@ impl Service {
             profile: node.as_ref().and_then(|n| n.profile.as_deref()),
             arch,
             api_base,
-            boot_base: &self.inner.boot_base_url,
+            boot_base: &self.boot_base_for(api_base),
             last_message: &last_message,
         }))
     }

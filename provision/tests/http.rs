@@ -82,7 +82,7 @@ fn a_node_goes_from_pxe_to_installed() {
     assert!(script.starts_with("#!ipxe\n"), "{script}");
     assert!(
         script.contains(&format!(
-            "kernel http://10.0.2.2:9000/boot/mgmt/aarch64/vmlinuz initrd=initrd.img devlab.mode=register \
+            "kernel http://10.0.2.2:9000/boot/mgmt/aarch64/vmlinuz initrd=initrd.img console=ttyAMA0 quiet devlab.mode=register \
              devlab.api=http://127.0.0.1:{port} devlab.uuid={U1}"
         )),
         "{script}"
@@ -107,7 +107,12 @@ fn a_node_goes_from_pxe_to_installed() {
 
     // Now install mode, for the registered arch whatever the query says.
     let (_, _, script) = lab.call("GET", &format!("/ipxe/{U1}?arch=arm64"), None);
-    assert!(script.contains("/mgmt/x86_64/vmlinuz initrd=initrd.img devlab.mode=install devlab.api="), "{script}");
+    assert!(
+        script.contains(
+            "/mgmt/x86_64/vmlinuz initrd=initrd.img console=ttyS0,115200 quiet devlab.mode=install devlab.api="
+        ),
+        "{script}"
+    );
 
     let (status, doc) = lab.json("GET", &format!("/profile/{U1}"), None);
     assert_eq!(status, 200);
@@ -356,4 +361,69 @@ fn a_failed_node_is_not_booted_and_asks_again() {
     lab.json("PUT", &format!("/api/nodes/{U1}/profile"), Some(json!({"profile": "debian"})));
     let (_, _, script) = lab.call("GET", &format!("/ipxe/{U1}"), None);
     assert!(script.contains("devlab.mode=install"), "{script}");
+}
+
+#[test]
+fn a_busybox_agent_gets_the_profile_as_shell_and_files_from_the_boot_folder() {
+    let fixture = Fixture::new();
+    let boot = fixture.path().join("boot");
+    std::fs::create_dir_all(boot.join("mgmt/x86_64")).unwrap();
+    std::fs::write(boot.join("mgmt/x86_64/vmlinuz"), b"mgmt kernel").unwrap();
+    std::fs::write(fixture.path().join("secret"), b"outside").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let service = Service::open_serving(&fixture.db(), &fixture.profiles(), &boot).unwrap();
+    let server = rt.block_on(async { service.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()) });
+    let url = server.url();
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
+    let get = |path: &str| try_call(&agent, "GET", &format!("{url}{path}"), None).unwrap();
+
+    service.register(registration(U1, "S1", &["52:54:00:00:00:01"])).unwrap();
+    service.assign(U1, "debian").unwrap();
+    // The boot base is this service, as the node reached it.
+    let (status, _, script) = get(&format!("/ipxe/{U1}"));
+    assert_eq!(status, 200);
+    assert!(script.contains(&format!("kernel {url}/boot/mgmt/x86_64/vmlinuz ")), "{script}");
+
+    let (status, ctype, sh) = get(&format!("/profile/{U1}?format=sh"));
+    assert_eq!((status, ctype.as_str()), (200, "text/plain; charset=utf-8"), "{sh}");
+    assert!(sh.contains(&format!("PROFILE_IMAGE='{url}/boot/images/debian-12.raw'\n")), "{sh}");
+    assert!(sh.contains(&format!("PROFILE_IMAGE_SHA256='{SHA}'\n")), "{sh}");
+    assert!(sh.contains("PROFILE_NAME='debian'\n"), "{sh}");
+    let (status, _, body) = get(&format!("/profile/{U1}?format=yaml"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("unknown format `yaml`"), "{body}");
+
+    let (status, _, install) = get(&format!("/profile/{U1}/install.sh"));
+    assert_eq!(status, 200);
+    assert_eq!(install, "#!/bin/sh\ndd if=\"$IMAGE\" of=/dev/vda bs=4M\n");
+
+    let (status, _, kernel) = get("/boot/mgmt/x86_64/vmlinuz");
+    assert_eq!((status, kernel.as_str()), (200, "mgmt kernel"));
+    for bad in ["/boot/../secret", "/boot/mgmt/../../secret", "/boot/missing"] {
+        let (status, _, body) = get(bad);
+        assert_eq!(status, 404, "{bad}: {body}");
+        assert!(!body.contains("outside"), "{bad}: {body}");
+    }
+    rt.block_on(server.shutdown()).unwrap();
+}
+
+#[test]
+fn shell_profile_values_cannot_expand_when_sourced() {
+    let doc = ProfileDocument {
+        name: "p".into(),
+        kernel: "k".into(),
+        initrd: "i".into(),
+        cmdline: "a='b' $(reboot) `x`".into(),
+        image: "http://h/i".into(),
+        image_sha256: SHA.into(),
+        install_script: String::new(),
+    };
+    let sh = doc.to_shell();
+    assert!(sh.contains("PROFILE_CMDLINE='a='\\''b'\\'' $(reboot) `x`'\n"), "{sh}");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{sh}\nprintf %s \"$PROFILE_CMDLINE\""))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a='b' $(reboot) `x`");
 }

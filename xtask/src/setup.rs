@@ -34,6 +34,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("squashfs-tools", ""),
     ("dnsmasq-base", ""),
     ("cpio", ""),
+    // The x86 disks' legacy BIOS boot path (SeaBIOS after a PXE install):
+    // the mtools-based installer and the GPT MBR code.
+    ("syslinux", ""),
+    ("syslinux-common", ""),
+    // SeaBIOS for the PXE board (its iPXE ROM comes from ipxe-qemu).
+    ("seabios", ""),
     ("kmod", ""),
     ("socat", ""),
     ("xz-utils", ""),
