@@ -107,7 +107,10 @@ pub fn pointer_path(root: &Path, recipe: &str, arch: crate::Arch) -> PathBuf {
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder + rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Unique per call: threads of one process (parallel runs) share the pid.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{call}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(ImageError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(ImageError::io(path))
 }

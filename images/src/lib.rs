@@ -648,14 +648,18 @@ pub fn install_image(image: &BuiltImage) -> Result<(PathBuf, String), ImageError
     // Leftovers of interrupted runs (their process is gone).
     for e in std::fs::read_dir(&image.dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("disk.raw.gz-partial-") {
+        if let Some(rest) = name.strip_prefix("disk.raw.gz-partial-") {
+            let pid = rest.split('-').next().unwrap_or(rest);
             if !Path::new("/proc").join(pid).exists() {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
-    // Not `disk.raw.gz.tmp-*`: write_atomic's temporary for the checksum file.
-    let tmp = image.dir.join(format!("disk.raw.gz-partial-{}", std::process::id()));
+    // Not `disk.raw.gz.tmp-*`: write_atomic's temporary for the checksum
+    // file. Unique per call: parallel runs in one process share the pid.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = image.dir.join(format!("disk.raw.gz-partial-{}-{call}", std::process::id()));
     let out = std::fs::File::create(&tmp).map_err(ImageError::io(&tmp))?;
     let status = std::process::Command::new(tools::find("gzip")?)
         .args(["-1", "-c", "-n"])
