@@ -273,14 +273,16 @@ const UPDATE_OUTCOME: &str =
     r"devlab-update: (download failed|api failed|refused|write failed|switch failed|slot . written)";
 
 /// The line the management OS's agent prints once the service has taken a
-/// state change it made (see `provision_wait`).
+/// state change it made (see `provision_wait`). Each pattern runs to the
+/// end of its line: a match that ended mid-line would let the step drain a
+/// line still arriving, before its marker can be read whole.
 fn agent_ack(state: devlab_provision::NodeState) -> Option<&'static str> {
     use devlab_provision::NodeState as S;
     match state {
-        S::Registered => Some(r"devlab-mgmt: registered"),
-        S::Deploying => Some(r"devlab-mgmt: DEPLOYING"),
-        S::Installed => Some(r"devlab-mgmt: INSTALLED"),
-        S::UnrecoverableError => Some(r"devlab-mgmt: FAILED"),
+        S::Registered => Some(r"devlab-mgmt: registered[^\n]*\n"),
+        S::Deploying => Some(r"devlab-mgmt: DEPLOYING[^\n]*\n"),
+        S::Installed => Some(r"devlab-mgmt: INSTALLED[^\n]*\n"),
+        S::UnrecoverableError => Some(r"devlab-mgmt: FAILED[^\n]*\n"),
         S::DeployStart => None,
     }
 }
@@ -777,6 +779,7 @@ impl<'a> Run<'a> {
                         humantime::format_duration(timeout)
                     )));
                 }
+                self.qmp_read_to_end().await;
                 self.drain(None);
                 self.record(Event::PoweredOff);
                 Ok(())
@@ -1217,6 +1220,7 @@ impl<'a> Run<'a> {
                 if let Some(s) = self.ssh.take() {
                     s.disconnect();
                 }
+                self.qmp_read_to_end().await;
                 self.drain(None);
                 self.record(Event::PoweredOff);
                 Ok(())
@@ -1477,6 +1481,16 @@ impl<'a> Run<'a> {
             .as_ref()
             .map(|m| m.overlay.clone())
             .ok_or_else(|| self.failure("no disk yet (the machine was never powered on)".into()))
+    }
+
+    /// After QEMU exited on its own: wait until the QMP reader has its
+    /// SHUTDOWN event or has read the socket to its end (the pidfd can fire
+    /// first), so the timeline never depends on that race. At most 5 s.
+    async fn qmp_read_to_end(&mut self) {
+        let from = self.qmp_cursor;
+        if let Some(m) = self.machine.as_ref() {
+            let _ = m.qmp.wait_event(&["SHUTDOWN"], from, Duration::from_secs(5)).await;
+        }
     }
 
     /// This board's node UUID (its SMBIOS UUID).

@@ -1198,8 +1198,7 @@ impl Scenario {
                     ));
                 }
                 Step::ProvisionFault(f) => {
-                    if f.endpoint.parse::<devlab_provision::Endpoint>().is_err() {
-                        let e = f.endpoint.parse::<devlab_provision::Endpoint>().unwrap_err();
+                    if let Err(e) = f.endpoint.parse::<devlab_provision::Endpoint>() {
                         return Err(step_at("endpoint", e));
                     }
                     match f.fault.as_str() {
