@@ -35,7 +35,9 @@ pub struct Board {
     pub uboot: Option<UbootPrompts>,
     /// How the firmware boots from the network, if the board does: `ipxe`
     /// (SeaBIOS runs the NIC's iPXE ROM, network first, then the disk; the
-    /// harness serves `boot.ipxe` over the user network's TFTP).
+    /// harness serves `boot.ipxe` over the user network's TFTP) or `uboot`
+    /// (U-Boot's stock boot targets: a disk with a boot partition first,
+    /// then DHCP, `boot.scr.uimg`, `pxe get`, `pxe boot`).
     #[serde(default)]
     pub pxe: Option<Pxe>,
     /// A hardware watchdog model (`i6300esb`), reset on expiry; `None` if
@@ -78,6 +80,17 @@ impl Accel {
 #[serde(rename_all = "lowercase")]
 pub enum Pxe {
     Ipxe,
+    Uboot,
+}
+
+impl Pxe {
+    /// The file the user network's DHCP names as the boot file.
+    pub fn bootfile(self) -> &'static str {
+        match self {
+            Pxe::Ipxe => "boot.ipxe",
+            Pxe::Uboot => devlab_provision::pxelinux::BOOT_SCRIPT_NAME,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,9 +146,6 @@ pub struct UbootPrompts {
     pub prompt: String,
     pub boot_command: String,
 }
-
-/// The file the user network's DHCP names as the boot file.
-pub const PXE_BOOTFILE: &str = "boot.ipxe";
 
 /// Paths the machine lives at, handed to [`Board::qemu_args`].
 pub struct QemuPaths<'a> {
@@ -258,6 +268,18 @@ impl Board {
         if board.pxe == Some(Pxe::Ipxe) && board.firmware.kind != "seabios" {
             return Err(field_err("pxe", "`ipxe` network boot needs SeaBIOS (firmware kind `seabios`)".into()).into());
         }
+        if board.pxe == Some(Pxe::Uboot) && board.firmware.kind != "bios" {
+            return Err(field_err("pxe", "`uboot` network boot needs U-Boot (firmware kind `bios`)".into()).into());
+        }
+        if board.pxe == Some(Pxe::Uboot) && board.nic.model == "virtio-net-pci" {
+            return Err(field_err(
+                "model",
+                "U-Boot reads the wrong MAC (52:52:52:52:52:52) from virtio-net-pci, so its PXELINUX lookup \
+                 and DHCP identity are wrong: use virtio-net-device (virtio-mmio) or e1000"
+                    .into(),
+            )
+            .into());
+        }
         Ok(board)
     }
 
@@ -269,7 +291,7 @@ impl Board {
         match (&self.uboot, self.pxe) {
             (Some(u), _) => u.autoboot_prompt.clone(),
             (None, Some(Pxe::Ipxe)) => "Configuring (net0".into(),
-            (None, None) => "Booting from Hard Disk".into(),
+            (None, _) => "Booting from Hard Disk".into(),
         }
     }
 
@@ -283,7 +305,7 @@ impl Board {
                 "-device".into(),
                 format!("{},netdev=net0,mac={},bootindex=1", self.nic.model, self.nic.mac),
             ],
-            None => Vec::new(),
+            Some(Pxe::Uboot) | None => Vec::new(),
         }
     }
 
@@ -353,8 +375,8 @@ impl Board {
             push(&["-device", &format!("{},drive=disk0,werror=report,rerror=report{disk_boot}", self.disk.model)]);
         }
         let mut netdev = "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22".to_string();
-        if let Some(dir) = paths.tftp {
-            netdev += &format!(",tftp={},bootfile={PXE_BOOTFILE}", dir.display());
+        if let (Some(dir), Some(pxe)) = (paths.tftp, self.pxe) {
+            netdev += &format!(",tftp={},bootfile={}", dir.display(), pxe.bootfile());
         }
         push(&["-netdev", &netdev]);
         push(&["-device", &format!("{},netdev=net0,mac={}{nic_boot}", self.nic.model, self.nic.mac)]);
@@ -367,6 +389,14 @@ impl Board {
                 ),
             ]);
             push(&["-uuid", &s.uuid]);
+            // The same identity where firmware without SMBIOS (U-Boot on
+            // arm64 boots the kernel without UEFI) leaves it readable:
+            // /sys/firmware/qemu_fw_cfg/by_name/opt/org.devlab/<key>/raw.
+            for (key, value) in
+                [("uuid", &s.uuid), ("serial", &s.serial), ("manufacturer", &s.manufacturer), ("product", &s.product)]
+            {
+                push(&["-fw_cfg", &format!("name=opt/org.devlab/{key},string={}", value.replace(',', ",,"))]);
+            }
         }
         if let Some(model) = &self.watchdog {
             push(&["-device", model, "-action", "watchdog=reset"]);
@@ -519,6 +549,37 @@ mod tests {
         let bad = text.replace("52:54:00:de:00:01", "52:54:00:zz");
         let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
         assert!(err.contains("field `mac`"), "{err}");
+    }
+
+    #[test]
+    fn uboot_network_boot_refuses_the_nic_uboot_misreads() {
+        let text = std::fs::read_to_string(boards_dir().join("qemu-aarch64-pxe.toml")).unwrap();
+        let bad = text.replace("model = \"virtio-net-device\"", "model = \"virtio-net-pci\"");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("field `model`") && err.contains("52:52:52:52:52:52"), "{err}");
+    }
+
+    #[test]
+    fn uboot_network_boot_board_serves_its_script_and_identity_in_fw_cfg() {
+        let b = shipped("qemu-aarch64-pxe");
+        let p = QemuPaths {
+            console_sock: Path::new("/r/console.sock"),
+            qmp_sock: Path::new("/r/qmp.sock"),
+            monitor_sock: Path::new("/r/monitor.sock"),
+            disk: Path::new("/r/disk.qcow2"),
+            disk_errors: &[],
+            loadvm: None,
+            tftp: Some(Path::new("/r/tftp")),
+            detect_zeroes: true,
+        };
+        let args = b.qemu_args(Accel::Tcg, &p).join(" ");
+        assert!(args.contains(",tftp=/r/tftp,bootfile=boot.scr.uimg "), "{args}");
+        assert!(args.contains("-device virtio-net-device,netdev=net0,mac=52:54:00:de:02:01"), "{args}");
+        assert!(
+            args.contains("-fw_cfg name=opt/org.devlab/uuid,string=6b1e4c2a-0d3f-4a51-9f0e-000000000201"),
+            "{args}"
+        );
+        assert!(args.contains("-fw_cfg name=opt/org.devlab/serial,string=DEVLAB-PXE-ARM-0001"), "{args}");
     }
 
     #[test]

@@ -11,7 +11,10 @@
 //! - `boot/mgmt/<arch>/vmlinuz|initrd.img`: the management OS (the `mgmt`
 //!   image), `boot/images/<profile>.img.gz`: the install images (links into
 //!   the image cache; a `corrupt_image` profile gets a damaged copy);
-//! - `tftp/boot.ipxe`: chains `http://10.0.2.2:<port>/ipxe/${uuid}`.
+//! - `tftp/boot.ipxe`: chains `http://10.0.2.2:<port>/ipxe/${uuid}` (iPXE);
+//! - `tftp/boot.scr.uimg`, `tftp/pxelinux.cfg/`, `tftp/mgmt`: U-Boot's
+//!   network boot, kept up to date by the service
+//!   (`devlab_provision::pxelinux`).
 //!
 //! Invariants: nothing here changes the image cache except through
 //! `devlab_images::install_image` (atomic); the service listens on
@@ -43,7 +46,7 @@ pub const MGMT_IMAGE: &str = "mgmt";
 pub struct Lab {
     pub service: Service,
     server: Option<ServerHandle>,
-    /// The TFTP folder (with `boot.ipxe`).
+    /// The TFTP folder (`boot.ipxe`, `boot.scr.uimg`, `pxelinux.cfg/`).
     pub tftp: PathBuf,
 }
 
@@ -115,8 +118,13 @@ impl Lab {
         let server = service.serve(listener);
         let port = server.local_addr().port();
         let script = format!("#!ipxe\nchain http://10.0.2.2:{port}/ipxe/${{uuid}}?arch=${{buildarch}}\n");
-        let file = tftp.join(crate::board::PXE_BOOTFILE);
+        let file = tftp.join(crate::board::Pxe::Ipxe.bootfile());
         std::fs::write(&file, script).map_err(io(&file))?;
+        // U-Boot nodes: `boot.scr.uimg`, `pxelinux.cfg/`, `mgmt` (kept up
+        // to date by the service on every change).
+        service
+            .serve_pxelinux(&tftp, &format!("http://10.0.2.2:{port}"))
+            .map_err(|e| Error::infra(format!("provisioning service TFTP folder: {e}")))?;
         Ok(Lab { service, server: Some(server), tftp })
     }
 

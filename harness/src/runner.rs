@@ -535,7 +535,12 @@ impl<'a> Run<'a> {
     }
 
     fn subst(&self, s: &str) -> String {
-        let s = s.replace("{arch}", self.board.arch.uname()).replace("{board}", &self.board.name);
+        let serial = self.board.smbios.as_ref().map_or("", |b| b.serial.as_str());
+        let s = s
+            .replace("{arch}", self.board.arch.uname())
+            .replace("{board}", &self.board.name)
+            .replace("{mac}", &self.board.nic.mac)
+            .replace("{serial}", serial);
         match &self.server {
             Some(server) => s.replace("{server}", &server.guest_address()),
             None => s,

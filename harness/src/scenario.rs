@@ -32,7 +32,7 @@ impl<'de> Deserialize<'de> for Pattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         // `{arch}` and friends are substituted per board before compiling.
-        let probe = s.replace("{arch}", "x").replace("{board}", "x");
+        let probe = s.replace("{arch}", "x").replace("{board}", "x").replace("{mac}", "x").replace("{serial}", "x");
         Regex::new(&probe).map_err(|e| serde::de::Error::custom(format!("not a valid regex: {e}")))?;
         Ok(Pattern(s))
     }

@@ -247,7 +247,11 @@ pub fn console_marker(line: &str) -> Option<Event> {
             m(r"SeaBIOS \(version", |_| Event::Firmware { name: "SeaBIOS".into() }),
             m(r"iPXE initialising devices", |_| Event::Firmware { name: "iPXE".into() }),
             m(r"^SYSLINUX \S+ EDD", |_| Event::Firmware { name: "SYSLINUX".into() }),
-            m(r"^devlab: node \S+: (?<d>.+)", |c| Event::NetBoot { detail: c["d"].trim().to_string() }),
+            // iPXE's `echo`, or U-Boot listing the PXELINUX label (`1:\tdevlab: ...`).
+            m(r"^(\d+:\s+)?devlab: (node \S+|unknown node): (?<d>.+)", |c| Event::NetBoot {
+                detail: c["d"].trim().to_string(),
+            }),
+            m(r"^devlab: U-Boot network boot", |_| Event::Firmware { name: "U-Boot PXE".into() }),
             m(
                 r"devlab-mgmt: (?<s>agent mode=\w+|registered|powering off|DEPLOYING|image checksum ok|image written|INSTALLED|install failed: .*|FAILED: .*|POST \S+ failed.*|GET \S+ failed.*)",
                 |c| Event::Agent { stage: c["s"].trim().to_string() },
@@ -361,6 +365,20 @@ mod tests {
         assert_eq!(console_marker("random noise"), None);
         // The banner must start the line (U-Boot repeats its name elsewhere).
         assert_eq!(console_marker("Booting U-Boot 2023.01"), None);
+    }
+
+    #[test]
+    fn network_boot_lines_of_ipxe_and_uboot_read_alike() {
+        let register = Some(Event::NetBoot { detail: "register".into() });
+        assert_eq!(console_marker("devlab: node 6b1e4c2a-0d3f-4a51-9f0e-000000000101: register"), register);
+        assert_eq!(console_marker("1:\tdevlab: node 6b1e4c2a-0d3f-4a51-9f0e-000000000201: register"), register);
+        assert_eq!(console_marker("1:\tdevlab: unknown node: register"), register);
+        assert_eq!(
+            console_marker("devlab: U-Boot network boot: pxe get, pxe boot"),
+            Some(Event::Firmware { name: "U-Boot PXE".into() })
+        );
+        // The kernel command line U-Boot echoes is no network-boot event.
+        assert_eq!(console_marker("append: console=ttyAMA0 quiet devlab.mode=register"), None);
     }
 
     #[test]

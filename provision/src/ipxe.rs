@@ -85,22 +85,33 @@ pub fn script(input: &ScriptInput) -> String {
 
 fn mgmt_boot(input: &ScriptInput, mode: &str) -> String {
     let base = format!("{}/mgmt/{}", input.boot_base.trim_end_matches('/'), input.arch.as_str());
-    let api = input.api_base.trim_end_matches('/');
-    let console = match input.arch {
+    format!(
+        "kernel {base}/vmlinuz initrd=initrd.img {}\n\
+         initrd {base}/initrd.img\n\
+         boot\n",
+        mgmt_cmdline(input.arch, mode, input.api_base, Some(input.uuid))
+    )
+}
+
+/// The management OS's kernel command line: the arch's serial console
+/// (`quiet`: the agent's lines are what matters), `devlab.mode`,
+/// `devlab.api` and, when known, `devlab.uuid`. Shared with [`crate::pxelinux`].
+pub(crate) fn mgmt_cmdline(arch: Arch, mode: &str, api_base: &str, uuid: Option<&str>) -> String {
+    let console = match arch {
         Arch::X86_64 => "ttyS0,115200",
         Arch::Aarch64 => "ttyAMA0",
     };
-    format!(
-        "kernel {base}/vmlinuz initrd=initrd.img console={console} quiet devlab.mode={mode} devlab.api={api} devlab.uuid={}\n\
-         initrd {base}/initrd.img\n\
-         boot\n",
-        input.uuid
-    )
+    let api = api_base.trim_end_matches('/');
+    let mut s = format!("console={console} quiet devlab.mode={mode} devlab.api={api}");
+    if let Some(uuid) = uuid {
+        s += &format!(" devlab.uuid={uuid}");
+    }
+    s
 }
 
 /// Letters, digits and a little punctuation; anything else becomes `_`;
 /// at most 200 characters.
-fn plain(text: &str) -> String {
+pub(crate) fn plain(text: &str) -> String {
     let keep = |c: char| c.is_ascii_alphanumeric() || " .,:;/()=+@_-".contains(c);
     let mut out: String = text.chars().take(200).map(|c| if keep(c) { c } else { '_' }).collect();
     if out.trim().is_empty() {

@@ -19,6 +19,7 @@
 //! | [`profile`] | TOML install profiles, checked when loaded |
 //! | `store` | SQLite (bundled): nodes, MACs, transitions; one transaction per change; `user_version` schema |
 //! | [`ipxe`] | the iPXE script for each state |
+//! | [`pxelinux`] | U-Boot's PXELINUX files for each state, and its network-boot script image (aarch64 nodes) |
 //! | [`fault`] | fault switches (HTTP 500, hang) for the next N requests of an endpoint |
 //! | [`service`] | the in-process API: `Service`, `ServerHandle`, `wait_state`, `state_table`, request log |
 //! | `http` | the axum router |
@@ -29,6 +30,7 @@ mod http;
 pub mod ipxe;
 pub mod node;
 pub mod profile;
+pub mod pxelinux;
 pub mod service;
 pub mod state;
 mod store;

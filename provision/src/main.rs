@@ -38,6 +38,14 @@ enum Command {
         /// Append every request to this file.
         #[arg(long)]
         log: Option<PathBuf>,
+        /// Keep this TFTP folder ready for U-Boot nodes (`boot.scr.uimg`,
+        /// `pxelinux.cfg/01-<mac>` per node, rewritten on every change).
+        #[arg(long, requires = "node_url")]
+        pxelinux_dir: Option<PathBuf>,
+        /// This service as the nodes reach it (e.g. `http://10.77.0.1:8080`),
+        /// written into the PXELINUX files.
+        #[arg(long)]
+        node_url: Option<String>,
     },
 }
 
@@ -46,7 +54,8 @@ const EXIT_INFRA: u8 = 69;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Serve { db, profiles, listen, boot_base_url, boot_dir, log } = Cli::parse().command;
+    let Command::Serve { db, profiles, listen, boot_base_url, boot_dir, log, pxelinux_dir, node_url } =
+        Cli::parse().command;
     let opened = match (boot_dir, boot_base_url) {
         (Some(dir), _) => Service::open_serving(&db, &profiles, &dir),
         (None, Some(url)) => Service::open(&db, &profiles, url),
@@ -62,6 +71,12 @@ async fn main() -> ExitCode {
     };
     if let Some(log) = &log {
         if let Err(e) = service.set_request_log(log) {
+            eprintln!("devlab-provision: {e}");
+            return ExitCode::from(EXIT_INFRA);
+        }
+    }
+    if let (Some(dir), Some(url)) = (&pxelinux_dir, &node_url) {
+        if let Err(e) = service.serve_pxelinux(dir, url) {
             eprintln!("devlab-provision: {e}");
             return ExitCode::from(EXIT_INFRA);
         }

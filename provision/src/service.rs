@@ -20,6 +20,7 @@ use crate::fault::{Endpoint, Fault, Faults};
 use crate::ipxe::{self, ScriptInput};
 use crate::node::{canonical_uuid, Arch, Node, NodeDetail, Registration};
 use crate::profile::{Profile, Profiles};
+use crate::pxelinux;
 use crate::state::NodeState;
 use crate::store::{Registered, Store};
 use std::io::Write;
@@ -65,6 +66,14 @@ struct Inner {
     changes: watch::Sender<u64>,
     faults: Mutex<Faults>,
     log: Mutex<RequestLog>,
+    /// The TFTP folder kept up to date for U-Boot nodes, if any.
+    pxelinux: Mutex<Option<PxelinuxOut>>,
+}
+
+/// Where [`crate::pxelinux`] files go and the API base they name.
+struct PxelinuxOut {
+    dir: std::path::PathBuf,
+    api_base: String,
 }
 
 /// The provisioning service. Clones share everything.
@@ -116,6 +125,7 @@ impl Service {
                 changes: watch::channel(0).0,
                 faults: Mutex::new(Faults::default()),
                 log: Mutex::new(RequestLog { records: Vec::new(), file: None, t0: Instant::now() }),
+                pxelinux: Mutex::new(None),
             }),
         })
     }
@@ -156,7 +166,58 @@ impl Service {
     }
 
     fn changed(&self) {
+        // Files first: whoever wakes up on the change may power a node on.
+        if let Err(e) = self.render_pxelinux() {
+            lock(&self.inner.log).line(&format!("pxelinux: {e}"));
+        }
         self.inner.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Keep `tftp_dir` ready for U-Boot nodes from now on (see
+    /// [`crate::pxelinux`]): the boot script image, a link to the boot
+    /// folder's management OS (when this service serves one), the default
+    /// config and one config per MAC of every node, rewritten after every
+    /// change. `api_base` is this service as the nodes reach it.
+    pub fn serve_pxelinux(&self, tftp_dir: &Path, api_base: &str) -> Result<(), ProvisionError> {
+        let io = ProvisionError::io;
+        std::fs::create_dir_all(tftp_dir.join("pxelinux.cfg")).map_err(io(tftp_dir))?;
+        let script = pxelinux::script_uimage("devlab netboot", pxelinux::BOOT_SCRIPT);
+        write_whole(&tftp_dir.join(pxelinux::BOOT_SCRIPT_NAME), &script)?;
+        if let Some(boot) = &self.inner.boot_dir {
+            let link = tftp_dir.join("mgmt");
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(boot.join("mgmt"), &link).map_err(io(&link))?;
+            }
+        }
+        *lock(&self.inner.pxelinux) =
+            Some(PxelinuxOut { dir: tftp_dir.to_path_buf(), api_base: api_base.trim_end_matches('/').to_string() });
+        self.render_pxelinux()
+    }
+
+    fn render_pxelinux(&self) -> Result<(), ProvisionError> {
+        let out = lock(&self.inner.pxelinux);
+        let Some(out) = out.as_ref() else { return Ok(()) };
+        write_whole(&out.dir.join(pxelinux::DEFAULT_NAME), pxelinux::default_config(&out.api_base).as_bytes())?;
+        let store = lock(&self.inner.store);
+        for node in store.nodes()? {
+            let last_message = match node.state {
+                NodeState::UnrecoverableError => store.progress(&node.uuid)?.map(|p| p.2).unwrap_or_default(),
+                _ => String::new(),
+            };
+            let text = pxelinux::config(&ScriptInput {
+                uuid: &node.uuid,
+                state: Some(node.state),
+                profile: node.profile.as_deref(),
+                arch: node.arch.unwrap_or(Arch::Aarch64),
+                api_base: &out.api_base,
+                boot_base: "",
+                last_message: &last_message,
+            });
+            for mac in &node.macs {
+                write_whole(&out.dir.join(pxelinux::file_name(mac)), text.as_bytes())?;
+            }
+        }
+        Ok(())
     }
 
     /// Register a node (see the module doc for repeated registrations).
@@ -356,6 +417,15 @@ impl Service {
         });
         ServerHandle { addr, stop, task: Some(task) }
     }
+}
+
+/// Write `bytes` to `path` under a temporary name, then rename it over
+/// `path`: a reader sees the old file or the new one, never half of one.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), ProvisionError> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(ProvisionError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(ProvisionError::io(path))
 }
 
 /// The table [`Service::state_table`] prints.

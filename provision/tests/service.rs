@@ -244,3 +244,42 @@ async fn wait_state_fails_early_when_the_node_fails() {
     let n = s.wait_state(U1, NodeState::UnrecoverableError, Duration::ZERO).await.unwrap();
     assert_eq!(n.state, NodeState::UnrecoverableError);
 }
+
+/// U-Boot nodes: the TFTP folder follows every change, and a reopened
+/// service writes the same files (they come from the database).
+#[test]
+fn pxelinux_files_follow_the_node_states() {
+    let f = Fixture::new();
+    let tftp = f.path().join("tftp");
+    let s = open(&f);
+    s.serve_pxelinux(&tftp, "http://10.0.2.2:9000/").unwrap();
+    let script = std::fs::read(tftp.join("boot.scr.uimg")).unwrap();
+    assert_eq!(&script[..4], &[0x27, 0x05, 0x19, 0x56], "a U-Boot legacy image");
+    let default = std::fs::read_to_string(tftp.join("pxelinux.cfg/default-arm")).unwrap();
+    assert!(default.contains("devlab.mode=register devlab.api=http://10.0.2.2:9000\n"), "{default}");
+
+    let mut reg = registration(U1, "S1", &["52:54:00:00:00:01", "52:54:00:00:00:02"]);
+    reg.arch = Some(devlab_provision::Arch::Aarch64);
+    s.register(reg).unwrap();
+    let read = |mac: &str| std::fs::read_to_string(tftp.join(format!("pxelinux.cfg/01-{mac}"))).unwrap();
+    for mac in ["52-54-00-00-00-01", "52-54-00-00-00-02"] {
+        assert!(read(mac).contains(&format!("devlab.mode=register devlab.api=http://10.0.2.2:9000 devlab.uuid={U1}\n")));
+    }
+    s.assign(U1, "debian").unwrap();
+    assert!(read("52-54-00-00-00-01").contains(" devlab.mode=install "), "{}", read("52-54-00-00-00-01"));
+    s.detail(U1, NodeState::UnrecoverableError, "disk write failed").unwrap();
+    let failed = read("52-54-00-00-00-02");
+    assert!(failed.contains("UNRECOVERABLE_ERROR: disk write failed\n") && !failed.contains("kernel"), "{failed}");
+
+    // Another process (or a restart) renders the same files from the database.
+    drop(s);
+    std::fs::remove_dir_all(&tftp).unwrap();
+    open(&f).serve_pxelinux(&tftp, "http://10.0.2.2:9000").unwrap();
+    assert_eq!(read("52-54-00-00-00-02"), failed);
+    let leftovers: Vec<_> = std::fs::read_dir(tftp.join("pxelinux.cfg"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+}

@@ -12,7 +12,7 @@ fn scenario(
     #[files("*.toml")]
     #[exclude("Cargo.toml")]
     path: PathBuf,
-    #[values("qemu-x86_64", "qemu-aarch64", "qemu-x86_64-pxe")] board: &str,
+    #[values("qemu-x86_64", "qemu-aarch64", "qemu-x86_64-pxe", "qemu-aarch64-pxe")] board: &str,
 ) {
     // QEMU is spawned from this thread (PR_SET_PDEATHSIG follows it).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
