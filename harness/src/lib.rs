@@ -11,6 +11,7 @@ pub mod disk;
 pub mod error;
 pub mod html;
 pub mod kept;
+pub mod labnet;
 pub mod machine;
 pub mod ostree;
 pub mod plan;
