@@ -163,6 +163,8 @@ pub struct QemuPaths<'a> {
     /// Turn all-zero writes into zero clusters (an install writing a whole
     /// disk image then costs only its data).
     pub detect_zeroes: bool,
+    /// A lab network tap for the NIC, instead of the user network.
+    pub tap: Option<&'a str>,
 }
 
 /// Which requests a disk error hits.
@@ -378,6 +380,10 @@ impl Board {
         if let (Some(dir), Some(pxe)) = (paths.tftp, self.pxe) {
             netdev += &format!(",tftp={},bootfile={}", dir.display(), pxe.bootfile());
         }
+        if let Some(tap) = paths.tap {
+            // A lab network's tap (its dnsmasq serves DHCP and TFTP).
+            netdev = format!("tap,id=net0,ifname={tap},script=no,downscript=no");
+        }
         push(&["-netdev", &netdev]);
         push(&["-device", &format!("{},netdev=net0,mac={}{nic_boot}", self.nic.model, self.nic.mac)]);
         if let Some(s) = &self.smbios {
@@ -496,6 +502,7 @@ mod tests {
             loadvm: None,
             tftp: None,
             detect_zeroes: false,
+            tap: None,
         };
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
         assert!(args.contains("-drive if=none,id=disk0,file=/r/disk.qcow2,format=qcow2"), "{args}");
@@ -519,6 +526,7 @@ mod tests {
             loadvm: None,
             tftp: None,
             detect_zeroes: false,
+            tap: None,
         };
         let args = b.qemu_args(Accel::Tcg, &p);
         assert!(!args.iter().any(|a| a == "-drive"), "{args:?}");
@@ -571,6 +579,7 @@ mod tests {
             loadvm: None,
             tftp: Some(Path::new("/r/tftp")),
             detect_zeroes: true,
+            tap: None,
         };
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
         assert!(args.contains(",tftp=/r/tftp,bootfile=boot.scr.uimg "), "{args}");

@@ -44,6 +44,9 @@ pub struct MachineSpec<'a> {
     pub tftp: Option<&'a Path>,
     /// See [`QemuPaths::detect_zeroes`].
     pub detect_zeroes: bool,
+    /// A lab network: QEMU starts inside its namespace, its NIC on `tap`
+    /// (instead of the user network).
+    pub lab_net: Option<(&'a crate::labnet::LabNet, &'a str)>,
 }
 
 /// A running (or stopped) QEMU machine.
@@ -139,6 +142,7 @@ impl Machine {
                 loadvm: spec.loadvm,
                 tftp: spec.tftp,
                 detect_zeroes: spec.detect_zeroes,
+                tap: spec.lab_net.map(|(_, tap)| tap),
             },
         );
         let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())
@@ -173,6 +177,9 @@ impl Machine {
                 }
                 Ok(())
             });
+        }
+        if let Some((net, _)) = spec.lab_net {
+            net.enter_in_child(&mut cmd).map_err(|e| Error::infra(format!("lab network: {e}")))?;
         }
         let t0 = spec.epoch.unwrap_or_else(Instant::now);
         let child = cmd.spawn().map_err(|e| Error::infra(format!("cannot start {binary}: {e}")))?;

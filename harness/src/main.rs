@@ -42,6 +42,16 @@ enum Cmd {
         #[command(flatten)]
         opts: Common,
     },
+    /// Run fleet files (`scenarios/fleet/*.toml`): several nodes on one lab
+    /// network (a network namespace with a bridge and dnsmasq: needs root),
+    /// provisioned at once. The snapshot is checked unless `--update`.
+    Fleet {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Write the snapshots instead of checking them.
+        #[arg(long, alias = "update")]
+        update_snapshots: bool,
+    },
     /// Validate scenario files without booting anything.
     Check {
         #[arg(required = true)]
@@ -170,6 +180,10 @@ fn load_all(paths: &[PathBuf], only: &[String], replace: bool) -> Result<Vec<(Sc
     let chosen: Vec<Board> = only.iter().map(|n| board::find(n)).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for f in scenario_files(paths)? {
+        if harness::fleet::is_fleet_file(&f) {
+            let msg = format!("a fleet file (it has [fleet]): run it with `devlab fleet {}`", f.display());
+            return Err(harness::error::InputError::new(&f, msg).into());
+        }
         for s in Scenario::load_variants(&f)? {
             let mut boards = s.resolve_boards()?;
             if replace && !chosen.is_empty() {
@@ -264,6 +278,7 @@ fn main() {
             println!("stopped {}", k.run_id);
             Ok(())
         }),
+        Cmd::Fleet { paths, update_snapshots } => fleets(&paths, update_snapshots),
         Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false), &opts),
         Cmd::Suite { name, opts } => {
             let loaded = plan::load_suite(&name).and_then(|(files, suite_boards)| {
@@ -274,6 +289,45 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `devlab fleet`: each file in turn (a fleet uses both cores already).
+fn fleets(paths: &[PathBuf], update: bool) -> i32 {
+    let loaded: Result<Vec<_>, _> = paths.iter().map(|p| harness::fleet::Fleet::load(p)).collect();
+    let fleets = match loaded {
+        Ok(f) => f,
+        Err(e) => return report_error(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return report_error(&Error::infra(format!("tokio runtime: {e}"))),
+    };
+    let mode = if update { harness::runner::SnapshotMode::Update } else { harness::runner::SnapshotMode::Check };
+    let mut code = EXIT_PASSED;
+    for f in &fleets {
+        println!("RUN  {} ({} nodes)", f.header.name, f.nodes.len());
+        let out = rt.block_on(harness::fleet::run(f, &harness::rundir::runs_root()));
+        let dir = out.run_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
+        let res = out.result.and_then(|()| {
+            let snaps = harness::snapshot::dir_for(&f.path);
+            harness::snapshot::check(&snaps, &f.snapshot_name(), &out.normalised, mode).map_err(|m| {
+                Error::Failed(Box::new(harness::error::Failure {
+                    step: "snapshot".into(),
+                    message: m,
+                    run_dir: out.run_dir.clone().unwrap_or_default(),
+                    last_lines: Vec::new(),
+                }))
+            })
+        });
+        match res {
+            Ok(()) => println!("PASS {} in {:.1}s ({dir})", f.header.name, out.duration.as_secs_f64()),
+            Err(e) => {
+                println!("FAIL {} in {:.1}s ({dir})", f.header.name, out.duration.as_secs_f64());
+                code = worse(code, report_error(&e));
+            }
+        }
+    }
+    code
 }
 
 fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i32 {

@@ -21,7 +21,7 @@
 //! 127.0.0.1 only (slirp's 10.0.2.2 reaches it) and stops with the lab.
 
 use crate::error::{Error, InputError, Result};
-use crate::scenario::{ProvisionSpec, Scenario};
+use crate::scenario::{ProfileSpec, ProvisionSpec, Scenario};
 use devlab_images::Arch;
 use devlab_provision::{ServerHandle, Service};
 use std::path::{Path, PathBuf};
@@ -55,75 +55,117 @@ fn io(what: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// The management OS built for `arch`, or an input error at `[provision]`
-/// saying how to build it.
-pub fn mgmt_image(scenario: &Scenario, arch: Arch) -> Result<devlab_images::BuiltImage> {
+/// of `file` saying how to build it.
+pub fn mgmt_image(file: &Path, text: &str, arch: Arch) -> Result<devlab_images::BuiltImage> {
     let root = crate::rundir::workspace_root();
     let recipe = root.join("images/recipes").join(format!("{MGMT_IMAGE}.toml"));
     devlab_images::locate(&recipe, arch).map_err(|e| match e {
         devlab_images::ImageError::NotBuilt { .. } | devlab_images::ImageError::Stale { .. } => {
-            let text = std::fs::read_to_string(&scenario.path).unwrap_or_default();
             let offset = text.find("[provision]").unwrap_or(0);
-            InputError::new(&scenario.path, format!("the management OS: {e}"))
-                .at(&text, offset)
-                .field("provision")
-                .into()
+            InputError::new(file, format!("the management OS: {e}")).at(text, offset).field("provision").into()
         }
         other => other.into(),
     })
 }
 
+/// What a lab is made for.
+pub struct LabSetup<'a> {
+    pub run_dir: &'a Path,
+    /// The scenario (or fleet) file and its text, for input errors.
+    pub file: &'a Path,
+    pub text: &'a str,
+    pub profiles: &'a [ProfileSpec],
+    /// The arches of the nodes: a management OS and install images for each.
+    pub arches: &'a [Arch],
+    /// Name the generated profiles `<name>-<arch>` (nodes of several arches;
+    /// a profile installs one image). Otherwise just `<name>`.
+    pub per_arch_profiles: bool,
+    /// The service's address as the nodes reach it (`10.0.2.2` on the user
+    /// network, the bridge on a lab network).
+    pub node_host: &'a str,
+}
+
+/// The service's name for `profile` on a node of `arch`.
+pub fn profile_name(profile: &str, arch: Arch, per_arch: bool) -> String {
+    if per_arch {
+        format!("{profile}-{}", arch.uname())
+    } else {
+        profile.to_string()
+    }
+}
+
 impl Lab {
-    /// Lay out `<run>/provision/` for `spec` and start the service.
+    /// Lay out `<run>/provision/` for `spec` and start the service on
+    /// 127.0.0.1 (the user network's 10.0.2.2 reaches it).
     pub async fn start(run_dir: &Path, scenario: &Scenario, spec: &ProvisionSpec, arch: Arch) -> Result<Lab> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::infra(format!("provisioning service: cannot listen on 127.0.0.1: {e}")))?;
+        let setup = LabSetup {
+            run_dir,
+            file: &scenario.path,
+            text: scenario.text(),
+            profiles: &spec.profiles,
+            arches: &[arch],
+            per_arch_profiles: false,
+            node_host: "10.0.2.2",
+        };
+        Self::start_with(&setup, listener).await
+    }
+
+    /// Lay out `<run>/provision/` for `setup` and serve on `listener`.
+    pub async fn start_with(setup: &LabSetup<'_>, listener: tokio::net::TcpListener) -> Result<Lab> {
+        let run_dir = setup.run_dir;
         let dir = run_dir.join("provision");
         let profiles = dir.join("profiles");
         let boot = dir.join("boot");
-        let mgmt_dir = boot.join("mgmt").join(arch.uname());
         let images = boot.join("images");
         let tftp = dir.join("tftp");
-        for d in [&profiles, &mgmt_dir, &images, &tftp] {
+        for d in [&profiles, &images, &tftp] {
             std::fs::create_dir_all(d).map_err(io(d))?;
         }
-        let mgmt = mgmt_image(scenario, arch)?;
-        for name in [devlab_images::NETBOOT_KERNEL, devlab_images::NETBOOT_INITRD] {
-            let link = mgmt_dir.join(name);
-            std::os::unix::fs::symlink(mgmt.dir.join(name), &link).map_err(io(&link))?;
-        }
         let root = crate::rundir::workspace_root();
-        for p in &spec.profiles {
-            let name = p.name.get_ref();
-            let built = scenario.built_image(&root, &p.image, arch)?;
-            let image = built.clone();
-            let (gz, sum) = tokio::task::spawn_blocking(move || devlab_images::install_image(&image))
-                .await
-                .map_err(|e| Error::infra(format!("making the install image: {e}")))??;
-            let served = images.join(format!("{name}.img.gz"));
-            if p.corrupt_image {
-                corrupt_copy(&gz, &served)?;
-            } else {
-                std::os::unix::fs::symlink(&gz, &served).map_err(io(&served))?;
+        for &arch in setup.arches {
+            let mgmt_dir = boot.join("mgmt").join(arch.uname());
+            std::fs::create_dir_all(&mgmt_dir).map_err(io(&mgmt_dir))?;
+            let mgmt = mgmt_image(setup.file, setup.text, arch)?;
+            for name in [devlab_images::NETBOOT_KERNEL, devlab_images::NETBOOT_INITRD] {
+                let link = mgmt_dir.join(name);
+                std::os::unix::fs::symlink(mgmt.dir.join(name), &link).map_err(io(&link))?;
             }
-            let toml = profile_toml(&built, &format!("images/{name}.img.gz"), &sum);
-            let file = profiles.join(format!("{name}.toml"));
-            std::fs::write(&file, toml).map_err(io(&file))?;
+            for p in setup.profiles {
+                let name = profile_name(p.name.get_ref(), arch, setup.per_arch_profiles);
+                let built = crate::scenario::locate_image(setup.file, setup.text, &root, &p.image, arch)?;
+                let image = built.clone();
+                let (gz, sum) = tokio::task::spawn_blocking(move || devlab_images::install_image(&image))
+                    .await
+                    .map_err(|e| Error::infra(format!("making the install image: {e}")))??;
+                let served = images.join(format!("{name}.img.gz"));
+                if p.corrupt_image {
+                    corrupt_copy(&gz, &served)?;
+                } else {
+                    std::os::unix::fs::symlink(&gz, &served).map_err(io(&served))?;
+                }
+                let toml = profile_toml(&built, &format!("images/{name}.img.gz"), &sum);
+                let file = profiles.join(format!("{name}.toml"));
+                std::fs::write(&file, toml).map_err(io(&file))?;
+            }
         }
         let service = Service::open_serving(&dir.join("provision.db"), &profiles, &boot)
             .map_err(|e| Error::infra(format!("starting the provisioning service: {e}")))?;
         service
             .set_request_log(&run_dir.join("provision.log"))
             .map_err(|e| Error::infra(format!("provisioning service log: {e}")))?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| Error::infra(format!("provisioning service: cannot listen on 127.0.0.1: {e}")))?;
         let server = service.serve(listener);
         let port = server.local_addr().port();
-        let script = format!("#!ipxe\nchain http://10.0.2.2:{port}/ipxe/${{uuid}}?arch=${{buildarch}}\n");
+        let node_url = format!("http://{}:{port}", setup.node_host);
+        let script = format!("#!ipxe\nchain {node_url}/ipxe/${{uuid}}?arch=${{buildarch}}\n");
         let file = tftp.join(crate::board::Pxe::Ipxe.bootfile());
         std::fs::write(&file, script).map_err(io(&file))?;
         // U-Boot nodes: `boot.scr.uimg`, `pxelinux.cfg/`, `mgmt` (kept up
         // to date by the service on every change).
         service
-            .serve_pxelinux(&tftp, &format!("http://10.0.2.2:{port}"))
+            .serve_pxelinux(&tftp, &node_url)
             .map_err(|e| Error::infra(format!("provisioning service TFTP folder: {e}")))?;
         Ok(Lab { service, server: Some(server), tftp })
     }

@@ -208,7 +208,7 @@ fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<(Bui
         scenario.built_image(&root, served, board.arch)?;
     }
     if scenario.provision.is_some() {
-        crate::provision::mgmt_image(scenario, board.arch)?;
+        crate::provision::mgmt_image(&scenario.path, scenario.text(), board.arch)?;
     }
     check_free_space(&opts.runs_root)?;
     let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &board.name)?;
@@ -1561,6 +1561,7 @@ impl<'a> Run<'a> {
             loadvm,
             tftp: tftp.as_deref(),
             detect_zeroes: self.scenario.header.disk == crate::scenario::DiskStart::Blank,
+            lab_net: None,
         };
         let machine = match (restore, self.machine.take()) {
             (Some(overlay), _) => Machine::start_on(spec, overlay).await?,

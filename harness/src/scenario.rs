@@ -1371,13 +1371,7 @@ impl Scenario {
         image: &toml::Spanned<String>,
         arch: devlab_images::Arch,
     ) -> Result<devlab_images::BuiltImage> {
-        let recipe = self.recipe_for(root, image)?;
-        devlab_images::locate(&recipe, arch).map_err(|e| match e {
-            devlab_images::ImageError::NotBuilt { .. } | devlab_images::ImageError::Stale { .. } => {
-                InputError::new(&self.path, e.to_string()).at(&self.text, image.span().start).field("image").into()
-            }
-            other => other.into(),
-        })
+        locate_image(&self.path, &self.text, root, image, arch)
     }
 
     /// Every `image` a step serves (releases, bundles, OSTree commits) or
@@ -1397,16 +1391,45 @@ impl Scenario {
 
     /// The recipe named by a (spanned) `image` field anywhere in the file.
     pub fn recipe_for(&self, root: &Path, image: &toml::Spanned<String>) -> Result<PathBuf> {
-        let name = image.get_ref();
-        let path = root.join("images").join("recipes").join(format!("{name}.toml"));
-        if path.is_file() {
-            return Ok(path);
-        }
-        Err(InputError::new(&self.path, format!("no image recipe `{name}` ({} does not exist)", path.display()))
-            .at(&self.text, image.span().start)
-            .field("image")
-            .into())
+        recipe_for(&self.path, &self.text, root, image)
     }
+
+    /// The file's text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// The recipe a (spanned) `image` field of `file` names; an input error at
+/// that field if there is none.
+pub fn recipe_for(file: &Path, text: &str, root: &Path, image: &toml::Spanned<String>) -> Result<PathBuf> {
+    let name = image.get_ref();
+    let path = root.join("images").join("recipes").join(format!("{name}.toml"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(InputError::new(file, format!("no image recipe `{name}` ({} does not exist)", path.display()))
+        .at(text, image.span().start)
+        .field("image")
+        .into())
+}
+
+/// The built image a (spanned) `image` field of `file` names, for `arch`;
+/// an input error at that field if it is not built (or stale).
+pub fn locate_image(
+    file: &Path,
+    text: &str,
+    root: &Path,
+    image: &toml::Spanned<String>,
+    arch: devlab_images::Arch,
+) -> Result<devlab_images::BuiltImage> {
+    let recipe = recipe_for(file, text, root, image)?;
+    devlab_images::locate(&recipe, arch).map_err(|e| match e {
+        devlab_images::ImageError::NotBuilt { .. } | devlab_images::ImageError::Stale { .. } => {
+            InputError::new(file, e.to_string()).at(text, image.span().start).field("image").into()
+        }
+        other => other.into(),
+    })
 }
 
 /// Is `path` a scenario file? (`*.toml`, but not a crate's `Cargo.toml`.)

@@ -145,6 +145,11 @@ pub enum Event {
         rows: Vec<String>,
     },
     /// What the network boot script chose (`devlab: node <uuid>: ...`).
+    /// A fleet snapshot: the events after this are this node's.
+    Node {
+        name: String,
+        board: String,
+    },
     NetBoot {
         detail: String,
     },
