@@ -344,13 +344,14 @@ struct NodeRun {
     dir: PathBuf,
     tap: String,
     disk_errors: Vec<DiskError>,
+    /// KVM or TCG, probed per board (a foreign arch is always TCG).
+    accel: crate::board::Accel,
     machine: Option<Machine>,
 }
 
 struct FleetRun<'a> {
     fleet: &'a Fleet,
     run_dir: PathBuf,
-    accel: crate::board::Accel,
     blank: PathBuf,
     nodes: Vec<NodeRun>,
     net: Option<LabNet>,
@@ -385,7 +386,6 @@ pub async fn run(fleet: &Fleet, runs_root: &Path) -> FleetOutcome {
     let mut r = FleetRun {
         fleet,
         run_dir: run_dir.clone(),
-        accel: crate::board::Accel::Tcg,
         blank: run_dir.join("blank.raw"),
         nodes: Vec::new(),
         net: None,
@@ -400,6 +400,13 @@ pub async fn run(fleet: &Fleet, runs_root: &Path) -> FleetOutcome {
         Err(_) => Err(r.failure(format!("the fleet did not finish within {bound:?}"), None)),
     };
     r.teardown().await;
+    if res.is_ok() {
+        // A passed fleet keeps its logs, not its disks (as `devlab run`).
+        for n in &r.nodes {
+            let _ = std::fs::remove_file(n.dir.join("disk.qcow2"));
+        }
+        let _ = std::fs::remove_file(&r.blank);
+    }
     let redactor = Redactor::new(&[(run_dir.to_string_lossy().as_ref(), "[run]")]);
     out.normalised = r.snapshot(&redactor);
     let _ = std::fs::write(run_dir.join("fleet.log"), r.log.join("\n") + "\n");
@@ -463,7 +470,6 @@ impl FleetRun<'_> {
         let f =
             std::fs::File::create(&self.blank).map_err(|e| Error::infra(format!("{}: {e}", self.blank.display())))?;
         f.set_len(size).map_err(|e| Error::infra(format!("{}: {e}", self.blank.display())))?;
-        self.accel = fleet.boards.first().map(|b| crate::accel::choose(b).accel).unwrap_or(crate::board::Accel::Tcg);
         // The lab network: fixed addresses per node, iPXE gets `boot.ipxe`,
         // everything else (U-Boot) `boot.scr.uimg`.
         let tftp = self.run_dir.join("provision").join("tftp");
@@ -492,7 +498,8 @@ impl FleetRun<'_> {
                 .map(|d| DiskError { offset: d.offset_mib << 20, iotype: IoType::Write, errno: Errno::EIO })
                 .collect();
             let uuid = board.smbios.as_ref().map(|s| s.uuid.clone()).unwrap_or_default();
-            self.nodes.push(NodeRun { name, uuid, board: board.clone(), dir, tap, disk_errors, machine: None });
+            let accel = crate::accel::choose(board).accel;
+            self.nodes.push(NodeRun { name, uuid, board: board.clone(), dir, tap, disk_errors, accel, machine: None });
         }
         let listener = net.bind_tcp(0).map_err(labnet_error(&fleet.path))?;
         listener.set_nonblocking(true).map_err(|e| Error::infra(format!("lab network listener: {e}")))?;
@@ -611,7 +618,7 @@ impl FleetRun<'_> {
         }
         let spec = MachineSpec {
             board: &n.board,
-            accel: self.accel,
+            accel: n.accel,
             base_disk: &self.blank,
             run_dir: &n.dir,
             epoch: Some(self.epoch),
