@@ -48,6 +48,12 @@ pub struct Lab {
     server: Option<ServerHandle>,
     /// The TFTP folder (`boot.ipxe`, `boot.scr.uimg`, `pxelinux.cfg/`).
     pub tftp: PathBuf,
+    /// `<run>/provision/`: `provision.db`, `profiles/`, `boot/`.
+    dir: PathBuf,
+    /// The request log (`<run>/provision.log`), appended to across restarts.
+    log: PathBuf,
+    /// The service as the nodes reach it.
+    node_url: String,
 }
 
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -151,23 +157,47 @@ impl Lab {
                 std::fs::write(&file, toml).map_err(io(&file))?;
             }
         }
-        let service = Service::open_serving(&dir.join("provision.db"), &profiles, &boot)
-            .map_err(|e| Error::infra(format!("starting the provisioning service: {e}")))?;
-        service
-            .set_request_log(&run_dir.join("provision.log"))
-            .map_err(|e| Error::infra(format!("provisioning service log: {e}")))?;
+        let log = run_dir.join("provision.log");
+        let service = open_service(&dir, &log)?;
         let server = service.serve(listener);
         let port = server.local_addr().port();
         let node_url = format!("http://{}:{port}", setup.node_host);
         let script = format!("#!ipxe\nchain {node_url}/ipxe/${{uuid}}?arch=${{buildarch}}\n");
         let file = tftp.join(crate::board::Pxe::Ipxe.bootfile());
         std::fs::write(&file, script).map_err(io(&file))?;
-        // U-Boot nodes: `boot.scr.uimg`, `pxelinux.cfg/`, `mgmt` (kept up
-        // to date by the service on every change).
-        service
-            .serve_pxelinux(&tftp, &node_url)
-            .map_err(|e| Error::infra(format!("provisioning service TFTP folder: {e}")))?;
-        Ok(Lab { service, server: Some(server), tftp })
+        let lab = Lab { service, server: Some(server), tftp, dir, log, node_url };
+        lab.serve_pxelinux()?;
+        Ok(lab)
+    }
+
+    /// U-Boot nodes: `boot.scr.uimg`, `pxelinux.cfg/`, `mgmt` in the TFTP
+    /// folder (kept up to date by the service on every change).
+    fn serve_pxelinux(&self) -> Result<()> {
+        self.service
+            .serve_pxelinux(&self.tftp, &self.node_url)
+            .map_err(|e| Error::infra(format!("provisioning service TFTP folder: {e}")))
+    }
+
+    /// Stop the service (waiting for the requests in flight), delete the
+    /// profile files of `remove` (service names), and open the service
+    /// again from the same database and folders, listening on the same
+    /// address (the nodes were told that URL). Armed faults do not
+    /// survive; the nodes' states do.
+    pub async fn restart(&mut self, remove: &[String]) -> Result<()> {
+        let Some(addr) = self.server.as_ref().map(ServerHandle::local_addr) else {
+            return Err(Error::infra("the provisioning service is not serving".to_string()));
+        };
+        self.stop().await;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::infra(format!("provisioning service: listening on {addr} again: {e}")))?;
+        for name in remove {
+            let file = self.dir.join("profiles").join(format!("{name}.toml"));
+            std::fs::remove_file(&file).map_err(io(&file))?;
+        }
+        self.service = open_service(&self.dir, &self.log)?;
+        self.server = Some(self.service.serve(listener));
+        self.serve_pxelinux()
     }
 
     /// Stop serving (the database stays in the run directory).
@@ -176,6 +206,14 @@ impl Lab {
             let _ = s.shutdown().await;
         }
     }
+}
+
+/// The service of the lab laid out in `dir`, logging requests to `log`.
+fn open_service(dir: &Path, log: &Path) -> Result<Service> {
+    let service = Service::open_serving(&dir.join("provision.db"), &dir.join("profiles"), &dir.join("boot"))
+        .map_err(|e| Error::infra(format!("starting the provisioning service: {e}")))?;
+    service.set_request_log(log).map_err(|e| Error::infra(format!("provisioning service log: {e}")))?;
+    Ok(service)
 }
 
 /// The profile file for an image: its own kernel and initramfs, the

@@ -573,6 +573,17 @@ impl<'a> Run<'a> {
     }
 
     async fn step(&mut self, placed: &PlacedStep) -> Result<()> {
+        if matches!(
+            placed.step,
+            Step::ProvisionAssign(_)
+                | Step::ProvisionWait(_)
+                | Step::ProvisionFault(_)
+                | Step::ProvisionTable(_)
+                | Step::ProvisionRestart(_)
+        ) {
+            // A fault may be armed before the first power-on starts the lab.
+            self.ensure_lab().await?;
+        }
         match &placed.step {
             Step::PowerOn(_) => self.power_on().await,
             Step::Boot(b) => {
@@ -1201,6 +1212,17 @@ impl<'a> Run<'a> {
                     kind: format!("provision {} x{}", f.fault, f.count),
                     target: f.endpoint.clone(),
                 });
+                Ok(())
+            }
+            Step::ProvisionRestart(r) => {
+                self.lab()?;
+                self.lab.as_mut().expect("checked").restart(&r.remove_profiles).await?;
+                self.drain(None);
+                let detail = match r.remove_profiles.as_slice() {
+                    [] => "service restarted".to_string(),
+                    gone => format!("service restarted without profile {}", gone.join(", ")),
+                };
+                self.record(Event::Provision { detail });
                 Ok(())
             }
             Step::ProvisionTable(_) => {

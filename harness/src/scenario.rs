@@ -588,6 +588,7 @@ pub enum Step {
     ProvisionWait(ProvisionWait),
     ProvisionFault(ProvisionFault),
     ProvisionTable(ProvisionTable),
+    ProvisionRestart(ProvisionRestart),
     WaitPoweroff(WaitPoweroff),
 }
 
@@ -630,6 +631,17 @@ pub struct ProvisionFault {
 
 fn one_u32() -> u32 {
     1
+}
+
+/// Stop the provisioning service and start it again on the same address
+/// from the same database (what a restarted service must not lose), with
+/// the profiles of `remove_profiles` gone from its profile folder (an
+/// operator deleted them; a node assigned one is refused its profile).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionRestart {
+    #[serde(default)]
+    pub remove_profiles: Vec<String>,
 }
 
 /// Put the provisioning service's state table in the timeline.
@@ -713,6 +725,7 @@ pub const ACTIONS: &[&str] = &[
     "provision_wait",
     "provision_fault",
     "provision_table",
+    "provision_restart",
     "wait_poweroff",
 ];
 
@@ -753,6 +766,7 @@ impl Step {
             Step::ProvisionWait(_) => "provision_wait",
             Step::ProvisionFault(_) => "provision_fault",
             Step::ProvisionTable(_) => "provision_table",
+            Step::ProvisionRestart(_) => "provision_restart",
             Step::WaitPoweroff(_) => "wait_poweroff",
         }
     }
@@ -806,6 +820,7 @@ impl Step {
             "provision_wait" => Step::ProvisionWait(p(text)?),
             "provision_fault" => Step::ProvisionFault(p(text)?),
             "provision_table" => Step::ProvisionTable(p(text)?),
+            "provision_restart" => Step::ProvisionRestart(p(text)?),
             "wait_poweroff" => Step::WaitPoweroff(p(text)?),
             _ => return Ok(None),
         }))
@@ -1177,6 +1192,7 @@ impl Scenario {
                 | Step::ProvisionWait(_)
                 | Step::ProvisionFault(_)
                 | Step::ProvisionTable(_)
+                | Step::ProvisionRestart(_)
                     if scenario.provision.is_none() =>
                 {
                     return Err(step_at(
@@ -1190,6 +1206,15 @@ impl Scenario {
                         "profile",
                         format!("no profile `{}` in [provision] (known: {})", a.profile, known.join(", ")),
                     ));
+                }
+                Step::ProvisionRestart(r) => {
+                    if let Some(p) = r.remove_profiles.iter().find(|p| !scenario.profile_names().any(|n| n == *p)) {
+                        let known: Vec<&str> = scenario.profile_names().collect();
+                        return Err(step_at(
+                            "remove_profiles",
+                            format!("no profile `{p}` in [provision] (known: {})", known.join(", ")),
+                        ));
+                    }
                 }
                 Step::ProvisionWait(w) if !PROVISION_STATES.contains(&w.state.as_str()) => {
                     return Err(step_at(
@@ -1509,6 +1534,16 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("field `seconds`: a hang needs `seconds`"), "{err}");
+
+        let err = parse(&format!(
+            "{PXE_HEAD}{prov}[[step]]\naction = \"provision_restart\"\nremove_profiles = [\"ab\", \"abc\"]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("s.toml:11:1: field `remove_profiles`: no profile `abc` in [provision] (known: ab)"),
+            "{err}"
+        );
 
         let dup =
             "[provision]\nprofiles = [{ name = \"ab\", image = \"base\" },\n  { name = \"ab\", image = \"v2\" }]\n\n";

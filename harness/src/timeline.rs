@@ -258,7 +258,7 @@ pub fn console_marker(line: &str) -> Option<Event> {
             }),
             m(r"^devlab: U-Boot network boot", |_| Event::Firmware { name: "U-Boot PXE".into() }),
             m(
-                r"devlab-mgmt: (?<s>agent mode=\w+|registered|powering off|DEPLOYING|image checksum ok|image written|INSTALLED|install failed: .*|FAILED: .*|POST \S+ failed.*|GET \S+ failed.*)",
+                r"devlab-mgmt: (?<s>agent mode=\w+|registered|powering off|DEPLOYING|image checksum ok|image written|INSTALLED|install failed: .*|FAILED: .*|POST \S+ failed.*|GET \S+ failed.*|refused by the service.*)",
                 |c| Event::Agent { stage: c["s"].trim().to_string() },
             ),
         ]
