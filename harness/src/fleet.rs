@@ -138,10 +138,23 @@ pub enum FleetStep {
         timeout: Dur,
     },
     ProvisionTable {},
+    /// Stop the lab network's DHCP/TFTP server (dnsmasq): an outage begins.
+    DhcpStop {},
+    /// End the outage: `after` from now (the rest of its length, a fault
+    /// length and the only wait that is not for an event), start dnsmasq
+    /// again; the step ends once it serves.
+    DhcpStart {
+        #[serde(default = "no_wait")]
+        after: Dur,
+    },
 }
 
 fn default_wait() -> Dur {
     Dur(Duration::from_secs(300))
+}
+
+fn no_wait() -> Dur {
+    Dur(Duration::ZERO)
 }
 
 impl FleetStep {
@@ -153,6 +166,8 @@ impl FleetStep {
             FleetStep::ProvisionAssign { .. } => "provision_assign",
             FleetStep::Expect { .. } => "expect",
             FleetStep::ProvisionTable {} => "provision_table",
+            FleetStep::DhcpStop {} => "dhcp_stop",
+            FleetStep::DhcpStart { .. } => "dhcp_start",
         }
     }
 
@@ -163,7 +178,7 @@ impl FleetStep {
             | FleetStep::WaitPoweroff { nodes, .. }
             | FleetStep::ProvisionAssign { nodes, .. }
             | FleetStep::Expect { nodes, .. } => Some(nodes),
-            FleetStep::ProvisionTable {} => None,
+            FleetStep::ProvisionTable {} | FleetStep::DhcpStop {} | FleetStep::DhcpStart { .. } => None,
         }
     }
 }
@@ -605,6 +620,23 @@ impl FleetRun<'_> {
             FleetStep::ProvisionTable {} => {
                 let table = self.service().state_table();
                 self.note(&format!("state table:\n{table}"));
+                Ok(())
+            }
+            FleetStep::DhcpStop {} => {
+                let net = self.net.as_mut().expect("set up");
+                net.stop_dhcp().map_err(|e| Error::infra(format!("stopping the lab's DHCP/TFTP server: {e}")))?;
+                self.note("dhcp: stopped (outage)");
+                Ok(())
+            }
+            FleetStep::DhcpStart { after } => {
+                // The outage's remaining length: a fault length, not a wait
+                // for something to happen.
+                tokio::time::sleep(after.0).await;
+                let net = self.net.as_mut().expect("set up");
+                // Blocks this thread until dnsmasq has bound its sockets
+                // (milliseconds; an inotify wait, not a poll).
+                net.start_dhcp().map_err(|e| Error::infra(format!("starting the lab's DHCP/TFTP server: {e}")))?;
+                self.note("dhcp: serving again");
                 Ok(())
             }
         }

@@ -51,6 +51,9 @@ enum Cmd {
         /// Write the snapshots instead of checking them.
         #[arg(long, alias = "update")]
         update_snapshots: bool,
+        /// Neither check nor write the snapshots (benchmarks, generated fleets).
+        #[arg(long, conflicts_with = "update_snapshots")]
+        no_snapshots: bool,
     },
     /// Validate scenario files without booting anything.
     Check {
@@ -278,7 +281,16 @@ fn main() {
             println!("stopped {}", k.run_id);
             Ok(())
         }),
-        Cmd::Fleet { paths, update_snapshots } => fleets(&paths, update_snapshots),
+        Cmd::Fleet { paths, update_snapshots, no_snapshots } => {
+            let mode = if no_snapshots {
+                SnapshotMode::Skip
+            } else if update_snapshots {
+                SnapshotMode::Update
+            } else {
+                SnapshotMode::Check
+            };
+            fleets(&paths, mode)
+        }
         Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false), &opts),
         Cmd::Suite { name, opts } => {
             let loaded = plan::load_suite(&name).and_then(|(files, suite_boards)| {
@@ -292,7 +304,7 @@ fn main() {
 }
 
 /// `devlab fleet`: each file in turn (a fleet uses both cores already).
-fn fleets(paths: &[PathBuf], update: bool) -> i32 {
+fn fleets(paths: &[PathBuf], mode: SnapshotMode) -> i32 {
     let loaded: Result<Vec<_>, _> = paths.iter().map(|p| harness::fleet::Fleet::load(p)).collect();
     let fleets = match loaded {
         Ok(f) => f,
@@ -302,7 +314,6 @@ fn fleets(paths: &[PathBuf], update: bool) -> i32 {
         Ok(rt) => rt,
         Err(e) => return report_error(&Error::infra(format!("tokio runtime: {e}"))),
     };
-    let mode = if update { harness::runner::SnapshotMode::Update } else { harness::runner::SnapshotMode::Check };
     let mut code = EXIT_PASSED;
     for f in &fleets {
         println!("RUN  {} ({} nodes)", f.header.name, f.nodes.len());

@@ -14,6 +14,7 @@
 //! (cold: the first run of each prefix saves) and again (warm: every run
 //! restores). Wall times, ratios, and the harness's own CPU per machine-
 //! second (from `summary.json`). Writes `target/bench/suite.json` and `.md`.
+//! `cargo xtask bench ostree` and `cargo xtask bench pxe`: see their modules.
 
 use anyhow::{bail, Context, Result};
 use devlab_images::Arch;
@@ -30,16 +31,21 @@ const BOOT_CMD: &str = "setenv devnum 0; virtio scan; load virtio 0:1 ${scriptad
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut runs = 5usize;
+    let mut explicit_runs = false;
     let mut arches = Vec::new();
     let mut what = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs N")?,
+            "--runs" => {
+                runs = it.next().context("--runs N")?.parse().context("--runs N")?;
+                explicit_runs = true;
+            }
             "boot" => what = Some("boot"),
             "update" => what = Some("update"),
             "suite" => what = Some("suite"),
             "ostree" => what = Some("ostree"),
+            "pxe" => what = Some("pxe"),
             other => arches.push(Arch::parse(other).with_context(|| format!("unknown argument `{other}`"))?),
         }
     }
@@ -49,11 +55,15 @@ pub fn run(args: &[String]) -> Result<()> {
     if what == Some("ostree") {
         return crate::bench_ostree::run(if arches.is_empty() { Arch::ALL.to_vec() } else { arches }, runs);
     }
+    if what == Some("pxe") {
+        let runs = if explicit_runs { runs } else { 3 };
+        return crate::bench_pxe::run(if arches.is_empty() { Arch::ALL.to_vec() } else { arches }, runs);
+    }
     if what == Some("update") {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot|update|suite|ostree [--runs N] [x86_64|aarch64 ...]");
+        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe [--runs N] [x86_64|aarch64 ...]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();
@@ -148,7 +158,7 @@ fn devlab_once(root: &Path, board: &str, out_dir: &Path) -> Result<Sample> {
     })
 }
 
-fn list(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn list(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path()).collect()
 }
 

@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_ostree;
+mod bench_pxe;
 mod setup;
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +26,8 @@ commands:
   test             setup, then cargo fmt --check, clippy -D warnings and every test
   bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/
   bench update     A/B update and rollback cycles, phase by phase; writes target/bench/
-  bench ostree     OSTree pull (objects vs static delta) + deploy, full pull, host image build; writes target/bench/";
+  bench ostree     OSTree pull (objects vs static delta) + deploy, full pull, host image build; writes target/bench/
+  bench pxe        PXE provisioning: one node per arch, fleets of 4 and 8 (root); writes target/bench/";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
