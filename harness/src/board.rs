@@ -562,7 +562,8 @@ mod tests {
     #[test]
     fn uboot_network_boot_refuses_the_nic_uboot_misreads() {
         let text = std::fs::read_to_string(boards_dir().join("qemu-aarch64-pxe.toml")).unwrap();
-        let bad = text.replace("model = \"virtio-net-device\"", "model = \"virtio-net-pci\"");
+        let bad = text.replace("model = \"e1000\"", "model = \"virtio-net-pci\"");
+        assert_ne!(bad, text);
         let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
         assert!(err.contains("field `model`") && err.contains("52:52:52:52:52:52"), "{err}");
     }
@@ -583,7 +584,7 @@ mod tests {
         };
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
         assert!(args.contains(",tftp=/r/tftp,bootfile=boot.scr.uimg "), "{args}");
-        assert!(args.contains("-device virtio-net-device,netdev=net0,mac=52:54:00:de:02:01"), "{args}");
+        assert!(args.contains("-device e1000,netdev=net0,mac=52:54:00:de:02:01"), "{args}");
         assert!(
             args.contains("-fw_cfg name=opt/org.devlab/uuid,string=6b1e4c2a-0d3f-4a51-9f0e-000000000201"),
             "{args}"

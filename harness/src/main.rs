@@ -317,7 +317,21 @@ fn fleets(paths: &[PathBuf], mode: SnapshotMode) -> i32 {
     let mut code = EXIT_PASSED;
     for f in &fleets {
         println!("RUN  {} ({} nodes)", f.header.name, f.nodes.len());
-        let out = rt.block_on(harness::fleet::run(f, &harness::rundir::runs_root()));
+        // Ctrl-C or SIGTERM drops the run: its machines, dnsmasq and
+        // network namespace are torn down on drop; the run directory stays.
+        let out = rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let root = harness::rundir::runs_root();
+            tokio::select! {
+                out = harness::fleet::run(f, &root) => Some(out),
+                _ = tokio::signal::ctrl_c() => None,
+                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => None,
+            }
+        });
+        let Some(out) = out else {
+            eprintln!("interrupted: {} stopped; its machines and lab network are gone", f.header.name);
+            return EXIT_INTERRUPTED;
+        };
         let dir = out.run_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
         let res = out.result.and_then(|()| {
             let snaps = harness::snapshot::dir_for(&f.path);
