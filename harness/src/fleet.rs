@@ -197,6 +197,21 @@ pub struct Fleet {
     text: String,
 }
 
+/// Records that node `name` owns `value` (a MAC or a UUID); the message says
+/// which node already owns it when two nodes claim the same one.
+fn claim(
+    owners: &mut BTreeMap<String, String>,
+    value: &str,
+    name: &str,
+    what: &str,
+    why: &str,
+) -> std::result::Result<(), String> {
+    match owners.insert(value.to_string(), name.to_string()) {
+        Some(other) => Err(format!("node `{name}` has {what} {value}, like node `{other}`: {why}")),
+        None => Ok(()),
+    }
+}
+
 /// Does `path` hold a fleet (a `[fleet]` table) rather than a scenario?
 pub fn is_fleet_file(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.lines().any(|l| l.trim() == "[fleet]"))
@@ -242,22 +257,12 @@ impl Fleet {
             }
             let mac = devlab_provision::node::canonical_mac(n.mac.get_ref())
                 .map_err(|e| at(n.mac.span().start, "node.mac", format!("node `{name}`: {e}")))?;
-            if let Some(other) = macs.insert(mac.clone(), name.clone()) {
-                return Err(at(
-                    n.mac.span().start,
-                    "node.mac",
-                    format!("node `{name}` has MAC {mac}, like node `{other}`: two nodes cannot share a MAC on one lab network"),
-                ));
-            }
+            claim(&mut macs, &mac, &name, "MAC", "two nodes cannot share a MAC on one lab network")
+                .map_err(|m| at(n.mac.span().start, "node.mac", m))?;
             let uuid = devlab_provision::node::canonical_uuid(n.uuid.get_ref())
                 .map_err(|e| at(n.uuid.span().start, "node.uuid", format!("node `{name}`: {e}")))?;
-            if let Some(other) = uuids.insert(uuid.clone(), name.clone()) {
-                return Err(at(
-                    n.uuid.span().start,
-                    "node.uuid",
-                    format!("node `{name}` has UUID {uuid}, like node `{other}`: the provisioning service tells nodes apart by UUID"),
-                ));
-            }
+            claim(&mut uuids, &uuid, &name, "UUID", "the provisioning service tells nodes apart by UUID")
+                .map_err(|m| at(n.uuid.span().start, "node.uuid", m))?;
             let mut board = crate::board::find(n.board.get_ref()).map_err(|e| match e {
                 Error::Input(ie) => at(n.board.span().start, "node.board", ie.message),
                 other => other,
