@@ -273,14 +273,21 @@ impl Board {
         if board.pxe == Some(Pxe::Uboot) && board.firmware.kind != "bios" {
             return Err(field_err("pxe", "`uboot` network boot needs U-Boot (firmware kind `bios`)".into()).into());
         }
-        if board.pxe == Some(Pxe::Uboot) && board.nic.model == "virtio-net-pci" {
-            return Err(field_err(
-                "model",
+        // U-Boot 2023.01 (Debian bookworm's u-boot-qemu) and virtio network devices, both found here:
+        let why_not = match board.nic.model.split(',').next() {
+            Some("virtio-net-pci") => Some(
                 "U-Boot reads the wrong MAC (52:52:52:52:52:52) from virtio-net-pci, so its PXELINUX lookup \
-                 and DHCP identity are wrong: use virtio-net-device (virtio-mmio) or e1000"
-                    .into(),
-            )
-            .into());
+                 and DHCP identity are wrong",
+            ),
+            Some("virtio-net-device") => Some(
+                "U-Boot's virtio-net driver hands received buffers back without notifying the device, so once \
+                 more than 32 frames arrive between two network commands (broadcasts from the other nodes of a \
+                 lab network) QEMU waits for a notification that never comes and the node receives nothing more",
+            ),
+            _ => None,
+        };
+        if let (Some(Pxe::Uboot), Some(why)) = (board.pxe, why_not) {
+            return Err(field_err("model", format!("{why}: use e1000 for a U-Boot network-boot board")).into());
         }
         Ok(board)
     }
@@ -566,6 +573,9 @@ mod tests {
         assert_ne!(bad, text);
         let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
         assert!(err.contains("field `model`") && err.contains("52:52:52:52:52:52"), "{err}");
+        let bad = text.replace("model = \"e1000\"", "model = \"virtio-net-device\"");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("field `model`") && err.contains("more than 32 frames"), "{err}");
     }
 
     #[test]
