@@ -52,6 +52,8 @@ pub struct Lab {
     dir: PathBuf,
     /// The request log (`<run>/provision.log`), appended to across restarts.
     log: PathBuf,
+    /// When the first service started: the log's clock, kept across restarts.
+    log_t0: std::time::Instant,
     /// The service as the nodes reach it.
     node_url: String,
 }
@@ -158,14 +160,15 @@ impl Lab {
             }
         }
         let log = run_dir.join("provision.log");
-        let service = open_service(&dir, &log)?;
+        let log_t0 = std::time::Instant::now();
+        let service = open_service(&dir, &log, log_t0)?;
         let server = service.serve(listener);
         let port = server.local_addr().port();
         let node_url = format!("http://{}:{port}", setup.node_host);
         let script = format!("#!ipxe\nchain {node_url}/ipxe/${{uuid}}?arch=${{buildarch}}\n");
         let file = tftp.join(crate::board::Pxe::Ipxe.bootfile());
         std::fs::write(&file, script).map_err(io(&file))?;
-        let lab = Lab { service, server: Some(server), tftp, dir, log, node_url };
+        let lab = Lab { service, server: Some(server), tftp, dir, log, log_t0, node_url };
         lab.serve_pxelinux()?;
         Ok(lab)
     }
@@ -195,7 +198,7 @@ impl Lab {
             let file = self.dir.join("profiles").join(format!("{name}.toml"));
             std::fs::remove_file(&file).map_err(io(&file))?;
         }
-        self.service = open_service(&self.dir, &self.log)?;
+        self.service = open_service(&self.dir, &self.log, self.log_t0)?;
         self.server = Some(self.service.serve(listener));
         self.serve_pxelinux()
     }
@@ -208,11 +211,12 @@ impl Lab {
     }
 }
 
-/// The service of the lab laid out in `dir`, logging requests to `log`.
-fn open_service(dir: &Path, log: &Path) -> Result<Service> {
+/// The service of the lab laid out in `dir`, logging requests to `log`
+/// (times since `t0`).
+fn open_service(dir: &Path, log: &Path, t0: std::time::Instant) -> Result<Service> {
     let service = Service::open_serving(&dir.join("provision.db"), &dir.join("profiles"), &dir.join("boot"))
         .map_err(|e| Error::infra(format!("starting the provisioning service: {e}")))?;
-    service.set_request_log(log).map_err(|e| Error::infra(format!("provisioning service log: {e}")))?;
+    service.set_request_log(log, t0).map_err(|e| Error::infra(format!("provisioning service log: {e}")))?;
     Ok(service)
 }
 

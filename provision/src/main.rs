@@ -70,7 +70,7 @@ async fn main() -> ExitCode {
         }
     };
     if let Some(log) = &log {
-        if let Err(e) = service.set_request_log(log) {
+        if let Err(e) = service.set_request_log(log, std::time::Instant::now()) {
             eprintln!("devlab-provision: {e}");
             return ExitCode::from(EXIT_INFRA);
         }

@@ -130,10 +130,14 @@ impl Service {
         })
     }
 
-    /// Append every request (method, path, status, fault) to `path` from now on.
-    pub fn set_request_log(&self, path: &Path) -> Result<(), ProvisionError> {
+    /// Append every request (method, path, status, fault) to `path` from now
+    /// on, each line stamped with the seconds since `t0`. A restarted service
+    /// given the first one's `t0` continues its clock in the same log.
+    pub fn set_request_log(&self, path: &Path, t0: Instant) -> Result<(), ProvisionError> {
         let f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(ProvisionError::io(path))?;
-        lock(&self.inner.log).file = Some(f);
+        let mut log = lock(&self.inner.log);
+        log.file = Some(f);
+        log.t0 = t0;
         Ok(())
     }
 

@@ -24,7 +24,7 @@ impl Lab {
         let fixture = Fixture::new();
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let service = Service::open(&fixture.db(), &fixture.profiles(), "http://10.0.2.2:9000/boot".into()).unwrap();
-        service.set_request_log(&fixture.path().join("http.log")).unwrap();
+        service.set_request_log(&fixture.path().join("http.log"), std::time::Instant::now()).unwrap();
         let server = rt.block_on(async {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             service.serve(l)

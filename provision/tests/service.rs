@@ -283,3 +283,21 @@ fn pxelinux_files_follow_the_node_states() {
         .collect();
     assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
 }
+
+#[test]
+fn a_reopened_service_keeps_the_request_logs_clock() {
+    let f = Fixture::new();
+    let log = f.path().join("requests.log");
+    // The lab started 100 s ago; the service is reopened now (a restart).
+    let t0 = Instant::now().checked_sub(Duration::from_secs(100)).unwrap();
+    for _ in 0..2 {
+        let s = open(&f);
+        s.set_request_log(&log, t0).unwrap();
+        s.fault(devlab_provision::Endpoint::Profile, devlab_provision::Fault::Error500 { count: 1 });
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let times: Vec<f64> = text.lines().map(|l| l[1..l.find(']').unwrap()].trim().parse().unwrap()).collect::<Vec<_>>();
+    assert_eq!(times.len(), 2, "{text}");
+    assert!(times.iter().all(|t| (100.0..200.0).contains(t)), "{text}");
+    assert!(times[0] <= times[1], "{text}");
+}
