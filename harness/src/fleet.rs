@@ -27,12 +27,15 @@
 //! Steps: `power_on`, `provision_wait {state, timeout}`, `wait_poweroff
 //! {timeout}`, `provision_assign {profile}` (the node's arch picks the
 //! profile's image: the service knows `<profile>-<arch>`), `expect {pattern,
-//! label, timeout}`, `provision_table`. Every step but the last takes
-//! `nodes`; a wait over several nodes has one deadline for all of them.
+//! label, timeout}`, `power_cycle` (pull the plug, power on; the disk
+//! stays), `provision_table`, and the lab network's `dhcp_stop` and
+//! `dhcp_start {after}`. The node steps take `nodes`; a wait over several
+//! nodes has one deadline for all of them.
 //!
 //! The snapshot is made of each node's console events (from its own
 //! `serial.log`, in node-name order, so the interleaving of concurrent nodes
-//! does not matter) and the service's final state table.
+//! does not matter) and the service's state table as each `provision_table`
+//! step saw it (the final table when there is no such step).
 //!
 //! Invariants: the input (nodes sharing a MAC or UUID, unknown boards,
 //! nodes, profiles, states) is checked before anything starts, and errors
@@ -138,6 +141,12 @@ pub enum FleetStep {
         timeout: Dur,
     },
     ProvisionTable {},
+    /// Pull the plug and power on again (an operator's or a BMC's power
+    /// cycle); a node that is off is just powered on. The disk stays.
+    PowerCycle {
+        #[serde(default)]
+        nodes: Vec<String>,
+    },
     /// Stop the lab network's DHCP/TFTP server (dnsmasq): an outage begins.
     DhcpStop {},
     /// End the outage: `after` from now (the rest of its length, a fault
@@ -166,6 +175,7 @@ impl FleetStep {
             FleetStep::ProvisionAssign { .. } => "provision_assign",
             FleetStep::Expect { .. } => "expect",
             FleetStep::ProvisionTable {} => "provision_table",
+            FleetStep::PowerCycle { .. } => "power_cycle",
             FleetStep::DhcpStop {} => "dhcp_stop",
             FleetStep::DhcpStart { .. } => "dhcp_start",
         }
@@ -174,6 +184,7 @@ impl FleetStep {
     fn nodes(&self) -> Option<&[String]> {
         match self {
             FleetStep::PowerOn { nodes }
+            | FleetStep::PowerCycle { nodes }
             | FleetStep::ProvisionWait { nodes, .. }
             | FleetStep::WaitPoweroff { nodes, .. }
             | FleetStep::ProvisionAssign { nodes, .. }
@@ -379,6 +390,8 @@ struct FleetRun<'a> {
     epoch: Instant,
     current: String,
     log: Vec<String>,
+    /// The state tables `provision_table` steps took, in order (snapshotted).
+    tables: Vec<Vec<String>>,
 }
 
 /// Run `fleet`. Everything it started is stopped before this returns.
@@ -413,6 +426,7 @@ pub async fn run(fleet: &Fleet, runs_root: &Path) -> FleetOutcome {
         epoch: Instant::now(),
         current: "setup".into(),
         log: Vec::new(),
+        tables: Vec::new(),
     };
     let bound = fleet.header.timeout.0;
     let res = match tokio::time::timeout(bound, r.run()).await {
@@ -622,9 +636,22 @@ impl FleetRun<'_> {
                 }
                 Ok(())
             }
+            FleetStep::PowerCycle { nodes } => {
+                for i in self.targets(nodes) {
+                    let on = self.nodes[i].machine.as_mut().is_some_and(|m| m.exited().is_none());
+                    if let Some(m) = self.nodes[i].machine.as_mut().filter(|_| on) {
+                        m.power_cut().await?;
+                        let line = format!("{}: power cut", self.nodes[i].name);
+                        self.note(&line);
+                    }
+                    self.power_on(i).await?;
+                }
+                Ok(())
+            }
             FleetStep::ProvisionTable {} => {
                 let table = self.service().state_table();
                 self.note(&format!("state table:\n{table}"));
+                self.tables.push(table.lines().map(|l| l.trim_end().to_string()).collect());
                 Ok(())
             }
             FleetStep::DhcpStop {} => {
@@ -695,7 +722,8 @@ impl FleetRun<'_> {
         }
     }
 
-    /// Each node's console events (node-name order), then the final table.
+    /// Each node's console events (node-name order), then the state table of
+    /// every `provision_table` step in order (the final table if none).
     fn snapshot(&self, redactor: &Redactor) -> Vec<Event> {
         static PREFIX: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
         let prefix = PREFIX.get_or_init(|| regex::Regex::new(r"^\[\s*[0-9.]+\] ").unwrap());
@@ -712,9 +740,14 @@ impl FleetRun<'_> {
                 }
             }
         }
-        if let Some(lab) = &self.lab {
-            let rows = lab.service.state_table().lines().map(|l| l.trim_end().to_string()).collect();
-            events.push(Event::ProvisionTable { rows });
+        for rows in &self.tables {
+            events.push(Event::ProvisionTable { rows: rows.clone() });
+        }
+        if self.tables.is_empty() {
+            if let Some(lab) = &self.lab {
+                let rows = lab.service.state_table().lines().map(|l| l.trim_end().to_string()).collect();
+                events.push(Event::ProvisionTable { rows });
+            }
         }
         events
     }

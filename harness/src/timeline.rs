@@ -161,6 +161,11 @@ pub enum Event {
     Firmware {
         name: String,
     },
+    /// Network-boot firmware that gave up asking for an address (iPXE's
+    /// `No configuration methods succeeded`, U-Boot's `Retry time exceeded`).
+    NetConfigFailed {
+        firmware: String,
+    },
     Failed {
         step: String,
     },
@@ -257,6 +262,9 @@ pub fn console_marker(line: &str) -> Option<Event> {
                 detail: c["d"].trim().to_string(),
             }),
             m(r"^devlab: U-Boot network boot", |_| Event::Firmware { name: "U-Boot PXE".into() }),
+            // iPXE's line wraps at 80 columns on the serial port: its start is enough.
+            m(r"No configuration methods", |_| Event::NetConfigFailed { firmware: "iPXE".into() }),
+            m(r"^Retry time exceeded", |_| Event::NetConfigFailed { firmware: "U-Boot".into() }),
             m(
                 r"devlab-mgmt: (?<s>agent mode=\w+|registered|powering off|DEPLOYING|image checksum ok|image written|INSTALLED|install failed: .*|FAILED: .*|POST \S+ failed.*|GET \S+ failed.*|refused by the service.*)",
                 |c| Event::Agent { stage: c["s"].trim().to_string() },
@@ -384,6 +392,15 @@ mod tests {
         );
         // The kernel command line U-Boot echoes is no network-boot event.
         assert_eq!(console_marker("append: console=ttyAMA0 quiet devlab.mode=register"), None);
+        // Firmware that gave up on DHCP (lines as the serial port has them).
+        assert_eq!(
+            console_marker("Configuring (net0 52:54:00:de:20:01).................. No configuration methods "),
+            Some(Event::NetConfigFailed { firmware: "iPXE".into() })
+        );
+        assert_eq!(
+            console_marker("Retry time exceeded; starting again"),
+            Some(Event::NetConfigFailed { firmware: "U-Boot".into() })
+        );
     }
 
     #[test]
