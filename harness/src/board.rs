@@ -487,6 +487,21 @@ mod tests {
         Board::load(&boards_dir().join(format!("{name}.toml"))).unwrap()
     }
 
+    /// Paths under `/r`, no faults, the user network: tests change what they test.
+    fn paths<'a>() -> QemuPaths<'a> {
+        QemuPaths {
+            console_sock: Path::new("/r/console.sock"),
+            qmp_sock: Path::new("/r/qmp.sock"),
+            monitor_sock: Path::new("/r/monitor.sock"),
+            disk: Path::new("/r/disk.qcow2"),
+            disk_errors: &[],
+            loadvm: None,
+            tftp: None,
+            detect_zeroes: false,
+            tap: None,
+        }
+    }
+
     #[test]
     fn shipped_profiles_parse() {
         let x86 = shipped("qemu-x86_64");
@@ -500,17 +515,7 @@ mod tests {
     #[test]
     fn qemu_args_connect_console_and_qmp_as_clients() {
         let b = shipped("qemu-aarch64");
-        let p = QemuPaths {
-            console_sock: Path::new("/r/console.sock"),
-            qmp_sock: Path::new("/r/qmp.sock"),
-            monitor_sock: Path::new("/r/monitor.sock"),
-            disk: Path::new("/r/disk.qcow2"),
-            disk_errors: &[],
-            loadvm: None,
-            tftp: None,
-            detect_zeroes: false,
-            tap: None,
-        };
+        let p = paths();
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
         assert!(args.contains("-drive if=none,id=disk0,file=/r/disk.qcow2,format=qcow2"), "{args}");
         assert!(args.contains("-chardev socket,id=con0,path=/r/console.sock -serial chardev:con0"));
@@ -524,17 +529,7 @@ mod tests {
     fn disk_errors_put_blkdebug_above_the_overlay() {
         let b = shipped("qemu-x86_64");
         let errors = [DiskError { offset: 1024 * 1024 + 4096, iotype: IoType::Write, errno: Errno::EIO }];
-        let p = QemuPaths {
-            console_sock: Path::new("/r/console.sock"),
-            qmp_sock: Path::new("/r/qmp.sock"),
-            monitor_sock: Path::new("/r/monitor.sock"),
-            disk: Path::new("/r/disk.qcow2"),
-            disk_errors: &errors,
-            loadvm: None,
-            tftp: None,
-            detect_zeroes: false,
-            tap: None,
-        };
+        let p = QemuPaths { disk_errors: &errors, ..paths() };
         let args = b.qemu_args(Accel::Tcg, &p);
         assert!(!args.iter().any(|a| a == "-drive"), "{args:?}");
         let i = args.iter().position(|a| a == "-blockdev").expect("a -blockdev");
@@ -581,17 +576,7 @@ mod tests {
     #[test]
     fn uboot_network_boot_board_serves_its_script_and_identity_in_fw_cfg() {
         let b = shipped("qemu-aarch64-pxe");
-        let p = QemuPaths {
-            console_sock: Path::new("/r/console.sock"),
-            qmp_sock: Path::new("/r/qmp.sock"),
-            monitor_sock: Path::new("/r/monitor.sock"),
-            disk: Path::new("/r/disk.qcow2"),
-            disk_errors: &[],
-            loadvm: None,
-            tftp: Some(Path::new("/r/tftp")),
-            detect_zeroes: true,
-            tap: None,
-        };
+        let p = QemuPaths { tftp: Some(Path::new("/r/tftp")), detect_zeroes: true, ..paths() };
         let args = b.qemu_args(Accel::Tcg, &p).join(" ");
         assert!(args.contains(",tftp=/r/tftp,bootfile=boot.scr.uimg "), "{args}");
         assert!(args.contains("-device e1000,netdev=net0,mac=52:54:00:de:02:01"), "{args}");

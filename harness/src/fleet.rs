@@ -563,6 +563,14 @@ impl FleetRun<'_> {
         names.iter().filter_map(|n| self.nodes.iter().position(|x| &x.name == n)).collect()
     }
 
+    /// Node `i`'s machine; a step failure if it was never powered on.
+    fn machine(&mut self, i: usize) -> Result<&mut Machine> {
+        if self.nodes[i].machine.is_none() {
+            return Err(self.failure(format!("node {} is not powered on", self.nodes[i].name), None));
+        }
+        Ok(self.nodes[i].machine.as_mut().expect("checked above"))
+    }
+
     fn service(&self) -> &devlab_provision::Service {
         &self.lab.as_ref().expect("the lab starts in setup").service
     }
@@ -594,10 +602,7 @@ impl FleetRun<'_> {
                 for i in self.targets(nodes) {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let name = self.nodes[i].name.clone();
-                    let Some(m) = self.nodes[i].machine.as_mut() else {
-                        return Err(self.failure(format!("node {name} is not powered on"), None));
-                    };
-                    if m.wait_exit(left).await.is_none() {
+                    if self.machine(i)?.wait_exit(left).await.is_none() {
                         return Err(self.failure(
                             format!("node {name} did not power off within {:?}", timeout.0),
                             Some(&self.nodes[i]),
@@ -625,10 +630,7 @@ impl FleetRun<'_> {
                 for i in self.targets(nodes) {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let name = self.nodes[i].name.clone();
-                    let Some(m) = self.nodes[i].machine.as_mut() else {
-                        return Err(self.failure(format!("node {name} is not powered on"), None));
-                    };
-                    if let Err(e) = m.console.expect(std::slice::from_ref(&re), left).await {
+                    if let Err(e) = self.machine(i)?.console.expect(std::slice::from_ref(&re), left).await {
                         return Err(self.failure(format!("node {name}: {e}"), Some(&self.nodes[i])));
                     }
                     let what = label.clone().unwrap_or_else(|| pattern.0.clone());
