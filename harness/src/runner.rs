@@ -98,7 +98,23 @@ pub struct Outcome {
     /// The normalised timeline, as snapshotted.
     pub normalised: Vec<Event>,
     pub duration: Duration,
+    /// Each step that ran (a restored checkpoint's steps did not run).
+    pub steps: Vec<StepTime>,
     pub result: Result<()>,
+}
+
+/// When one step ran and how it ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StepTime {
+    /// 1-based index in the scenario.
+    pub index: usize,
+    pub action: &'static str,
+    /// The line of its `[[step]]` header.
+    pub line: usize,
+    /// Seconds since the run started (the first power-on is later).
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub passed: bool,
 }
 
 impl Outcome {
@@ -123,6 +139,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         timeline: Timeline::default(),
         normalised: Vec::new(),
         duration: Duration::ZERO,
+        steps: Vec::new(),
         result: Ok(()),
     };
     let prepared = prepare(scenario, board, opts);
@@ -144,6 +161,12 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         Err(_) => Err(r.failure(format!("scenario exceeded its timeout of {}", humantime::format_duration(bound)))),
     };
     r.drain(None);
+    let elapsed = r.started.elapsed().as_secs_f64();
+    out.steps = std::mem::take(&mut r.step_times);
+    // A step cut off by the run's timeout ran until now.
+    if let Some(last) = out.steps.last_mut().filter(|s| !s.passed && s.duration_s == 0.0) {
+        last.duration_s = elapsed - last.start_s;
+    }
     if let Err(Error::Failed(f)) = &result {
         r.timeline.push(r.now(), Origin::Step, Event::Failed { step: f.step.clone() });
         let _ = std::fs::write(run_dir.join("failure.txt"), f.to_string());
@@ -191,6 +214,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
             "passed": result.is_ok(),
             "error": result.as_ref().err().map(|e| e.to_string()),
             "duration_s": out.duration.as_secs_f64(),
+            "steps": out.steps,
             "disk_removed": disk_removed,
         }))
         .unwrap_or_default(),
@@ -337,6 +361,9 @@ struct Run<'a> {
     /// The provisioning service and its files (`[provision]`), started
     /// before the first power-on.
     lab: Option<crate::provision::Lab>,
+    /// The run's start (for step times) and each step's time.
+    started: Instant,
+    step_times: Vec<StepTime>,
 }
 
 impl<'a> Run<'a> {
@@ -365,6 +392,8 @@ impl<'a> Run<'a> {
             commits: BTreeMap::new(),
             ostree_published: None,
             lab: None,
+            started: Instant::now(),
+            step_times: Vec::new(),
         }
         .with_booted_commit()
     }
@@ -567,7 +596,22 @@ impl<'a> Run<'a> {
             self.current =
                 format!("step {} ({}, {}:{})", i + 1, placed.step.action(), self.scenario.path.display(), placed.line);
             self.on_step.tell(&format!("step {}/{n} {}", i + 1, placed.step.action()));
-            self.step(placed).await?;
+            let start = self.started.elapsed();
+            // Pushed before the step runs, so a step cut off by the run's
+            // timeout still shows (as not passed, timed to the end).
+            self.step_times.push(StepTime {
+                index: i + 1,
+                action: placed.step.action(),
+                line: placed.line,
+                start_s: start.as_secs_f64(),
+                duration_s: 0.0,
+                passed: false,
+            });
+            let res = self.step(placed).await;
+            let last = self.step_times.last_mut().expect("pushed");
+            last.duration_s = (self.started.elapsed() - start).as_secs_f64();
+            last.passed = res.is_ok();
+            res?;
         }
         Ok(())
     }
