@@ -1,8 +1,10 @@
 //! `report.html`: the runs of a `devlab run` for people who would rather
 //! look than read. A status table, then each run's timeline (its
 //! `timeline.json`) drawn as an inline SVG chart: one lane per origin
-//! (console, QMP, step) on a time axis, boot stages, update stages and
-//! faults in their own colours, the details on hover. One self-contained
+//! (console, QMP, step) on a time axis, every event kind coloured by its
+//! group (boot, update, health, fault, QMP, provisioning, harness; the
+//! match has no wildcard, so a new kind must be given one), the details on
+//! hover. One self-contained
 //! file: no scripts, no network.
 //!
 //! Invariants: it reads run directories and never fails the report because
@@ -10,23 +12,123 @@
 //! text from a run is escaped.
 
 use crate::report::{Record, Status};
+use crate::timeline::{Entry, Event};
 use std::fmt::Write;
 
 fn esc(s: &str) -> String {
     crate::report::xml_escape(s)
 }
 
-/// How an event is drawn: its colour class and whether its name is printed
-/// on the chart (the rest show on hover).
-fn kind(event: &str, qmp_name: &str) -> (&'static str, bool) {
+/// The colour group of an event on the chart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Colour {
+    /// Firmware and boot path: U-Boot, boot script, kernel, root, SSH.
+    Boot,
+    /// Updates: releases, bundles, OSTree commits served and installed.
+    Update,
+    Health,
+    /// Faults, failures, panics, power cuts, resets.
+    Fault,
+    /// QMP events that are not faults.
+    Qmp,
+    /// Network boot and provisioning (PXE, agent, service).
+    Provision,
+    /// What the harness did or read back: commands, env, files, checkpoints.
+    Harness,
+    /// An entry this build cannot read (a timeline from another version).
+    Unknown,
+}
+
+impl Colour {
+    #[cfg(test)]
+    const ALL: [Colour; 8] = [
+        Colour::Boot,
+        Colour::Update,
+        Colour::Health,
+        Colour::Fault,
+        Colour::Qmp,
+        Colour::Provision,
+        Colour::Harness,
+        Colour::Unknown,
+    ];
+
+    fn class(self) -> &'static str {
+        match self {
+            Colour::Boot => "boot",
+            Colour::Update => "update",
+            Colour::Health => "health",
+            Colour::Fault => "fault",
+            Colour::Qmp => "qmp",
+            Colour::Provision => "provision",
+            Colour::Harness => "harness",
+            Colour::Unknown => "unknown",
+        }
+    }
+}
+
+/// How an event is drawn: its colour and whether its name is printed on
+/// the chart (the rest show on hover). No wildcard: a new event kind does
+/// not compile until it is given a colour here.
+fn kind(event: &Event) -> (Colour, bool) {
+    use Colour::*;
     match event {
-        "fault" | "power_cut" | "reset" | "failed" | "fault_triggered" => ("fault", true),
-        "qmp" if matches!(qmp_name, "WATCHDOG" | "GUEST_PANICKED" | "BLOCK_IO_ERROR") => ("fault", true),
-        "qmp" => ("qmp", qmp_name == "RESET"),
-        "slot_chosen" | "kernel_started" | "root_mounted" | "ssh_up" | "uboot_banner" => ("boot", true),
-        "update" | "update_result" | "rauc_install" | "release_served" | "bundle_served" => ("update", true),
-        "health" => ("health", true),
-        _ => ("other", false),
+        Event::Fault { .. }
+        | Event::PowerCut
+        | Event::Reset
+        | Event::Failed { .. }
+        | Event::FaultTriggered { .. }
+        | Event::KernelPanic
+        | Event::NoSlotLeft
+        | Event::NetConfigFailed { .. } => (Fault, true),
+        Event::Qmp { name, .. } if matches!(name.as_str(), "WATCHDOG" | "GUEST_PANICKED" | "BLOCK_IO_ERROR") => {
+            (Fault, true)
+        }
+        Event::Qmp { name, .. } => (Qmp, name == "RESET"),
+        Event::SlotChosen { .. }
+        | Event::KernelStarted
+        | Event::RootMounted { .. }
+        | Event::SshUp
+        | Event::UbootBanner
+        | Event::BootDecision { .. }
+        | Event::Firmware { .. } => (Boot, true),
+        Event::PowerOn
+        | Event::AutobootInterrupted
+        | Event::UbootCommand { .. }
+        | Event::BootScript
+        | Event::EnvCopy { .. }
+        | Event::Initramfs
+        | Event::DropbearStarted
+        | Event::SlotBooted { .. }
+        | Event::WatchdogArmed
+        | Event::PoweredOff => (Boot, false),
+        Event::Update { .. }
+        | Event::UpdateResult { .. }
+        | Event::RaucInstall { .. }
+        | Event::ReleaseServed { .. }
+        | Event::BundleServed { .. }
+        | Event::OstreeServed { .. } => (Update, true),
+        Event::VersionRunning { .. } | Event::RaucStatus { .. } | Event::OstreeStatus { .. } => (Update, false),
+        Event::Health { .. } => (Health, true),
+        Event::Provision { .. } | Event::NetBoot { .. } | Event::Agent { .. } | Event::Node { .. } => (Provision, true),
+        Event::ProvisionTable { .. } => (Provision, false),
+        Event::Checkpoint { .. } => (Harness, true),
+        Event::Expected { .. }
+        | Event::Command { .. }
+        | Event::Env { .. }
+        | Event::File { .. }
+        | Event::Callback { .. }
+        | Event::Transfer { .. }
+        | Event::Service { .. }
+        | Event::Link { .. } => (Harness, false),
+    }
+}
+
+/// The colour of one `timeline.json` entry (Unknown if it does not parse
+/// as an event of this build).
+fn entry_kind(entry: &serde_json::Value) -> (Colour, bool) {
+    match serde_json::from_value::<Entry>(entry.clone()) {
+        Ok(e) => kind(&e.event),
+        Err(_) => (Colour::Unknown, false),
     }
 }
 
@@ -90,8 +192,8 @@ pub fn chart(entries: &[serde_json::Value]) -> String {
     let mut shown = [0usize; 3];
     for e in entries {
         let lane = LANES.iter().position(|l| Some(*l) == e["origin"].as_str()).unwrap_or(2);
-        let event = e["event"].as_str().unwrap_or("?");
-        let (class, label) = kind(event, e["name"].as_str().unwrap_or(""));
+        let (colour, label) = entry_kind(e);
+        let class = colour.class();
         let (short, title) = describe(e);
         let cx = x(e["t"].as_f64().unwrap_or(0.0));
         let cy = lane_h * lane as f64 + lane_h / 2.0;
@@ -117,7 +219,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-
 section{margin:1.5em 0;border-top:1px solid #ddd}pre{background:#f6f6f6;padding:8px;overflow:auto}\
 svg text{font-size:10px}.axis line{stroke:#ccc}.axis text{fill:#555}.tick{fill:#888}\
 g.boot circle{fill:#1f6feb}g.update circle{fill:#8250df}g.health circle{fill:#1a7f37}\
-g.fault circle{fill:#d1242f}g.fault text{fill:#d1242f}g.qmp circle{fill:#bf8700}g.other circle{fill:#999}";
+g.fault circle{fill:#d1242f}g.fault text{fill:#d1242f}g.qmp circle{fill:#bf8700}g.provision circle{fill:#0a7d8c}\
+g.harness circle{fill:#57606a}g.unknown circle{fill:#ccc}";
 
 fn status_class(s: Status) -> &'static str {
     match s {
@@ -211,8 +314,8 @@ mod tests {
         .unwrap();
         let rec = |id: &str, status, dir: Option<std::path::PathBuf>| Record {
             id: id.into(),
-            scenario: "s".into(),
-            board: "b".into(),
+            scenario: id.split('@').next().unwrap().into(),
+            board: id.split('@').nth(1).unwrap().into(),
             status,
             attempts: 1,
             duration_s: 3.0,
@@ -230,5 +333,40 @@ mod tests {
         assert_eq!(html.matches("<svg").count(), 1);
         assert!(html.contains("(no timeline)"));
         assert!(html.contains("step 2 failed: &lt;boom&gt;"));
+    }
+
+    #[test]
+    fn events_once_grey_now_have_their_colour() {
+        let cases = [
+            (json!({"t": 0.0, "origin": "console", "event": "kernel_panic"}), "fault"),
+            (json!({"t": 0.0, "origin": "console", "event": "no_slot_left"}), "fault"),
+            (json!({"t": 0.0, "origin": "console", "event": "net_config_failed", "firmware": "ipxe"}), "fault"),
+            (json!({"t": 0.0, "origin": "console", "event": "boot_decision", "detail": "bootcount 2"}), "boot"),
+            (json!({"t": 0.0, "origin": "step", "event": "ostree_served", "image": "ostree-v2"}), "update"),
+            (json!({"t": 0.0, "origin": "step", "event": "provision", "detail": "INSTALLED"}), "provision"),
+            (json!({"t": 0.0, "origin": "console", "event": "agent", "stage": "register"}), "provision"),
+            (json!({"t": 0.0, "origin": "step", "event": "checkpoint", "name": "booted"}), "harness"),
+            (json!({"t": 0.0, "origin": "qmp", "event": "qmp", "name": "SHUTDOWN"}), "qmp"),
+            (json!({"t": 0.0, "origin": "qmp", "event": "qmp", "name": "WATCHDOG"}), "fault"),
+            (json!({"t": 0.0, "origin": "step", "event": "teleported"}), "unknown"),
+        ];
+        for (entry, class) in cases {
+            assert_eq!(entry_kind(&entry).0.class(), class, "{entry}");
+            assert!(chart(std::slice::from_ref(&entry)).contains(&format!("<g class=\"{class}\">")), "{entry}");
+        }
+    }
+
+    #[test]
+    fn every_colour_has_its_own_style() {
+        let mut fills = Vec::new();
+        for c in Colour::ALL {
+            let rule = format!("g.{} circle{{fill:", c.class());
+            let at = STYLE.find(&rule).unwrap_or_else(|| panic!("no style for {c:?}")) + rule.len();
+            fills.push(&STYLE[at..at + STYLE[at..].find('}').unwrap()]);
+        }
+        let mut distinct = fills.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), fills.len(), "two colours look alike: {fills:?}");
     }
 }
