@@ -4,8 +4,9 @@
 //! (console, QMP, step) on a time axis, every event kind coloured by its
 //! group (boot, update, health, fault, QMP, provisioning, harness; the
 //! match has no wildcard, so a new kind must be given one), the details on
-//! hover. One self-contained
-//! file: no scripts, no network.
+//! hover. With repeated runs (`--repeat`), a table of each scenario ×
+//! board's runs, failures and times, and of its steps, comes first. One
+//! self-contained file: no scripts, no network.
 //!
 //! Invariants: it reads run directories and never fails the report because
 //! one is missing or unreadable (that run is shown without a chart); every
@@ -232,6 +233,61 @@ fn status_class(s: Status) -> &'static str {
     }
 }
 
+/// The `--repeat` figures: a row per scenario × board, and each one's
+/// steps (all of them, failed ones marked) folded under it.
+fn stats_tables(stats: &[crate::report::GroupStats]) -> String {
+    use crate::report::{percent, secs};
+    let mut h = String::from(
+        "<h2>Repeated runs</h2><table><tr><th>scenario</th><th>board</th><th>runs</th><th>failed</th>\
+         <th>flaky</th><th>failure rate</th><th>min</th><th>median</th><th>max</th></tr>",
+    );
+    for g in stats {
+        let c = if g.failures > 0 { "failed" } else { "passed" };
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{c}\">{}</td><td>{}</td><td class=\"{c}\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&g.scenario),
+            esc(&g.board),
+            g.runs,
+            g.failures,
+            g.flaky,
+            percent(g.failure_rate),
+            secs(g.min_s),
+            secs(g.median_s),
+            secs(g.max_s)
+        );
+    }
+    h.push_str("</table>");
+    for g in stats.iter().filter(|g| !g.steps.is_empty()) {
+        let _ = write!(
+            h,
+            "<details><summary>steps of {}@{}</summary><table><tr><th>step</th><th>runs</th><th>failed</th>\
+             <th>failure rate</th><th>min</th><th>median</th><th>max</th></tr>",
+            esc(&g.scenario),
+            esc(&g.board)
+        );
+        for s in &g.steps {
+            let c = if s.failures > 0 { "failed" } else { "passed" };
+            let _ = write!(
+                h,
+                "<tr><td>{} {}</td><td>{}</td><td class=\"{c}\">{}</td><td class=\"{c}\">{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td></tr>",
+                s.index,
+                esc(&s.action),
+                s.runs,
+                s.failures,
+                percent(Some(s.failure_rate)),
+                secs(Some(s.min_s)),
+                secs(Some(s.median_s)),
+                secs(Some(s.max_s))
+            );
+        }
+        h.push_str("</table></details>");
+    }
+    h
+}
+
 /// The whole report page.
 pub fn page(records: &[Record], duration_s: f64) -> String {
     let mut h = format!(
@@ -252,6 +308,10 @@ pub fn page(records: &[Record], duration_s: f64) -> String {
         );
     }
     h.push_str("</table>");
+    let stats = crate::report::stats(records);
+    if crate::report::repeated(&stats) {
+        h.push_str(&stats_tables(&stats));
+    }
     for r in records {
         let _ = write!(
             h,
@@ -321,6 +381,8 @@ mod tests {
             duration_s: 3.0,
             message: Some("step 2 failed: <boom>".into()),
             run_dir: dir,
+            repetition: None,
+            steps: Vec::new(),
         };
         let html = page(
             &[
@@ -333,6 +395,7 @@ mod tests {
         assert_eq!(html.matches("<svg").count(), 1);
         assert!(html.contains("(no timeline)"));
         assert!(html.contains("step 2 failed: &lt;boom&gt;"));
+        assert!(!html.contains("Repeated runs"), "one run each: no stats table");
     }
 
     #[test]
@@ -368,5 +431,39 @@ mod tests {
         distinct.sort();
         distinct.dedup();
         assert_eq!(distinct.len(), fills.len(), "two colours look alike: {fills:?}");
+    }
+
+    #[test]
+    fn page_shows_repeated_runs_and_their_steps() {
+        let step = |index, action: &str, duration_s, passed| crate::report::StepRecord {
+            attempt: 1,
+            index,
+            action: action.into(),
+            line: 4,
+            start_s: 0.0,
+            duration_s,
+            passed,
+        };
+        let rep = |k: u32, status, secs: f64| Record {
+            id: format!("s@b#{k}"),
+            scenario: "s".into(),
+            board: "b".into(),
+            status,
+            attempts: 1,
+            duration_s: secs,
+            message: None,
+            run_dir: None,
+            repetition: Some(k),
+            steps: vec![step(1, "power_on", 0.5, true), step(2, "expect", secs, status == Status::Passed)],
+        };
+        let html = page(&[rep(1, Status::Passed, 2.0), rep(2, Status::Failed, 4.0), rep(3, Status::Passed, 9.0)], 15.0);
+        assert!(html.contains("<h2>Repeated runs</h2>"), "{html}");
+        assert!(
+            html.contains("<td>s</td><td>b</td><td>3</td><td class=\"failed\">1</td><td>0</td><td class=\"failed\">33%</td><td>2.0 s</td><td>4.0 s</td><td>9.0 s</td>"),
+            "{html}"
+        );
+        assert!(html.contains("<summary>steps of s@b</summary>"), "{html}");
+        assert!(html.contains("<td>2 expect</td><td>3</td><td class=\"failed\">1</td>"), "{html}");
+        assert!(html.contains("<td>1 power_on</td><td>3</td><td class=\"passed\">0</td>"), "{html}");
     }
 }
