@@ -299,9 +299,11 @@ pub fn page(records: &[Record], duration_s: f64) -> String {
     for r in records {
         let _ = write!(
             h,
-            "<tr><td><a href=\"#{id}\">{id}</a></td><td class=\"{c}\">{w}</td><td>{}</td><td>{:.1} s</td></tr>",
+            "<tr><td><a href=\"#{href}\">{id}</a></td><td class=\"{c}\">{w}</td><td>{}</td><td>{:.1} s</td></tr>",
             r.attempts,
             r.duration_s,
+            // A repetition's id has a `#`: encoded, so the link's fragment is the whole id.
+            href = esc(&r.id).replace('#', "%23"),
             id = esc(&r.id),
             c = status_class(r.status),
             w = r.status.word()
@@ -458,6 +460,8 @@ mod tests {
         };
         let html = page(&[rep(1, Status::Passed, 2.0), rep(2, Status::Failed, 4.0), rep(3, Status::Passed, 9.0)], 15.0);
         assert!(html.contains("<h2>Repeated runs</h2>"), "{html}");
+        assert!(html.contains("<a href=\"#s@b%232\">s@b#2</a>"), "{html}");
+        assert!(html.contains("<section id=\"s@b#2\">"), "{html}");
         assert!(
             html.contains("<td>s</td><td>b</td><td>3</td><td class=\"failed\">1</td><td>0</td><td class=\"failed\">33%</td><td>2.0 s</td><td>4.0 s</td><td>9.0 s</td>"),
             "{html}"

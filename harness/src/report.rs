@@ -709,6 +709,20 @@ mod tests {
     }
 
     #[test]
+    fn merged_repetitions_are_in_numeric_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        write(&a, &[repetition(10, Status::Passed, 1.0), repetition(1, Status::Passed, 1.0)], 1.0).unwrap();
+        write(&b, &[repetition(2, Status::Passed, 1.0)], 1.0).unwrap();
+        let out = d.path().join("merged");
+        merge(&[a, b], &out).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        let ids: Vec<&str> = json["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["a@qemu-aarch64#1", "a@qemu-aarch64#2", "a@qemu-aarch64#10"]);
+    }
+
+    #[test]
     fn reports_are_written_whole() {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), &sample(), 9.0).unwrap();
