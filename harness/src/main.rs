@@ -279,19 +279,7 @@ fn main() {
                 EXIT_BAD_INPUT
             }
         },
-        Cmd::Check { paths } => match load_all(&paths, &[], false, &asked_paths(&paths)) {
-            Ok(all) => {
-                for (s, boards) in &all {
-                    let names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
-                    if let Err(e) = s.recipe_path(&harness::rundir::workspace_root()) {
-                        std::process::exit(report_error(&e));
-                    }
-                    println!("ok   {} ({} steps; boards: {})", s.path.display(), s.steps.len(), names.join(", "));
-                }
-                EXIT_PASSED
-            }
-            Err(e) => report_error(&e),
-        },
+        Cmd::Check { paths } => check(&paths),
         Cmd::Ps => {
             let all = harness::kept::list(&harness::kept::registry_dir());
             if all.is_empty() {
@@ -339,6 +327,41 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `devlab check`: every scenario file (each matrix variant, on each of
+/// its boards) and every fleet file, parsed and checked; nothing boots.
+fn check(paths: &[PathBuf]) -> i32 {
+    let files = match scenario_files(paths) {
+        Ok(f) => f,
+        Err(e) => return report_error(&e),
+    };
+    let (fleets, scenarios): (Vec<PathBuf>, Vec<PathBuf>) =
+        files.into_iter().partition(|f| harness::fleet::is_fleet_file(f));
+    for f in &fleets {
+        match harness::fleet::Fleet::load(f) {
+            Ok(fleet) => {
+                println!("ok   {} (fleet: {} nodes, {} steps)", f.display(), fleet.nodes.len(), fleet.steps.len())
+            }
+            Err(e) => return report_error(&e),
+        }
+    }
+    if scenarios.is_empty() && !fleets.is_empty() {
+        return EXIT_PASSED;
+    }
+    match load_all(&scenarios, &[], false, &asked_paths(paths)) {
+        Ok(all) => {
+            for (s, boards) in &all {
+                let names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
+                if let Err(e) = s.recipe_path(&harness::rundir::workspace_root()) {
+                    return report_error(&e);
+                }
+                println!("ok   {} ({} steps; boards: {})", s.name(), s.steps.len(), names.join(", "));
+            }
+            EXIT_PASSED
+        }
+        Err(e) => report_error(&e),
+    }
 }
 
 /// `devlab fleet`: each file in turn (a fleet uses both cores already).
