@@ -356,7 +356,8 @@ fn check(paths: &[PathBuf]) -> i32 {
                 if let Err(e) = s.recipe_path(&harness::rundir::workspace_root()) {
                     return report_error(&e);
                 }
-                println!("ok   {} ({} steps; boards: {})", s.name(), s.steps.len(), names.join(", "));
+                let (file, name, n) = (s.path.display(), s.name(), s.steps.len());
+                println!("ok   {file} ({name}: {n} steps; boards: {})", names.join(", "));
             }
             EXIT_PASSED
         }
