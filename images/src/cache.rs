@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Bumped whenever the builder's output format changes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// `$DEVLAB_CACHE`, else `$XDG_CACHE_HOME/devlab`, else `~/.cache/devlab`.
 pub fn cache_root() -> PathBuf {

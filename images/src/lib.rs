@@ -457,6 +457,7 @@ fn build_entry(
         std::fs::write(&p, data).map_err(ImageError::io(&p))?;
     }
     tree.overlay(&recipe.fixtures.rootfs_overlay)?;
+    gate_env_tools(&mut tree);
     let (parts, total) = disk::layout(recipe);
     if let Some(r) = &recipe.rauc {
         let ca = rauc::rauc_keys(root)?.ca_cert;
@@ -580,6 +581,31 @@ fn tree_file(tree: &rootfs::Tree, path: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// The programs that read or change what the boot-time health check
+/// decides on (the U-Boot env, RAUC's slot state, OSTree deployments).
+pub const GATED_TOOLS: [&str; 4] = ["fw_printenv", "fw_setenv", "rauc", "ostree"];
+/// The env gate script (`fixtures/rootfs`), and where the gated programs go.
+pub const ENV_GATE: &str = "usr/libexec/devlab/env-gate";
+const ENV_GATE_DIR: &str = "usr/libexec/devlab";
+
+/// Puts each of [`GATED_TOOLS`] the packages installed in `/usr/bin` at
+/// `/usr/libexec/devlab/<name>` and links `/usr/bin/<name>` to the env gate,
+/// so a login reaches it only once rcS has let the health check finish
+/// (see `fixtures/rootfs/usr/libexec/devlab/env-gate`). A tree without the
+/// gate script (another overlay) is left as it is.
+fn gate_env_tools(tree: &mut rootfs::Tree) {
+    if !matches!(tree.get(ENV_GATE), Some(rootfs::Node::File { .. })) {
+        return;
+    }
+    for name in GATED_TOOLS {
+        let bin = format!("usr/bin/{name}");
+        if matches!(tree.get(&bin), Some(rootfs::Node::File { .. })) {
+            tree.move_prefix(&bin, &format!("{ENV_GATE_DIR}/{name}"));
+            tree.symlink(&bin, "../libexec/devlab/env-gate");
+        }
+    }
+}
+
 /// Files a package's maintainer scripts would have created, plus identity,
 /// keys and busybox applet links.
 fn add_generated(tree: &mut rootfs::Tree, recipe: &Recipe, key: &str, pubkey: &[u8], host_key: &[u8]) {
@@ -688,6 +714,29 @@ pub fn install_image(image: &BuiltImage) -> Result<(PathBuf, String), ImageError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gated_tools_move_behind_the_env_gate() {
+        let mut t = rootfs::Tree::new(0);
+        t.file("usr/bin/fw_setenv", 0o755, "elf");
+        t.file("usr/bin/fw_printenv", 0o755, "elf");
+        t.file("usr/bin/dropbearkey", 0o755, "elf");
+        gate_env_tools(&mut t);
+        assert!(t.contains("usr/bin/fw_setenv"), "without the gate script nothing moves");
+        assert!(!t.contains("usr/libexec/devlab/fw_setenv"));
+        t.file(ENV_GATE, 0o755, "#!/bin/sh\n");
+        gate_env_tools(&mut t);
+        for name in ["fw_setenv", "fw_printenv"] {
+            assert!(
+                matches!(t.get(&format!("usr/libexec/devlab/{name}")), Some(rootfs::Node::File { data, .. }) if data == b"elf")
+            );
+            assert!(
+                matches!(t.get(&format!("usr/bin/{name}")), Some(rootfs::Node::Symlink { target }) if target == "../libexec/devlab/env-gate")
+            );
+        }
+        assert!(!t.contains("usr/bin/rauc") && !t.contains("usr/libexec/devlab/rauc"), "absent tools are not made up");
+        assert!(matches!(t.get("usr/bin/dropbearkey"), Some(rootfs::Node::File { .. })));
+    }
 
     #[test]
     fn boot_script_includes_expand_once() {

@@ -1,33 +1,104 @@
-//! Boots every shipped scenario on every board with real QEMU, U-Boot and
-//! Linux (rstest over scenario files × boards) and asserts the normalised
-//! timeline with insta (`snapshots/<scenario>@<arch>.snap`).
+//! Boots every shipped scenario with real QEMU, U-Boot and Linux and asserts
+//! the normalised timeline with insta (`snapshots/<scenario>@<arch>.snap`).
+//!
+//! One test per real run, `scenario::<variant>@<board>`: each matrix variant
+//! of each `*.toml` beside this crate on each board it names, so the number
+//! of passed tests is the number of runs (a libtest-mimic harness; the
+//! output, `--list`, filters and `--test-threads` are libtest's). The
+//! longest runs are handed out first: with two test threads the stragglers
+//! decide the wall time.
 
 use harness::runner::{self, RunOptions, SnapshotMode};
 use harness::scenario::Scenario;
-use rstest::rstest;
-use std::path::PathBuf;
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::path::{Path, PathBuf};
 
-#[rstest]
-fn scenario(
-    #[files("*.toml")]
-    #[exclude("Cargo.toml")]
-    path: PathBuf,
-    #[values("qemu-x86_64", "qemu-aarch64", "qemu-x86_64-pxe", "qemu-aarch64-pxe")] board: &str,
-) {
-    // QEMU is spawned from this thread (PR_SET_PDEATHSIG follows it).
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let opts = RunOptions { snapshots: SnapshotMode::Skip, ..RunOptions::default() };
-    // A file with a matrix is several scenarios: each runs and is snapshotted.
-    for scenario in Scenario::load_variants(&path).unwrap_or_else(|e| panic!("{e}")) {
-        let boards = scenario.resolve_boards().unwrap_or_else(|e| panic!("{e}"));
-        let Some(board) = boards.into_iter().find(|b| b.name == board) else {
-            eprintln!("{} does not run on {board}", scenario.name());
-            continue;
+fn main() {
+    let args = Arguments::from_args();
+    libtest_mimic::run(&args, trials()).exit();
+}
+
+/// The shipped scenario files (`scenarios/*.toml`, not `Cargo.toml`), sorted.
+fn scenario_files() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.file_name().is_some_and(|n| n != "Cargo.toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// One run: a scenario variant on one of its boards.
+struct Run {
+    scenario: Scenario,
+    board: harness::board::Board,
+}
+
+impl Run {
+    fn test_name(&self) -> String {
+        format!("scenario::{}@{}", self.scenario.name(), self.board.name)
+    }
+
+    /// Longest first (a guess from the file, nothing is timed): network
+    /// installs, then OSTree images, then by the scenario's own bound and
+    /// its number of steps; the name breaks ties so the order is stable.
+    fn order_key(&self) -> (u8, std::cmp::Reverse<std::time::Duration>, std::cmp::Reverse<usize>, String) {
+        let h = &self.scenario.header;
+        let class = if self.board.name.contains("pxe") {
+            0
+        } else if h.image.get_ref().starts_with("ostree") {
+            1
+        } else {
+            2
         };
-        let out = rt.block_on(runner::run(&scenario, &board, &opts));
+        (class, std::cmp::Reverse(h.timeout.0), std::cmp::Reverse(self.scenario.steps.len()), self.test_name())
+    }
+
+    fn execute(self) -> Result<(), Failed> {
+        // QEMU is spawned from this thread (PR_SET_PDEATHSIG follows it).
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let opts = RunOptions { snapshots: SnapshotMode::Skip, ..RunOptions::default() };
+        let out = rt.block_on(runner::run(&self.scenario, &self.board, &opts));
         if let Err(e) = &out.result {
             panic!("{} on {} failed:\n{e}", out.scenario, out.board);
         }
-        harness::snapshot::assert(&harness::snapshot::dir_for(&path), &out.snapshot_name(), &out.normalised);
+        harness::snapshot::assert(
+            &harness::snapshot::dir_for(&self.scenario.path),
+            &out.snapshot_name(),
+            &out.normalised,
+        );
+        Ok(())
     }
+}
+
+/// Every run, longest first. A file that does not load, or names a board
+/// that does not resolve, is one failing test named after the file, so it
+/// is counted and reported rather than silently running nothing.
+fn trials() -> Vec<Trial> {
+    let mut runs = Vec::new();
+    let mut broken = Vec::new();
+    for path in scenario_files() {
+        let loaded = Scenario::load_variants(&path).and_then(|variants| {
+            variants
+                .into_iter()
+                .map(|s| s.resolve_boards().map(|boards| (s, boards)))
+                .collect::<harness::error::Result<Vec<_>>>()
+        });
+        match loaded {
+            Ok(variants) => {
+                for (scenario, boards) in variants {
+                    runs.extend(boards.into_iter().map(|board| Run { scenario: scenario.clone(), board }));
+                }
+            }
+            Err(e) => {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let msg = e.to_string();
+                broken.push(Trial::test(format!("scenario::{stem}"), move || Err(msg.into())));
+            }
+        }
+    }
+    runs.sort_by_cached_key(Run::order_key);
+    broken.into_iter().chain(runs.into_iter().map(|r| Trial::test(r.test_name(), move || r.execute()))).collect()
 }
