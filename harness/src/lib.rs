@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod console;
 pub mod disk;
 pub mod error;
+pub mod firmware;
 pub mod fleet;
 pub mod html;
 pub mod kept;

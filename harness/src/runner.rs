@@ -631,7 +631,7 @@ impl<'a> Run<'a> {
         match &placed.step {
             Step::PowerOn(_) => self.power_on().await,
             Step::Boot(b) => {
-                let Some(prompts) = self.board.uboot.clone() else {
+                let Some(prompts) = self.board.uboot().cloned() else {
                     return Err(self.failure(format!("board {} has no U-Boot to stop", self.board.name)));
                 };
                 let timeout = b.timeout.0;
