@@ -15,6 +15,7 @@ pub mod html;
 pub mod kept;
 pub mod labnet;
 pub mod machine;
+pub mod markers;
 pub mod ostree;
 pub mod plan;
 pub mod provision;
