@@ -49,10 +49,12 @@ impl InputError {
     /// an input error naming the file, line, column and, where serde says, field.
     pub fn from_toml(file: &Path, text: &str, base: usize, err: &toml::de::Error) -> Self {
         let message = err.message().trim().to_string();
-        let field = field_from_message(&message);
+        let mut field = field_from_message(&message);
         let mut e = InputError::new(file, message);
         if let Some(span) = err.span() {
             e = e.at(text, base + span.start);
+            // A wrong value: the key written before it names the field.
+            field = field.or_else(|| key_before(text, base + span.start));
         }
         if let Some(f) = field {
             e = e.field(f);
@@ -69,6 +71,20 @@ fn field_from_message(msg: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The key of the `key = value` whose value starts at `offset` (on the
+/// same line, the nearest `key =` before it: plain or in an inline table).
+fn key_before(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let before = &text[line_start..offset];
+    let eq = before.rfind('=')?;
+    let key = before[..eq].trim_end();
+    let start =
+        key.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')).map_or(0, |i| i + 1);
+    let key = &key[start..];
+    (!key.is_empty()).then(|| key.to_string())
 }
 
 /// 1-based line and column of byte `offset` in `text`.

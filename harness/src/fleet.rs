@@ -49,7 +49,7 @@ use crate::error::{Error, Failure, InputError, Result};
 use crate::labnet::{LabNet, LabNetConfig, LabNetError};
 use crate::machine::{Machine, MachineSpec};
 use crate::provision::{profile_name, Lab, LabSetup};
-use crate::scenario::{Dur, Pattern, ProvisionSpec, PROVISION_STATES};
+use crate::scenario::{Dur, Pattern, ProvisionSpec};
 use crate::timeline::{console_marker, Event, Redactor};
 use devlab_provision::NodeState;
 use regex::bytes::Regex as BytesRegex;
@@ -114,7 +114,7 @@ pub enum FleetStep {
         nodes: Vec<String>,
     },
     ProvisionWait {
-        state: String,
+        state: NodeState,
         #[serde(default)]
         nodes: Vec<String>,
         #[serde(default = "default_wait")]
@@ -236,13 +236,7 @@ impl Fleet {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Fleet> {
-        let file: FleetFile = toml::from_str(text).map_err(|e| {
-            let mut ie = InputError::new(path, e.message().to_string());
-            if let Some(span) = e.span() {
-                ie = ie.at(text, span.start);
-            }
-            ie
-        })?;
+        let file: FleetFile = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
         let at = |offset: usize, field: &str, msg: String| -> Error {
             InputError::new(path, msg).at(text, offset).field(field).into()
         };
@@ -307,13 +301,6 @@ impl Fleet {
                 }
             }
             match step {
-                FleetStep::ProvisionWait { state, .. } if !PROVISION_STATES.contains(&state.as_str()) => {
-                    return Err(at(
-                        field_at("state"),
-                        "state",
-                        format!("unknown state `{state}` (one of {})", PROVISION_STATES.join(", ")),
-                    ));
-                }
                 FleetStep::ProvisionAssign { profile, .. } if !profiles.contains(&profile.as_str()) => {
                     return Err(at(
                         field_at("profile"),
@@ -584,7 +571,7 @@ impl FleetRun<'_> {
                 Ok(())
             }
             FleetStep::ProvisionWait { state, nodes, timeout } => {
-                let want: NodeState = state.parse().map_err(|e: String| self.failure(e, None))?;
+                let want = *state;
                 let deadline = tokio::time::Instant::now() + timeout.0;
                 for i in self.targets(nodes) {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -816,7 +803,7 @@ mod tests {
         let err = parse(&format!("{HEAD}{a}[[step]]\naction = \"provision_assign\"\nprofile = \"x\"\n")).unwrap_err();
         assert!(err.to_string().contains("field `profile`: no profile `x`"), "{err}");
         let err = parse(&format!("{HEAD}{a}[[step]]\naction = \"provision_wait\"\nstate = \"DONE\"\n")).unwrap_err();
-        assert!(err.to_string().contains("field `state`: unknown state `DONE`"), "{err}");
+        assert!(err.to_string().contains("unknown variant `DONE`"), "{err}");
         let err = parse(&format!("{HEAD}{}", a.replace("qemu-x86_64-pxe", "qemu-x86_64"))).unwrap_err();
         assert!(err.to_string().contains("field `node.board`") && err.to_string().contains("no `pxe`"), "{err}");
         let err = parse(&format!("{HEAD}{a}[[step]]\naction = \"power_on\"\nnode = \"a\"\n")).unwrap_err();

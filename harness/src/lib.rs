@@ -20,12 +20,14 @@ pub mod ostree;
 pub mod plan;
 pub mod provision;
 pub mod qmp;
+pub mod rauc;
 pub mod report;
 pub mod rundir;
 pub mod runner;
 pub mod scenario;
 pub mod snapshot;
 pub mod ssh;
+pub mod steps;
 pub mod timeline;
 pub mod update_server;
 

@@ -1,7 +1,89 @@
-//! Reading `ostree admin status` (Debian's ostree 2022.7 text output): the
-//! deployments in order, each with its commit, serial, state marker and
-//! `Version:`. Pure parsing; the runner runs the command over SSH.
-use crate::scenario::DeploymentState;
+//! The OSTree update flavour's own state and parsing: the commits a run
+//! knows by image name (for `{commit:<image>}`, `assert_ostree` and the
+//! snapshot's `[commit:<image>]` redactions), the commit last published on
+//! the device's branch, and `ostree admin status` (Debian's ostree 2022.7
+//! text output: the deployments in order, each with its commit, serial,
+//! state marker and `Version:`). No I/O besides reading image manifests;
+//! the steps run the commands over SSH.
+
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// A deployment's marker in `ostree admin status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    /// `*`: running now.
+    Booted,
+    /// `(pending)`: boots next (listed before the booted one).
+    Pending,
+    /// `(rollback)`: listed after the booted one.
+    Rollback,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Booted => "booted",
+            DeploymentState::Pending => "pending",
+            DeploymentState::Rollback => "rollback",
+        }
+    }
+}
+
+/// The commits a run knows: image name -> checksum, and what `serve_ostree`
+/// last published on the device's branch.
+#[derive(Debug, Default, Clone)]
+pub struct Commits {
+    known: BTreeMap<String, String>,
+    /// The commit `serve_ostree` last published.
+    pub published: Option<String>,
+}
+
+impl Commits {
+    pub fn insert(&mut self, image: &str, commit: &str) {
+        self.known.insert(image.to_string(), commit.to_string());
+    }
+
+    /// The commit of image `name`: one the run knows, else its last build
+    /// for `arch`.
+    pub fn of(&mut self, name: &str, arch: devlab_images::Arch) -> Result<String, String> {
+        if let Some(c) = self.known.get(name) {
+            return Ok(c.clone());
+        }
+        let recipe = crate::rundir::workspace_root().join("images/recipes").join(format!("{name}.toml"));
+        let image = devlab_images::locate(&recipe, arch).map_err(|e| e.to_string())?;
+        let Some(o) = image.manifest.ostree else {
+            return Err(format!("image `{name}` is not an OSTree image"));
+        };
+        self.known.insert(name.to_string(), o.commit.clone());
+        Ok(o.commit)
+    }
+
+    /// Replaces `{commit:<image>}` in `s` with that image's commit.
+    pub fn subst(&mut self, s: &str, arch: devlab_images::Arch) -> Result<String, String> {
+        static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
+        let re = RE.get_or_init(|| Regex::new(r"\{commit:([A-Za-z0-9_.-]+)\}").expect("static regex"));
+        let mut out = s.to_string();
+        let names: Vec<String> = re.captures_iter(s).map(|c| c[1].to_string()).collect();
+        for name in names {
+            let commit = self.of(&name, arch)?;
+            out = out.replace(&format!("{{commit:{name}}}"), &commit);
+        }
+        Ok(out)
+    }
+
+    /// The image a commit belongs to, if the run knows it.
+    pub fn name_of(&self, commit: &str) -> Option<&str> {
+        self.known.iter().find(|(_, v)| v.as_str() == commit).map(|(k, _)| k.as_str())
+    }
+
+    /// (commit, `[commit:<image>]`) for the snapshot's redactor.
+    pub fn redactions(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.known.iter().map(|(name, c)| (c.clone(), format!("[commit:{name}]")))
+    }
+}
 
 /// One deployment line of `ostree admin status` and its `Version:`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,17 +10,15 @@
 use crate::accel::{self, AccelChoice};
 use crate::board::Board;
 use crate::console::{ConsoleError, ERROR_LINES};
-use crate::disk;
 use crate::error::{Error, Failure, Result};
 use crate::machine::{Machine, MachineSpec};
-use crate::scenario::{DeploymentState, PlacedStep, RaucOutcome, Scenario, Source, Step};
+use crate::scenario::{Scenario, Step};
 use crate::ssh::Ssh;
 use crate::timeline::{console_marker, qmp_event, Entry, Event, Origin, Redactor, Timeline};
 use devlab_images::BuiltImage;
 use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -239,6 +237,13 @@ fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<(Bui
     Ok((image, dir))
 }
 
+/// Run blocking host work (a host tool like `qemu-img` or `debugfs`, a big
+/// file read or copy) on tokio's blocking pool, so the single-threaded
+/// runtime that every concurrent run shares keeps reading their consoles.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::infra(format!("a blocking host task failed: {e}")))?
+}
+
 /// Free space a run needs where its run directory goes (the overlay grows
 /// by every slot written), in MiB; `DEVLAB_MIN_FREE_MIB` overrides it.
 const MIN_FREE_MIB: u64 = 1024;
@@ -277,7 +282,7 @@ fn host_disk_full(events: &[crate::qmp::QmpEvent]) -> Option<String> {
 }
 
 /// When `exec_with_link_outage` takes the link down.
-enum OutageStart {
+pub(crate) enum OutageStart {
     /// The server has sent another MiB of a release.
     Downloaded,
     /// The server starts answering a request whose path matches.
@@ -285,85 +290,62 @@ enum OutageStart {
 }
 
 /// When it brings the link back.
-enum OutageEnd {
+pub(crate) enum OutageEnd {
     /// This console pattern appeared.
     Console(BytesRegex),
     /// The outage's own length (the fault itself).
     After(Duration),
 }
 
-/// What the update agent prints when an attempt ends, one way or another.
-const UPDATE_OUTCOME: &str =
-    r"devlab-update: (download failed|api failed|refused|write failed|switch failed|slot . written)";
-
-/// The line the management OS's agent prints once the service has taken a
-/// state change it made (see `provision_wait`). Each pattern runs to the
-/// end of its line: a match that ended mid-line would let the step drain a
-/// line still arriving, before its marker can be read whole.
-fn agent_ack(state: devlab_provision::NodeState) -> Option<&'static str> {
-    use devlab_provision::NodeState as S;
-    match state {
-        S::Registered => Some(r"devlab-mgmt: registered[^\n]*\n"),
-        S::Deploying => Some(r"devlab-mgmt: DEPLOYING[^\n]*\n"),
-        S::Installed => Some(r"devlab-mgmt: INSTALLED[^\n]*\n"),
-        S::UnrecoverableError => Some(r"devlab-mgmt: FAILED[^\n]*\n"),
-        S::DeployStart => None,
-    }
-}
-
-/// How long the agent may take to print its line after the service
-/// answered it (it prints at once).
-const AGENT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Where `exec_until_power_cut` cuts.
-enum CutAt {
+pub(crate) enum CutAt {
     Console(BytesRegex),
     Request(Regex),
 }
 
-struct Run<'a> {
-    scenario: &'a Scenario,
-    board: &'a Board,
-    image: BuiltImage,
-    run_dir: PathBuf,
-    accel: AccelChoice,
-    machine: Option<Machine>,
-    ssh: Option<Ssh>,
-    timeline: Timeline,
+/// The run's context: what every step borrows (the machine, its SSH
+/// session, the servers, the timeline) and flavour state.
+pub struct Run<'a> {
+    pub(crate) scenario: &'a Scenario,
+    pub(crate) board: &'a Board,
+    pub(crate) image: BuiltImage,
+    pub(crate) run_dir: PathBuf,
+    pub(crate) accel: AccelChoice,
+    pub(crate) machine: Option<Machine>,
+    pub(crate) ssh: Option<Ssh>,
+    pub(crate) timeline: Timeline,
     /// Time zero of the run: the first power-on.
-    t_first: Option<Instant>,
+    pub(crate) t_first: Option<Instant>,
     /// Console bytes already scanned for markers.
-    marker_offset: usize,
+    pub(crate) marker_offset: usize,
     /// QMP events already in the timeline.
-    qmp_cursor: usize,
+    pub(crate) qmp_cursor: usize,
     /// Start of a line whose marker was taken before the line was complete.
-    marker_taken_line: Option<usize>,
+    pub(crate) marker_taken_line: Option<usize>,
     /// Which step is running (for failure messages).
-    current: String,
+    pub(crate) current: String,
     /// The update server, started by the first `serve_release`/`serve_bundle`.
-    server: Option<crate::update_server::UpdateServer>,
-    /// Served RAUC bundles: name -> URL as the guest sees it.
-    bundles: BTreeMap<String, String>,
+    pub(crate) server: Option<crate::update_server::UpdateServer>,
+    /// The RAUC flavour: bundles served.
+    pub(crate) rauc: crate::rauc::Bundles,
     /// Bad spots injected from the next power-on on (`disk_errors`).
-    disk_errors: Vec<crate::board::DiskError>,
+    pub(crate) disk_errors: Vec<crate::board::DiskError>,
     /// Told as each step starts.
-    on_step: StepHook,
+    pub(crate) on_step: StepHook,
     /// Use checkpoints (`RunOptions::checkpoints`).
-    checkpoints: bool,
-    /// OSTree commits this run knows: image name -> checksum.
-    commits: BTreeMap<String, String>,
-    /// The commit `serve_ostree` last published on the device's branch.
-    ostree_published: Option<String>,
+    pub(crate) checkpoints: bool,
+    /// The OSTree flavour: commits known and published.
+    pub(crate) ostree: crate::ostree::Commits,
     /// Callbacks already consumed by `wait_callback`.
-    callback_cursor: usize,
+    pub(crate) callback_cursor: usize,
     /// Console sync barriers issued so far.
-    syncs: u32,
+    pub(crate) syncs: u32,
     /// The provisioning service and its files (`[provision]`), started
     /// before the first power-on.
-    lab: Option<crate::provision::Lab>,
+    pub(crate) lab: Option<crate::provision::Lab>,
     /// The run's start (for step times) and each step's time.
-    started: Instant,
-    step_times: Vec<StepTime>,
+    pub(crate) started: Instant,
+    pub(crate) step_times: Vec<StepTime>,
 }
 
 impl<'a> Run<'a> {
@@ -383,14 +365,13 @@ impl<'a> Run<'a> {
             marker_taken_line: None,
             current: "setup".into(),
             server: None,
-            bundles: BTreeMap::new(),
+            rauc: crate::rauc::Bundles::default(),
             disk_errors: Vec::new(),
             on_step: StepHook::default(),
             checkpoints: true,
             callback_cursor: 0,
             syncs: 0,
-            commits: BTreeMap::new(),
-            ostree_published: None,
+            ostree: crate::ostree::Commits::default(),
             lab: None,
             started: Instant::now(),
             step_times: Vec::new(),
@@ -401,43 +382,28 @@ impl<'a> Run<'a> {
     /// Knows the booted image's OSTree commit (if it is an OSTree image).
     fn with_booted_commit(mut self) -> Self {
         if let Some(o) = &self.image.manifest.ostree {
-            self.commits.insert(self.scenario.header.image.get_ref().clone(), o.commit.clone());
+            self.ostree.insert(self.scenario.header.image.get_ref(), &o.commit);
         }
         self
     }
 
     /// The OSTree commit of image `name` (its last build for this arch).
-    fn commit_of(&mut self, name: &str) -> Result<String> {
-        if let Some(c) = self.commits.get(name) {
-            return Ok(c.clone());
-        }
-        let recipe = crate::rundir::workspace_root().join("images/recipes").join(format!("{name}.toml"));
-        let image = devlab_images::locate(&recipe, self.board.arch)?;
-        let Some(o) = image.manifest.ostree else {
-            return Err(self.failure(format!("image `{name}` is not an OSTree image")));
-        };
-        self.commits.insert(name.to_string(), o.commit.clone());
-        Ok(o.commit)
+    pub(crate) fn commit_of(&mut self, name: &str) -> Result<String> {
+        let arch = self.board.arch;
+        self.ostree.of(name, arch).map_err(|e| self.failure(e))
     }
 
     /// Replaces `{commit:<image>}` with that image's OSTree commit.
-    fn subst_commits(&mut self, s: &str) -> Result<String> {
-        static RE: std::sync::OnceLock<Regex> = std::sync::OnceLock::new();
-        let re = RE.get_or_init(|| Regex::new(r"\{commit:([A-Za-z0-9_.-]+)\}").unwrap());
-        let mut out = s.to_string();
-        let names: Vec<String> = re.captures_iter(s).map(|c| c[1].to_string()).collect();
-        for name in names {
-            let commit = self.commit_of(&name)?;
-            out = out.replace(&format!("{{commit:{name}}}"), &commit);
-        }
-        Ok(out)
+    pub(crate) fn subst_commits(&mut self, s: &str) -> Result<String> {
+        let arch = self.board.arch;
+        self.ostree.subst(s, arch).map_err(|e| self.failure(e))
     }
 
     /// Redactions for this run's snapshots: the run folder and every OSTree
     /// commit it named (`[commit:<image>]`).
     fn redactor(&self) -> Redactor {
         let mut lits: Vec<(String, String)> = vec![(self.run_dir.to_string_lossy().into_owned(), "[run]".into())];
-        lits.extend(self.commits.iter().map(|(name, c)| (c.clone(), format!("[commit:{name}]"))));
+        lits.extend(self.ostree.redactions());
         let refs: Vec<(&str, &str)> = lits.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
         Redactor::new(&refs)
     }
@@ -454,7 +420,7 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn machine_running(&mut self) -> bool {
+    pub(crate) fn machine_running(&mut self) -> bool {
         self.machine.as_mut().is_some_and(|m| m.exited().is_none())
     }
 
@@ -462,7 +428,7 @@ impl<'a> Run<'a> {
         self.machine.as_ref().map(|m| m.console.last_lines(ERROR_LINES)).unwrap_or_default()
     }
 
-    fn failure(&self, message: String) -> Error {
+    pub(crate) fn failure(&self, message: String) -> Error {
         // A guest QEMU paused because the host disk filled up looks like a
         // hang from inside; say what happened.
         let paused = self.machine.as_ref().and_then(|m| host_disk_full(&m.qmp.events()));
@@ -482,7 +448,7 @@ impl<'a> Run<'a> {
         }))
     }
 
-    fn console_failure(&self, e: ConsoleError) -> Error {
+    pub(crate) fn console_failure(&self, e: ConsoleError) -> Error {
         let last = e.last_lines().to_vec();
         let mut err = self.failure(e.to_string());
         if let Error::Failed(f) = &mut err {
@@ -493,20 +459,20 @@ impl<'a> Run<'a> {
         err
     }
 
-    fn machine(&mut self) -> Result<&mut Machine> {
+    pub(crate) fn machine(&mut self) -> Result<&mut Machine> {
         if !self.machine_running() {
             return Err(self.failure("the machine is not running (add a power_on step)".into()));
         }
         Ok(self.machine.as_mut().expect("running"))
     }
 
-    fn ssh(&self) -> Result<&Ssh> {
+    pub(crate) fn ssh(&self) -> Result<&Ssh> {
         self.ssh.as_ref().ok_or_else(|| self.failure("no SSH session (add a wait_ssh step)".into()))
     }
 
     /// Move console markers (up to byte `upto`, or all complete lines) and
     /// new QMP events into the timeline, merged by arrival time.
-    fn drain(&mut self, upto: Option<usize>) {
+    pub(crate) fn drain(&mut self, upto: Option<usize>) {
         let offset = self.machine_offset();
         let Some(m) = self.machine.as_ref() else { return };
         let mut batch = Vec::new();
@@ -550,7 +516,7 @@ impl<'a> Run<'a> {
     /// After a match ending at `end`: if that line carries a timeline
     /// marker and is still arriving, wait (bounded) for the rest of it, so
     /// the marker's text is whole and the timeline the same every run.
-    async fn settle_line(&mut self, end: usize) {
+    pub(crate) async fn settle_line(&mut self, end: usize) {
         let Some(m) = self.machine.as_ref() else { return };
         let Some((_, line, _)) = m.console.line_at(end) else { return };
         if console_marker(&line).is_some() {
@@ -558,22 +524,47 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn record(&mut self, event: Event) {
+    pub(crate) fn record(&mut self, event: Event) {
         let t = self.now();
         self.timeline.push(t, Origin::Step, event);
     }
 
-    fn subst(&self, s: &str) -> String {
-        let serial = self.board.smbios.as_ref().map_or("", |b| b.serial.as_str());
-        let s = s
-            .replace("{arch}", self.board.arch.uname())
-            .replace("{board}", &self.board.name)
-            .replace("{mac}", &self.board.nic.mac)
-            .replace("{serial}", serial);
+    /// The board's value of a placeholder (`{arch}`, `{board}`, `{mac}`,
+    /// `{serial}`).
+    fn placeholder(&self, name: &str) -> Option<String> {
+        match name {
+            "{arch}" => Some(self.board.arch.uname().to_string()),
+            "{board}" => Some(self.board.name.clone()),
+            "{mac}" => Some(self.board.nic.mac.clone()),
+            "{serial}" => Some(self.board.smbios.as_ref().map_or("", |b| b.serial.as_str()).to_string()),
+            _ => None,
+        }
+    }
+
+    /// A command with the board's placeholders and `{server}` filled in.
+    pub(crate) fn subst(&self, s: &str) -> String {
+        let s = crate::steps::PLACEHOLDERS
+            .iter()
+            .fold(s.to_string(), |acc, p| acc.replace(p, &self.placeholder(p).unwrap_or_default()));
         match &self.server {
             Some(server) => s.replace("{server}", &server.guest_address()),
             None => s,
         }
+    }
+
+    /// A console pattern for this board, compiled (checked at load).
+    pub(crate) fn console_pattern(&self, p: &crate::steps::Pattern) -> BytesRegex {
+        p.bytes_regex(|k| self.placeholder(k))
+    }
+
+    /// A text pattern (command output, request paths) for this board.
+    pub(crate) fn text_pattern(&self, p: &crate::steps::Pattern) -> Regex {
+        p.text_regex(|k| self.placeholder(k))
+    }
+
+    /// A pattern as this board sees it (what the timeline records).
+    pub(crate) fn pattern_source(&self, p: &crate::steps::Pattern) -> String {
+        p.filled(|k| self.placeholder(k))
     }
 
     async fn steps(&mut self) -> Result<()> {
@@ -607,7 +598,7 @@ impl<'a> Run<'a> {
                 duration_s: 0.0,
                 passed: false,
             });
-            let res = self.step(placed).await;
+            let res = placed.step.run(self, placed).await;
             let last = self.step_times.last_mut().expect("pushed");
             last.duration_s = (self.started.elapsed() - start).as_secs_f64();
             last.passed = res.is_ok();
@@ -616,779 +607,10 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    async fn step(&mut self, placed: &PlacedStep) -> Result<()> {
-        if matches!(
-            placed.step,
-            Step::ProvisionAssign(_)
-                | Step::ProvisionWait(_)
-                | Step::ProvisionFault(_)
-                | Step::ProvisionTable(_)
-                | Step::ProvisionRestart(_)
-        ) {
-            // A fault may be armed before the first power-on starts the lab.
-            self.ensure_lab().await?;
-        }
-        match &placed.step {
-            Step::PowerOn(_) => self.power_on().await,
-            Step::Boot(b) => {
-                let Some(prompts) = self.board.uboot().cloned() else {
-                    return Err(self.failure(format!("board {} has no U-Boot to stop", self.board.name)));
-                };
-                let timeout = b.timeout.0;
-                let autoboot = BytesRegex::new(&regex::escape(&prompts.autoboot_prompt)).unwrap();
-                let prompt = BytesRegex::new(&regex::escape(&prompts.prompt)).unwrap();
-                let m = self.machine()?;
-                m.console.expect(&[autoboot], timeout).await.map_err(|e| self.console_failure(e))?;
-                // Any key stops autoboot; U-Boot then shows its prompt.
-                self.send(b" ").await?;
-                let m = self.machine()?;
-                let got = m.console.expect(std::slice::from_ref(&prompt), timeout).await;
-                let got = got.map_err(|e| self.console_failure(e))?;
-                self.drain(Some(got.end));
-                self.record(Event::AutobootInterrupted);
-                let boot = b.boot_command.clone().unwrap_or(prompts.boot_command);
-                for cmd in &b.commands {
-                    self.send(format!("{cmd}\r").as_bytes()).await?;
-                    let m = self.machine()?;
-                    let got = m.console.expect(std::slice::from_ref(&prompt), timeout).await;
-                    let got = got.map_err(|e| self.console_failure(e))?;
-                    self.drain(Some(got.end));
-                    self.record(Event::UbootCommand { command: cmd.clone() });
-                }
-                self.send(format!("{boot}\r").as_bytes()).await?;
-                self.record(Event::UbootCommand { command: boot });
-                Ok(())
-            }
-            Step::Expect(e) => {
-                let pattern = self.subst(&e.pattern.0);
-                let re = BytesRegex::new(&pattern).map_err(|err| self.failure(format!("bad pattern: {err}")))?;
-                let m = self.machine()?;
-                let got = m.console.expect(&[re], e.timeout.0).await.map_err(|err| self.console_failure(err))?;
-                self.settle_line(got.end).await;
-                self.drain(Some(got.end));
-                self.record(Event::Expected { label: e.label.clone().unwrap_or(e.pattern.0.clone()) });
-                Ok(())
-            }
-            Step::WaitSsh(w) => {
-                let t0 = self.machine()?.t0;
-                let port = self.machine()?.ssh_port().await?;
-                let ssh = Ssh::new(port, &self.image.ssh_key, self.run_dir.join("ssh.log"), t0);
-                let m = self.machine()?;
-                tokio::select! {
-                    r = ssh.wait_up(w.timeout.0) => r.map_err(|e| self.failure(e.to_string()))?,
-                    bad = m.console.wait_bad() => return Err(self.console_failure(bad)),
-                }
-                self.ssh = Some(ssh);
-                self.drain(None);
-                self.record(Event::SshUp);
-                Ok(())
-            }
-            Step::Ssh(s) => {
-                if s.command.contains("{server}") {
-                    self.start_server().await?;
-                }
-                let command = self.subst_commits(&s.command)?;
-                let command = self.subst(&command);
-                if let Some(p) = &s.power_cut_at {
-                    let pattern = self.subst(&p.0);
-                    let re = BytesRegex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                    return self.exec_until_power_cut(&command, s.timeout.0, CutAt::Console(re)).await;
-                }
-                if let Some(p) = &s.power_cut_on_request {
-                    let re = Regex::new(&p.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                    return self.exec_until_power_cut(&command, s.timeout.0, CutAt::Request(re)).await;
-                }
-                let out = match &s.link_drop {
-                    Some(drop) => {
-                        let re =
-                            Regex::new(&drop.on_request.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                        let end = OutageEnd::After(Duration::from_secs(drop.seconds));
-                        self.exec_with_link_outage(&command, s.timeout.0, OutageStart::Request(re), end).await?
-                    }
-                    None => self.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| self.failure(e.to_string()))?,
-                };
-                if out.status != s.expect_status {
-                    return Err(self.failure(format!(
-                        "`{command}` exited {} (expected {}); stdout: {:?}; stderr: {:?}",
-                        out.status,
-                        s.expect_status,
-                        out.stdout.trim(),
-                        out.stderr.trim()
-                    )));
-                }
-                let mut recorded = None;
-                if let Some(p) = &s.expect_stdout {
-                    let pattern = self.subst(&p.0);
-                    let re = Regex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                    let stdout = out.stdout.trim();
-                    let Some(m) = re.find(stdout) else {
-                        return Err(
-                            self.failure(format!("`{command}` printed {stdout:?}, which does not match `{pattern}`"))
-                        );
-                    };
-                    recorded = Some(m.as_str().to_string());
-                }
-                self.drain(None);
-                self.record(Event::Command { command, status: out.status, stdout: recorded });
-                Ok(())
-            }
-            Step::AssertSlot(a) => {
-                let out = self
-                    .ssh()?
-                    .exec("cat /proc/cmdline", Duration::from_secs(30))
-                    .await
-                    .map_err(|e| self.failure(e.to_string()))?;
-                let slot = out
-                    .stdout
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("devlab.slot="))
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        self.failure(format!("no devlab.slot= on the kernel command line: {:?}", out.stdout.trim()))
-                    })?;
-                if slot != a.slot.as_str() {
-                    return Err(self.failure(format!("booted slot {slot}, expected {}", a.slot.as_str())));
-                }
-                self.drain(None);
-                self.record(Event::SlotBooted { slot });
-                Ok(())
-            }
-            Step::AssertEnv(a) => {
-                let actual: BTreeMap<String, String> = match a.source {
-                    Source::Guest => {
-                        let out = self
-                            .ssh()?
-                            .exec("fw_printenv", Duration::from_secs(30))
-                            .await
-                            .map_err(|e| self.failure(e.to_string()))?;
-                        if out.status != 0 {
-                            return Err(self.failure(format!(
-                                "fw_printenv exited {}: {}",
-                                out.status,
-                                out.stderr.trim()
-                            )));
-                        }
-                        parse_printenv(&out.stdout)
-                    }
-                    Source::Disk => {
-                        let overlay = self.overlay()?;
-                        let state = disk::read_env(&overlay, &self.image.manifest)?;
-                        state.vars().cloned().ok_or_else(|| {
-                            self.failure("both U-Boot environment copies on the disk are corrupt".into())
-                        })?
-                    }
-                };
-                let mut seen = BTreeMap::new();
-                for (k, want) in &a.vars {
-                    let got = actual.get(k).cloned().unwrap_or_default();
-                    if &got != want {
-                        return Err(self.failure(format!(
-                            "U-Boot env ({}) {k}={got:?}, expected {want:?}; whole env: {actual:?}",
-                            source_name(a.source)
-                        )));
-                    }
-                    seen.insert(k.clone(), got);
-                }
-                self.drain(None);
-                self.record(Event::Env { source: source_name(a.source).into(), vars: seen });
-                Ok(())
-            }
-            Step::AssertFile(a) => {
-                let content = match a.source {
-                    Source::Guest => self
-                        .ssh()?
-                        .download(&a.path, Duration::from_secs(30))
-                        .await
-                        .map_err(|e| self.failure(e.to_string()))?,
-                    Source::Disk => {
-                        let (label, path) = a
-                            .path
-                            .split_once(':')
-                            .ok_or_else(|| self.failure(format!("disk path `{}` must be LABEL:/path", a.path)))?;
-                        let overlay = self.overlay()?;
-                        let bytes = disk::read_file(&overlay, &self.image.manifest, label, path)
-                            .map_err(|e| self.failure(e.to_string()))?;
-                        String::from_utf8_lossy(&bytes).into_owned()
-                    }
-                };
-                if let Some(eq) = &a.equals {
-                    if content.trim_end() != eq.trim_end() {
-                        return Err(self.failure(format!("{} holds {:?}, expected {eq:?}", a.path, content)));
-                    }
-                }
-                if let Some(c) = &a.contains {
-                    if !content.contains(c.as_str()) {
-                        return Err(self.failure(format!("{} does not contain {c:?}: {:?}", a.path, content)));
-                    }
-                }
-                self.drain(None);
-                self.record(Event::File { source: source_name(a.source).into(), path: a.path.clone() });
-                Ok(())
-            }
-            Step::Poweroff(p) => {
-                // busybox `poweroff` signals init and returns; the session may drop.
-                let _ = self.ssh()?.exec("poweroff", Duration::from_secs(10)).await;
-                if let Some(s) = self.ssh.as_ref() {
-                    s.disconnect();
-                }
-                let timeout = p.timeout.0;
-                let m = self.machine.as_mut().expect("checked by ssh()");
-                if m.wait_exit(timeout).await.is_none() {
-                    return Err(self.failure(format!(
-                        "QEMU did not exit within {} of `poweroff`",
-                        humantime::format_duration(timeout)
-                    )));
-                }
-                self.qmp_read_to_end().await;
-                self.drain(None);
-                self.record(Event::PoweredOff);
-                Ok(())
-            }
-            Step::PowerCut(_) => {
-                let m = self.machine()?;
-                m.power_cut().await?;
-                if let Some(s) = self.ssh.take() {
-                    s.disconnect();
-                }
-                self.drain(None);
-                self.record(Event::PowerCut);
-                Ok(())
-            }
-            Step::CorruptDisk(c) => {
-                if self.machine_running() {
-                    return Err(
-                        self.failure("corrupt_disk needs the machine off (add poweroff or power_cut first)".into())
-                    );
-                }
-                let overlay = self.overlay()?;
-                disk::corrupt(&overlay, &self.image.manifest, &c.partition, c.offset, c.length, c.byte)?;
-                self.record(Event::Fault { kind: "corrupt_disk".into(), target: c.partition.clone() });
-                Ok(())
-            }
-            Step::ServeRelease(r) => {
-                let recipe = self.scenario.recipe_for(&crate::rundir::workspace_root(), &r.image)?;
-                let image = devlab_images::locate(&recipe, self.board.arch)?;
-                if image.manifest.version != r.version {
-                    return Err(self.failure(format!(
-                        "image `{}` is version {}, not {}",
-                        r.image.get_ref(),
-                        image.manifest.version,
-                        r.version
-                    )));
-                }
-                self.start_server().await?;
-                let key = devlab_images::release_key(&image.manifest.key);
-                let file = image.dir.join(format!("release-{}-{}.img.gz.enc", image.manifest.recipe, self.board.arch));
-                let rootfs = image.rootfs.clone();
-                let (f, k) = (file.clone(), key.clone());
-                tokio::task::spawn_blocking(move || crate::update_server::package(&rootfs, &f, &k))
-                    .await
-                    .map_err(|e| Error::infra(e.to_string()))?
-                    .map_err(Error::infra)?;
-                let release = crate::update_server::load_release(&r.version, &file, &key)
-                    .map_err(|e| Error::infra(format!("reading {}: {e}", file.display())))?;
-                self.server.as_ref().expect("started").add_release(release);
-                self.record(Event::ReleaseServed { version: r.version.clone(), image: r.image.get_ref().clone() });
-                Ok(())
-            }
-            Step::HttpFault(f) => {
-                let server = self
-                    .server
-                    .as_ref()
-                    .ok_or_else(|| self.failure("no update server yet (add a serve_release step first)".into()))?;
-                server.add_fault(f.fault.clone(), f.count);
-                self.record(Event::Fault { kind: f.fault.name(), target: "update server".into() });
-                Ok(())
-            }
-            Step::Update(u) => {
-                let url = self
-                    .server
-                    .as_ref()
-                    .ok_or_else(|| self.failure("no update server yet (add a serve_release step first)".into()))?
-                    .guest_api_url(&u.version);
-                let command = format!("devlab-update --no-reboot {url}");
-                if let Some(p) = &u.power_cut_at {
-                    let pattern = self.subst(&p.0);
-                    let re = BytesRegex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                    return self.exec_until_power_cut(&command, u.timeout.0, CutAt::Console(re)).await;
-                }
-                let out = if u.link_down_mid_transfer {
-                    // The link comes back once the agent has reported.
-                    let re = BytesRegex::new(UPDATE_OUTCOME).expect("static pattern");
-                    let end = OutageEnd::Console(re);
-                    self.exec_with_link_outage(&command, u.timeout.0, OutageStart::Downloaded, end).await?
-                } else {
-                    let out = self.ssh()?.exec(&command, u.timeout.0).await;
-                    out.map_err(|e| self.failure(e.to_string()))?
-                };
-                self.console_barrier().await?;
-                let got = crate::scenario::UpdateOutcome::from_exit_status(out.status);
-                if got != Some(u.expect) {
-                    return Err(self.failure(format!(
-                        "update to {} ended {} (exit {}), expected {:?}; output: {}{}",
-                        u.version,
-                        got.map_or("unexpectedly".to_string(), |g| format!("{g:?}")),
-                        out.status,
-                        u.expect,
-                        out.stdout.trim(),
-                        out.stderr.trim()
-                    )));
-                }
-                self.record(Event::UpdateResult {
-                    version: u.version.clone(),
-                    outcome: serde_json::to_value(u.expect)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                });
-                if u.expect == crate::scenario::UpdateOutcome::Installed && u.reboot {
-                    let _ = self.ssh()?.exec("reboot", Duration::from_secs(10)).await;
-                    if let Some(s) = self.ssh.take() {
-                        s.disconnect();
-                    }
-                }
-                Ok(())
-            }
-            Step::AssertVersion(a) => {
-                let out = self.ssh()?.exec(". /etc/os-release && echo \"$VERSION_ID\"", Duration::from_secs(30)).await;
-                let out = out.map_err(|e| self.failure(e.to_string()))?;
-                let running = out.stdout.trim().to_string();
-                if running != a.version {
-                    return Err(self.failure(format!("running version {running:?}, expected {:?}", a.version)));
-                }
-                self.drain(None);
-                self.record(Event::VersionRunning { version: running });
-                Ok(())
-            }
-            Step::ServeBundle(b) => {
-                let recipe = self.scenario.recipe_for(&crate::rundir::workspace_root(), &b.image)?;
-                let image = devlab_images::locate(&recipe, self.board.arch)?;
-                self.start_server().await?;
-                let signer = b.signer;
-                let made = tokio::task::spawn_blocking(move || {
-                    let path = devlab_images::rauc::bundle(&image, signer)?;
-                    std::fs::read(&path).map_err(devlab_images::ImageError::io(&path))
-                })
-                .await
-                .map_err(|e| Error::infra(e.to_string()))?;
-                let bytes = made.map_err(|e| Error::infra(e.to_string()))?;
-                let file = format!("{}.raucb", b.name);
-                let url = self.server.as_ref().expect("started").add_bundle(&file, bytes);
-                self.bundles.insert(b.name.clone(), url);
-                self.record(Event::BundleServed {
-                    name: b.name.clone(),
-                    image: b.image.get_ref().clone(),
-                    signer: b.signer.as_str().into(),
-                });
-                Ok(())
-            }
-            Step::ServeOstree(o) => {
-                let name = o.image.get_ref().clone();
-                let recipe = self.scenario.recipe_for(&crate::rundir::workspace_root(), &o.image)?;
-                let image = devlab_images::locate(&recipe, self.board.arch)?;
-                let (Some(served), Some(booted)) = (image.manifest.ostree, self.image.manifest.ostree.clone()) else {
-                    return Err(self.failure(format!("`{name}` and the scenario's image must both be OSTree images")));
-                };
-                let from = self.ostree_published.clone().unwrap_or_else(|| booted.commit.clone());
-                if o.delta && from != served.commit {
-                    let (repo, to) = (served.repo.clone(), served.commit.clone());
-                    let made =
-                        tokio::task::spawn_blocking(move || devlab_images::ostree::static_delta(&repo, &from, &to))
-                            .await
-                            .map_err(|e| Error::infra(e.to_string()))?;
-                    made.map_err(|e| Error::infra(e.to_string()))?;
-                }
-                self.start_server().await?;
-                let server = self.server.as_ref().expect("started");
-                server.serve_ostree_repo(served.repo.clone(), o.delta);
-                server.publish_ostree(&booted.branch, &served.commit);
-                self.ostree_published = Some(served.commit.clone());
-                self.commits.insert(name.clone(), served.commit);
-                self.record(Event::OstreeServed { image: name, delta: o.delta });
-                Ok(())
-            }
-            Step::AssertOstree(a) => {
-                let out = self.ssh()?.exec("ostree admin status", Duration::from_secs(60)).await;
-                let out = out.map_err(|e| self.failure(e.to_string()))?;
-                if out.status != 0 {
-                    return Err(self.failure(format!(
-                        "ostree admin status exited {}: {}",
-                        out.status,
-                        out.stderr.trim()
-                    )));
-                }
-                let got = crate::ostree::parse_status(&out.stdout);
-                let mut want = Vec::new();
-                for d in &a.deployments {
-                    want.push((self.commit_of(&d.image)?, d.state));
-                }
-                let got_pairs: Vec<(String, DeploymentState)> =
-                    got.iter().map(|d| (d.commit.clone(), d.state)).collect();
-                self.drain(None);
-                if got_pairs != want {
-                    let name = |c: &str| {
-                        self.commits.iter().find(|(_, v)| v.as_str() == c).map_or(c.to_string(), |(k, _)| k.clone())
-                    };
-                    let show = |v: &[(String, DeploymentState)]| {
-                        v.iter().map(|(c, s)| format!("{} {}", name(c), s.as_str())).collect::<Vec<_>>().join(", ")
-                    };
-                    return Err(self.failure(format!(
-                        "ostree deployments are [{}], expected [{}]; ostree admin status:\n{}",
-                        show(&got_pairs),
-                        show(&want),
-                        out.stdout.trim_end()
-                    )));
-                }
-                let deployments =
-                    got.iter().map(|d| format!("{} {} version {}", d.state.as_str(), d.commit, d.version)).collect();
-                self.record(Event::OstreeStatus { deployments });
-                Ok(())
-            }
-            Step::RaucInstall(i) => {
-                let url = self.bundles.get(&i.bundle).cloned().ok_or_else(|| {
-                    self.failure(format!("no bundle `{}` served (add a serve_bundle step first)", i.bundle))
-                })?;
-                let out = self.ssh()?.exec(&format!("rauc install {url}"), i.timeout.0).await;
-                let out = out.map_err(|e| self.failure(e.to_string()))?;
-                let text = format!("{}{}", out.stdout, out.stderr);
-                let got = if out.status == 0 { RaucOutcome::Installed } else { RaucOutcome::Failed };
-                if got != i.expect {
-                    return Err(self.failure(format!(
-                        "rauc install {} ended {got:?} (exit {}), expected {:?}; output:\n{}",
-                        i.bundle,
-                        out.status,
-                        i.expect,
-                        text.trim()
-                    )));
-                }
-                if let Some(p) = &i.error {
-                    let re = Regex::new(&p.0).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                    if !re.is_match(&text) {
-                        return Err(self.failure(format!(
-                            "rauc install {} output does not match `{}`:\n{}",
-                            i.bundle,
-                            p.0,
-                            text.trim()
-                        )));
-                    }
-                }
-                self.console_barrier().await?;
-                self.record(Event::RaucInstall {
-                    bundle: i.bundle.clone(),
-                    outcome: format!("{got:?}").to_lowercase(),
-                });
-                if got == RaucOutcome::Installed && i.reboot {
-                    let _ = self.ssh()?.exec("reboot", Duration::from_secs(10)).await;
-                    if let Some(s) = self.ssh.take() {
-                        s.disconnect();
-                    }
-                }
-                Ok(())
-            }
-            Step::AssertRauc(a) => {
-                let out =
-                    self.ssh()?.exec("rauc status --detailed --output-format=json", Duration::from_secs(60)).await;
-                let out = out.map_err(|e| self.failure(e.to_string()))?;
-                if out.status != 0 {
-                    return Err(self.failure(format!("rauc status failed: {}{}", out.stdout, out.stderr)));
-                }
-                let status = RaucStatus::parse(&out.stdout).map_err(|e| self.failure(e))?;
-                let mut wrong = Vec::new();
-                let mut check = |what: &str, want: Option<&String>, got: Option<&String>| {
-                    if let Some(w) = want {
-                        if Some(w) != got {
-                            wrong.push(format!("{what}: {} (expected {w})", got.map_or("none", |g| g.as_str())));
-                        }
-                    }
-                };
-                check("booted", a.booted.as_ref(), status.booted.as_ref());
-                check("primary", a.primary.as_ref(), status.primary.as_ref());
-                for (slot, want) in &a.boot_status {
-                    check(&format!("boot status of {slot}"), Some(want), status.boot_status.get(slot));
-                }
-                for (slot, want) in &a.installed {
-                    check(&format!("bundle installed in {slot}"), Some(want), status.installed.get(slot));
-                }
-                if !wrong.is_empty() {
-                    return Err(self.failure(format!("rauc status: {}\n{}", wrong.join("; "), out.stdout.trim())));
-                }
-                self.drain(None);
-                self.record(Event::RaucStatus {
-                    booted: status.booted.unwrap_or_default(),
-                    primary: status.primary.unwrap_or_default(),
-                    boot_status: status
-                        .boot_status
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                });
-                Ok(())
-            }
-            Step::DiskErrors(d) => {
-                if self.machine_running() {
-                    return Err(self.failure("disk_errors needs the machine off (power it off first)".into()));
-                }
-                let part = self.image.manifest.partitions.iter().find(|p| p.label == d.partition);
-                let Some(part) = part else {
-                    let labels: Vec<&str> = self.image.manifest.partitions.iter().map(|p| p.label.as_str()).collect();
-                    return Err(self.failure(format!(
-                        "no partition `{}` on this disk (it has: {})",
-                        d.partition,
-                        labels.join(", ")
-                    )));
-                };
-                if d.offset >= part.size {
-                    return Err(self.failure(format!(
-                        "offset {} is beyond partition `{}` ({} bytes)",
-                        d.offset, d.partition, part.size
-                    )));
-                }
-                self.disk_errors.push(crate::board::DiskError {
-                    offset: part.start + d.offset,
-                    iotype: d.iotype,
-                    errno: d.errno,
-                });
-                let io = if d.iotype == crate::board::IoType::Read { "read" } else { "write" };
-                self.record(Event::Fault {
-                    kind: format!("disk {io} errors ({:?})", d.errno),
-                    target: d.partition.clone(),
-                });
-                Ok(())
-            }
-            Step::ClearDiskErrors(_) => {
-                if self.machine_running() {
-                    return Err(self.failure("clear_disk_errors needs the machine off (power it off first)".into()));
-                }
-                self.disk_errors.clear();
-                self.record(Event::Fault { kind: "disk errors cleared".into(), target: "disk".into() });
-                Ok(())
-            }
-            Step::Upload(u) => {
-                let dir = self.scenario.path.parent().unwrap_or(std::path::Path::new("."));
-                let from = dir.join(&u.from);
-                let data =
-                    std::fs::read(&from).map_err(|e| self.failure(format!("cannot read {}: {e}", from.display())))?;
-                let n = data.len();
-                let r = self.ssh()?.upload(data, &u.to, u.mode, Duration::from_secs(120)).await;
-                r.map_err(|e| self.failure(e.to_string()))?;
-                self.drain(None);
-                self.record(Event::Transfer { direction: "upload".into(), path: u.to.clone(), bytes: n as u64 });
-                Ok(())
-            }
-            Step::Download(d) => {
-                let q = crate::machine::shell_quote(&d.from);
-                // Hex through busybox od: byte-exact over a text channel.
-                let out = self.ssh()?.exec(&format!("od -An -v -tx1 {q}"), Duration::from_secs(120)).await;
-                let out = out.map_err(|e| self.failure(e.to_string()))?;
-                if out.status != 0 {
-                    return Err(self.failure(format!("download of {} failed: {}", d.from, out.stderr.trim())));
-                }
-                let bytes: std::result::Result<Vec<u8>, _> =
-                    out.stdout.split_whitespace().map(|h| u8::from_str_radix(h, 16)).collect();
-                let bytes = bytes.map_err(|e| self.failure(format!("download of {}: bad od output: {e}", d.from)))?;
-                let to = self.run_dir.join(&d.to);
-                std::fs::write(&to, &bytes).map_err(|e| Error::infra(format!("writing {}: {e}", to.display())))?;
-                self.drain(None);
-                self.record(Event::Transfer {
-                    direction: "download".into(),
-                    path: d.from.clone(),
-                    bytes: bytes.len() as u64,
-                });
-                Ok(())
-            }
-            Step::ProvisionAssign(a) => {
-                let uuid = self.node_uuid()?;
-                let lab = self.lab()?;
-                lab.service
-                    .assign(&uuid, &a.profile)
-                    .map_err(|e| self.failure(format!("assigning {}: {e}", a.profile)))?;
-                self.drain(None);
-                self.record(Event::Provision { detail: format!("assigned profile {}", a.profile) });
-                Ok(())
-            }
-            Step::ProvisionWait(w) => {
-                let uuid = self.node_uuid()?;
-                let state: devlab_provision::NodeState = w.state.parse().map_err(|e: String| self.failure(e))?;
-                let service = self.lab()?.service.clone();
-                let wait = service.wait_state(&uuid, state, w.timeout.0);
-                // Raced with the console (a panic, or the machine powering
-                // off without reaching the state, ends the wait at once);
-                // `biased`: a state already reached wins over a closed console.
-                let got = if self.machine_running() {
-                    let m = self.machine.as_mut().expect("running");
-                    let bad = tokio::select! {
-                        biased;
-                        r = wait => Ok(r),
-                        bad = m.console.wait_bad() => Err(bad),
-                    };
-                    match bad {
-                        Ok(r) => r,
-                        Err(bad) => return Err(self.console_failure(bad)),
-                    }
-                } else {
-                    wait.await
-                };
-                got.map_err(|e| self.failure(format!("node {uuid}: {e}")))?;
-                // The service changes state before it answers the agent,
-                // which then prints its own line: wait for that line too, so
-                // the timeline's order does not depend on who was faster.
-                let mut end = None;
-                if let (Some(ack), true) = (agent_ack(state), self.machine_running()) {
-                    let re = BytesRegex::new(ack).expect("static pattern");
-                    let m = self.machine()?;
-                    let got = m.console.expect(&[re], AGENT_ACK_TIMEOUT).await.map_err(|e| self.console_failure(e))?;
-                    self.settle_line(got.end).await;
-                    end = Some(got.end);
-                }
-                self.drain(end);
-                self.record(Event::Provision { detail: format!("node {}", w.state) });
-                Ok(())
-            }
-            Step::ProvisionFault(f) => {
-                let endpoint: devlab_provision::Endpoint = f.endpoint.parse().map_err(|e: String| self.failure(e))?;
-                let fault = match f.fault.as_str() {
-                    "hang" => devlab_provision::Fault::Hang { count: f.count, seconds: f.seconds },
-                    _ => devlab_provision::Fault::Error500 { count: f.count },
-                };
-                self.lab()?.service.fault(endpoint, fault);
-                self.record(Event::Fault {
-                    kind: format!("provision {} x{}", f.fault, f.count),
-                    target: f.endpoint.clone(),
-                });
-                Ok(())
-            }
-            Step::ProvisionRestart(r) => {
-                self.lab()?;
-                self.lab.as_mut().expect("checked").restart(&r.remove_profiles).await?;
-                self.drain(None);
-                let detail = match r.remove_profiles.as_slice() {
-                    [] => "service restarted".to_string(),
-                    gone => format!("service restarted without profile {}", gone.join(", ")),
-                };
-                self.record(Event::Provision { detail });
-                Ok(())
-            }
-            Step::ProvisionTable(_) => {
-                let table = self.lab()?.service.state_table();
-                self.drain(None);
-                self.record(Event::ProvisionTable { rows: table.lines().map(|l| l.trim_end().to_string()).collect() });
-                Ok(())
-            }
-            Step::WaitPoweroff(w) => {
-                let timeout = w.timeout.0;
-                // A machine that is already off (it powered off while the
-                // last step ran) passes at once.
-                let Some(m) = self.machine.as_mut() else {
-                    return Err(self.failure("the machine was never powered on".into()));
-                };
-                if m.wait_exit(timeout).await.is_none() {
-                    return Err(self.failure(format!(
-                        "the guest did not power off within {}",
-                        humantime::format_duration(timeout)
-                    )));
-                }
-                if let Some(s) = self.ssh.take() {
-                    s.disconnect();
-                }
-                self.qmp_read_to_end().await;
-                self.drain(None);
-                self.record(Event::PoweredOff);
-                Ok(())
-            }
-            Step::WaitQmp(w) => {
-                let from = self.qmp_cursor;
-                let m = self.machine()?;
-                let got = m.qmp.wait_event(&[w.event.as_str()], from, w.timeout.0).await;
-                got.map_err(|e| self.failure(format!("waiting for QMP event {}: {e}", w.event)))?;
-                self.drain(None);
-                Ok(())
-            }
-            Step::WaitCallback(w) => {
-                self.start_server().await?;
-                let from = self.callback_cursor;
-                let server = self.server.as_ref().expect("started");
-                let got = server.wait_callback(&w.name, from, w.timeout.0).await;
-                let Some((i, body)) = got else {
-                    return Err(self.failure(format!(
-                        "no callback `{}` within {} (the guest calls http://{}/callback/{})",
-                        w.name,
-                        humantime::format_duration(w.timeout.0),
-                        server.guest_address(),
-                        w.name
-                    )));
-                };
-                self.callback_cursor = i + 1;
-                let body = String::from_utf8_lossy(&body).into_owned();
-                if let Some(p) = &w.body {
-                    let pattern = self.subst(&p.0);
-                    let re = Regex::new(&pattern).map_err(|e| self.failure(format!("bad pattern: {e}")))?;
-                    if !re.is_match(&body) {
-                        return Err(
-                            self.failure(format!("callback `{}` body {body:?} does not match `{pattern}`", w.name))
-                        );
-                    }
-                }
-                self.drain(None);
-                self.record(Event::Callback { name: w.name.clone() });
-                Ok(())
-            }
-            Step::AssertService(a) => {
-                let q = crate::machine::shell_quote(&a.name);
-                let out = self.ssh()?.exec(&format!("pidof {q}"), Duration::from_secs(30)).await;
-                let out = out.map_err(|e| self.failure(e.to_string()))?;
-                let running = out.status == 0;
-                if running != a.running {
-                    return Err(self.failure(format!(
-                        "service {} is {}, expected {}",
-                        a.name,
-                        if running { "running" } else { "not running" },
-                        if a.running { "running" } else { "not running" }
-                    )));
-                }
-                self.drain(None);
-                self.record(Event::Service { name: a.name.clone(), running });
-                Ok(())
-            }
-            Step::Checkpoint(c) if !self.checkpoints => {
-                self.drain(None);
-                self.record(Event::Checkpoint { name: c.name.clone() });
-                Ok(())
-            }
-            Step::Checkpoint(c) => {
-                let index = self.scenario.steps.iter().position(|p| std::ptr::eq(p, placed)).unwrap_or_default();
-                self.save_checkpoint(&c.name, index).await
-            }
-            Step::Link(l) => {
-                let m = self.machine()?;
-                let r = m
-                    .qmp
-                    .execute_timeout("set_link", Some(json!({"name": "net0", "up": l.up})), Duration::from_secs(10))
-                    .await;
-                r.map_err(|e| Error::infra(format!("set_link: {e}")))?;
-                self.record(Event::Link { up: l.up });
-                Ok(())
-            }
-            Step::Reset(_) => {
-                let m = self.machine()?;
-                m.qmp
-                    .execute_timeout("system_reset", None, Duration::from_secs(10))
-                    .await
-                    .map_err(|e| Error::infra(format!("system_reset: {e}")))?;
-                if let Some(s) = self.ssh.take() {
-                    s.disconnect();
-                }
-                self.drain(None);
-                self.record(Event::Reset);
-                Ok(())
-            }
-        }
-    }
-
     /// Run `command` over SSH and cut the power at `at` (a console pattern,
     /// or the update server starting to answer a matching request) while
     /// it runs; the command ending first is a failure.
-    async fn exec_until_power_cut(&mut self, command: &str, timeout: Duration, at: CutAt) -> Result<()> {
+    pub(crate) async fn exec_until_power_cut(&mut self, command: &str, timeout: Duration, at: CutAt) -> Result<()> {
         self.ssh()?;
         self.machine()?;
         if matches!(at, CutAt::Request(_)) && self.server.is_none() {
@@ -1436,7 +658,7 @@ impl<'a> Run<'a> {
     }
 
     /// Start the update server on first use.
-    async fn start_server(&mut self) -> Result<()> {
+    pub(crate) async fn start_server(&mut self) -> Result<()> {
         if self.server.is_none() {
             let server = crate::update_server::UpdateServer::start(self.run_dir.join("http.log"))
                 .await
@@ -1446,7 +668,7 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> Result<()> {
         let r = self.machine()?.console.send(bytes).await;
         r.map_err(|e| self.console_failure(e))
     }
@@ -1455,7 +677,7 @@ impl<'a> Run<'a> {
     /// and wait for it on the serial port, then drain the timeline up to it.
     /// Everything the guest printed before (same tty, in order) is then in
     /// the timeline, whatever the race between SSH and the UART.
-    async fn console_barrier(&mut self) -> Result<()> {
+    pub(crate) async fn console_barrier(&mut self) -> Result<()> {
         self.syncs += 1;
         let tag = format!("devlab-sync {}", self.syncs);
         let out = self.ssh()?.exec(&format!("echo '{tag}' > /dev/console"), Duration::from_secs(30)).await;
@@ -1474,7 +696,7 @@ impl<'a> Run<'a> {
     /// agent reporting; or the outage's own length, which is the fault
     /// itself, not a wait for something). The link changes go into the
     /// timeline among the console lines by time; the command runs to its end.
-    async fn exec_with_link_outage(
+    pub(crate) async fn exec_with_link_outage(
         &mut self,
         command: &str,
         timeout: Duration,
@@ -1547,7 +769,7 @@ impl<'a> Run<'a> {
         out.map_err(|e| self.failure(e.to_string()))
     }
 
-    fn overlay(&self) -> Result<PathBuf> {
+    pub(crate) fn overlay(&self) -> Result<PathBuf> {
         self.machine
             .as_ref()
             .map(|m| m.overlay.clone())
@@ -1557,7 +779,7 @@ impl<'a> Run<'a> {
     /// After QEMU exited on its own: wait until the QMP reader has its
     /// SHUTDOWN event or has read the socket to its end (the pidfd can fire
     /// first), so the timeline never depends on that race. At most 5 s.
-    async fn qmp_read_to_end(&mut self) {
+    pub(crate) async fn qmp_read_to_end(&mut self) {
         let from = self.qmp_cursor;
         if let Some(m) = self.machine.as_ref() {
             let _ = m.qmp.wait_event(&["SHUTDOWN"], from, Duration::from_secs(5)).await;
@@ -1565,19 +787,19 @@ impl<'a> Run<'a> {
     }
 
     /// This board's node UUID (its SMBIOS UUID).
-    fn node_uuid(&self) -> Result<String> {
+    pub(crate) fn node_uuid(&self) -> Result<String> {
         match &self.board.smbios {
             Some(s) => Ok(s.uuid.clone()),
             None => Err(self.failure(format!("board {} has no [smbios] uuid (the node's identity)", self.board.name))),
         }
     }
 
-    fn lab(&self) -> Result<&crate::provision::Lab> {
+    pub(crate) fn lab(&self) -> Result<&crate::provision::Lab> {
         self.lab.as_ref().ok_or_else(|| self.failure("the provisioning service is not running".into()))
     }
 
     /// Start the provisioning lab if the scenario has one and it is not up.
-    async fn ensure_lab(&mut self) -> Result<()> {
+    pub(crate) async fn ensure_lab(&mut self) -> Result<()> {
         if let (None, Some(spec)) = (&self.lab, &self.scenario.provision) {
             let lab = crate::provision::Lab::start(&self.run_dir, self.scenario, spec, self.board.arch).await?;
             self.lab = Some(lab);
@@ -1600,7 +822,7 @@ impl<'a> Run<'a> {
         Ok(path)
     }
 
-    async fn power_on(&mut self) -> Result<()> {
+    pub(crate) async fn power_on(&mut self) -> Result<()> {
         self.start_machine(None).await?;
         let t = self.machine_offset();
         self.timeline.push(t, Origin::Step, Event::PowerOn);
@@ -1700,7 +922,7 @@ impl<'a> Run<'a> {
     }
 
     /// The `checkpoint` step on a cold run: save the machine and go on.
-    async fn save_checkpoint(&mut self, name: &str, index: usize) -> Result<()> {
+    pub(crate) async fn save_checkpoint(&mut self, name: &str, index: usize) -> Result<()> {
         self.drain(None);
         self.record(Event::Checkpoint { name: name.to_string() });
         let key = self.checkpoint_key(index)?;
@@ -1813,54 +1035,6 @@ impl<'a> Run<'a> {
     }
 }
 
-/// What `rauc status --detailed --output-format=json` says, by bootname.
-#[derive(Debug, Default, PartialEq)]
-pub struct RaucStatus {
-    pub booted: Option<String>,
-    /// The bootname of RAUC's `boot_primary` slot.
-    pub primary: Option<String>,
-    pub boot_status: BTreeMap<String, String>,
-    /// The bundle version RAUC last installed into each slot.
-    pub installed: BTreeMap<String, String>,
-}
-
-impl RaucStatus {
-    pub fn parse(json: &str) -> std::result::Result<RaucStatus, String> {
-        let v: serde_json::Value =
-            serde_json::from_str(json.trim()).map_err(|e| format!("rauc status is not JSON ({e}): {json}"))?;
-        let mut st = RaucStatus { booted: v["booted"].as_str().map(str::to_string), ..Default::default() };
-        let primary = v["boot_primary"].as_str();
-        // `slots` is a list of one-entry objects {"rootfs.0": {...}}.
-        for entry in v["slots"].as_array().into_iter().flatten() {
-            for (name, slot) in entry.as_object().into_iter().flatten() {
-                let Some(bootname) = slot["bootname"].as_str() else { continue };
-                if primary == Some(name.as_str()) {
-                    st.primary = Some(bootname.to_string());
-                }
-                if let Some(b) = slot["boot_status"].as_str() {
-                    st.boot_status.insert(bootname.to_string(), b.to_string());
-                }
-                if let Some(ver) = slot["slot_status"]["bundle"]["version"].as_str() {
-                    st.installed.insert(bootname.to_string(), ver.to_string());
-                }
-            }
-        }
-        Ok(st)
-    }
-}
-
-fn source_name(s: Source) -> &'static str {
-    match s {
-        Source::Guest => "guest",
-        Source::Disk => "disk",
-    }
-}
-
-/// `fw_printenv` output → variables.
-pub fn parse_printenv(text: &str) -> BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1875,31 +1049,5 @@ mod tests {
         assert_eq!(host_disk_full(&[ev("report", true)]), None, "disk_errors' ENOSPC is reported, not stopped");
         assert_eq!(host_disk_full(&[ev("stop", false)]), None);
         assert_eq!(host_disk_full(&[ev("report", true), ev("stop", true)]).as_deref(), Some("disk0"));
-    }
-
-    #[test]
-    fn printenv_output_is_parsed() {
-        let v = parse_printenv("BOOT_ORDER=A B\nBOOT_A_LEFT=2\nnoise\n");
-        assert_eq!(v.get("BOOT_ORDER").map(String::as_str), Some("A B"));
-        assert_eq!(v.get("BOOT_A_LEFT").map(String::as_str), Some("2"));
-        assert_eq!(v.len(), 2);
-    }
-
-    #[test]
-    fn rauc_status_json_is_read_by_bootname() {
-        // As printed by RAUC 1.8 in the guest after installing v2 into B.
-        let json = r#"{"compatible":"devlab","variant":"","booted":"A","boot_primary":"rootfs.1","slots":[
-            {"rootfs.1":{"class":"rootfs","device":"/dev/vda5","type":"ext4","bootname":"B","state":"inactive",
-             "boot_status":"good","slot_status":{"bundle":{"compatible":"devlab","version":"2"},"status":"ok"}}},
-            {"rootfs.0":{"class":"rootfs","device":"/dev/vda4","type":"ext4","bootname":"A","state":"booted",
-             "boot_status":"bad","slot_status":{"bundle":{"compatible":null}}}}]}"#;
-        let st = RaucStatus::parse(json).unwrap();
-        assert_eq!(st.booted.as_deref(), Some("A"));
-        assert_eq!(st.primary.as_deref(), Some("B"));
-        assert_eq!(st.boot_status.get("A").map(String::as_str), Some("bad"));
-        assert_eq!(st.boot_status.get("B").map(String::as_str), Some("good"));
-        assert_eq!(st.installed.get("B").map(String::as_str), Some("2"));
-        assert!(!st.installed.contains_key("A"));
-        assert!(RaucStatus::parse("installing").unwrap_err().contains("not JSON"));
     }
 }

@@ -6,656 +6,12 @@
 
 use crate::error::{InputError, Result};
 use regex::Regex;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A duration written as `"30s"`, `"2m"`, `"500ms"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"30s\" or \"2m\": {e}")))
-    }
-}
-
-/// A regex, checked when the file is read.
-#[derive(Debug, Clone)]
-pub struct Pattern(pub String);
-
-impl<'de> Deserialize<'de> for Pattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        // `{arch}` and friends are substituted per board before compiling.
-        let probe = s.replace("{arch}", "x").replace("{board}", "x").replace("{mac}", "x").replace("{serial}", "x");
-        Regex::new(&probe).map_err(|e| serde::de::Error::custom(format!("not a valid regex: {e}")))?;
-        Ok(Pattern(s))
-    }
-}
-
-/// Where an assertion reads its state: the running guest (over SSH) or the
-/// disk, read from the host (works when the guest is off or does not boot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    Guest,
-    Disk,
-}
-
-fn default_boot_timeout() -> Dur {
-    Dur(Duration::from_secs(60))
-}
-fn default_step_timeout() -> Dur {
-    Dur(Duration::from_secs(30))
-}
-fn default_ssh_timeout() -> Dur {
-    Dur(Duration::from_secs(120))
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PowerOn {}
-
-/// Stop U-Boot's autoboot at its prompt, run `commands` at the `=> `
-/// prompt, then the board's boot command (or `boot_command`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Boot {
-    #[serde(default)]
-    pub commands: Vec<String>,
-    #[serde(default)]
-    pub boot_command: Option<String>,
-    #[serde(default = "default_boot_timeout")]
-    pub timeout: Dur,
-}
-
-/// Wait for a regex on the serial console.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expect {
-    pub pattern: Pattern,
-    #[serde(default = "default_step_timeout")]
-    pub timeout: Dur,
-    /// The name recorded in the timeline (default: the pattern).
-    #[serde(default)]
-    pub label: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaitSsh {
-    #[serde(default = "default_ssh_timeout")]
-    pub timeout: Dur,
-}
-
-/// Run a command over SSH and check its status and output.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SshRun {
-    pub command: String,
-    #[serde(default)]
-    pub expect_status: i32,
-    /// Regex the trimmed stdout must match; its match is recorded.
-    #[serde(default)]
-    pub expect_stdout: Option<Pattern>,
-    #[serde(default = "default_step_timeout")]
-    pub timeout: Dur,
-    /// Cut the power when this console pattern appears while the command
-    /// runs (the command must not end first).
-    #[serde(default)]
-    pub power_cut_at: Option<Pattern>,
-    /// Cut the power when the update server starts answering a request
-    /// whose path matches (e.g. an OSTree object while a pull runs).
-    #[serde(default)]
-    pub power_cut_on_request: Option<Pattern>,
-    /// Take the NIC's link down while the command runs, when the update
-    /// server starts answering a matching request, for `seconds`; the
-    /// command then runs on to its end (a transfer resumes or fails).
-    #[serde(default)]
-    pub link_drop: Option<LinkDrop>,
-}
-
-/// A link outage in the middle of a transfer (see [`SshRun::link_drop`]).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LinkDrop {
-    /// Regex on the request path that triggers it.
-    pub on_request: Pattern,
-    /// How long the link stays down (the fault's length, not a wait).
-    pub seconds: u64,
-}
-
-/// The slot the guest booted (kernel command line `devlab.slot=`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertSlot {
-    pub slot: Slot,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl Slot {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Slot::A => "A",
-            Slot::B => "B",
-        }
-    }
-}
-
-/// U-Boot environment variables, read with `fw_printenv` (guest) or from
-/// the disk's env copies (disk). A value of `""` asserts the variable is unset.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertEnv {
-    #[serde(default = "guest")]
-    pub source: Source,
-    pub vars: BTreeMap<String, String>,
-}
-
-fn guest() -> Source {
-    Source::Guest
-}
-
-/// A file's content, in the guest or on a disk partition (`data:/path`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertFile {
-    #[serde(default = "guest")]
-    pub source: Source,
-    /// Guest path, or `LABEL:/path` on an ext4 partition for `source = "disk"`.
-    pub path: String,
-    #[serde(default)]
-    pub equals: Option<String>,
-    #[serde(default)]
-    pub contains: Option<String>,
-}
-
-/// Copy a host file (relative to the scenario file) into the guest.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Upload {
-    pub from: String,
-    pub to: String,
-    /// File mode in the guest (TOML octal: `0o755`).
-    #[serde(default = "mode_644")]
-    pub mode: u32,
-}
-
-fn mode_644() -> u32 {
-    0o644
-}
-
-/// Copy a guest file into the run directory (as `to`, a plain file name).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Download {
-    pub from: String,
-    pub to: String,
-}
-
-/// Wait for a QMP event (`WATCHDOG`, `RESET`, `BLOCK_IO_ERROR`, ...) that
-/// arrived after the previous step ended.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaitQmp {
-    pub event: String,
-    #[serde(default = "default_step_timeout")]
-    pub timeout: Dur,
-}
-
-/// Wait until the guest calls `http://{server}/callback/<name>` (any
-/// method) after the previous `wait_callback`; `{server}` in `ssh` commands
-/// is the harness's server as the guest reaches it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaitCallback {
-    pub name: String,
-    /// A regex the callback's body must match.
-    #[serde(default)]
-    pub body: Option<Pattern>,
-    #[serde(default = "default_step_timeout")]
-    pub timeout: Dur,
-}
-
-/// Is a service (a process by name, `pidof`) running in the guest?
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertService {
-    pub name: String,
-    #[serde(default = "yes")]
-    pub running: bool,
-}
-
-/// Power off from inside the guest and wait for QEMU to exit.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Poweroff {
-    #[serde(default = "default_step_timeout")]
-    pub timeout: Dur,
-}
-
-/// Cut the power: QEMU is killed, nothing is flushed.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PowerCut {}
-
-/// Overwrite bytes of a partition on the powered-off disk (a fault: a torn
-/// or bit-rotted write). The machine must be off.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CorruptDisk {
-    /// GPT partition label, e.g. `uboot-env-a`.
-    pub partition: String,
-    #[serde(default)]
-    pub offset: u64,
-    #[serde(default = "sixteen")]
-    pub length: u64,
-    /// The byte written over the range.
-    #[serde(default = "ff")]
-    pub byte: u8,
-}
-
-fn sixteen() -> u64 {
-    16
-}
-fn ff() -> u8 {
-    0xff
-}
-
-/// Build (or reuse) the release package of an image recipe and serve it
-/// from the harness's update server as `version`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeRelease {
-    pub version: String,
-    /// The image recipe whose root slot is the release (`images/recipes/<image>.toml`).
-    pub image: toml::Spanned<String>,
-}
-
-/// Arm a fault on the update server for its next `count` requests.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpFault {
-    pub fault: crate::update_server::Fault,
-    #[serde(default = "one")]
-    pub count: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-/// What an update attempt must end in (the agent's exit status).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpdateOutcome {
-    Installed,
-    ApiFailed,
-    AlreadyRunning,
-    DownloadFailed,
-    ChecksumMismatch,
-    WriteFailed,
-    SwitchFailed,
-}
-
-impl UpdateOutcome {
-    pub const ALL: [UpdateOutcome; 7] = [
-        UpdateOutcome::Installed,
-        UpdateOutcome::ApiFailed,
-        UpdateOutcome::AlreadyRunning,
-        UpdateOutcome::DownloadFailed,
-        UpdateOutcome::ChecksumMismatch,
-        UpdateOutcome::WriteFailed,
-        UpdateOutcome::SwitchFailed,
-    ];
-
-    /// The update agent's exit status for this outcome.
-    pub fn exit_status(self) -> i32 {
-        match self {
-            UpdateOutcome::Installed => 0,
-            UpdateOutcome::ApiFailed => 2,
-            UpdateOutcome::AlreadyRunning => 3,
-            UpdateOutcome::DownloadFailed => 4,
-            UpdateOutcome::ChecksumMismatch => 5,
-            UpdateOutcome::WriteFailed => 6,
-            UpdateOutcome::SwitchFailed => 7,
-        }
-    }
-
-    pub fn from_exit_status(code: i32) -> Option<UpdateOutcome> {
-        Self::ALL.into_iter().find(|o| o.exit_status() == code)
-    }
-}
-
-/// Run the device's update agent against a served release.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Update {
-    pub version: String,
-    #[serde(default = "installed")]
-    pub expect: UpdateOutcome,
-    /// Reboot into the new slot when installed (default true).
-    #[serde(default = "yes")]
-    pub reboot: bool,
-    #[serde(default = "default_update_timeout")]
-    pub timeout: Dur,
-    /// Cut the power when this console pattern appears while the agent
-    /// runs (e.g. `devlab-update: writing slot`): the step then ends in a
-    /// power cut instead of an outcome.
-    #[serde(default)]
-    pub power_cut_at: Option<Pattern>,
-    /// Take the NIC's link down once the download is under way (1 MiB
-    /// served) and up again when the agent reports on the console.
-    #[serde(default)]
-    pub link_down_mid_transfer: bool,
-}
-
-fn installed() -> UpdateOutcome {
-    UpdateOutcome::Installed
-}
-fn yes() -> bool {
-    true
-}
-fn default_update_timeout() -> Dur {
-    Dur(Duration::from_secs(180))
-}
-
-/// The running release (`VERSION_ID` in the guest's /etc/os-release).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertVersion {
-    pub version: String,
-}
-
-/// Take the board's network link down or up (QMP `set_link`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Link {
-    pub up: bool,
-}
-
-/// Save the machine here (RAM, devices and disk) so a later run of the same
-/// steps on the same image, board, firmware and QEMU starts from it instead
-/// of repeating them. At most one per scenario.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Checkpoint {
-    pub name: String,
-}
-
-/// Give the disk a bad spot (QEMU blkdebug) from the next power-on on:
-/// requests of `iotype` touching byte `offset` of `partition` fail with
-/// `errno`. The machine must be off (the disk is configured at power-on).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskErrors {
-    /// GPT partition label, e.g. `rootfs-b`.
-    pub partition: String,
-    /// Bytes into the partition (default 1 MiB).
-    #[serde(default = "one_mib")]
-    pub offset: u64,
-    #[serde(default = "write_io")]
-    pub iotype: crate::board::IoType,
-    #[serde(default = "eio")]
-    pub errno: crate::board::Errno,
-}
-
-fn one_mib() -> u64 {
-    1 << 20
-}
-fn write_io() -> crate::board::IoType {
-    crate::board::IoType::Write
-}
-fn eio() -> crate::board::Errno {
-    crate::board::Errno::EIO
-}
-
-/// Remove every injected disk error from the next power-on on.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClearDiskErrors {}
-
-/// Publish a signed RAUC bundle of an image's root slot on the update
-/// server (`/bundles/<name>.raucb`), built on first use with `rauc bundle`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeBundle {
-    /// What `rauc_install` calls it.
-    pub name: String,
-    /// A RAUC image recipe (`images/recipes/<image>.toml` with a `[rauc]` table).
-    pub image: toml::Spanned<String>,
-    /// `release` (certified by the device's keyring) or `untrusted`.
-    #[serde(default = "release_signer")]
-    pub signer: devlab_images::rauc::Signer,
-}
-
-/// Publish an OSTree image's commit on the update server: the harness
-/// serves the arch's archive repo at `/ostree/` and answers the booted
-/// image's branch (`refs/heads/devlab/<image>`) with this image's commit,
-/// so `ostree admin upgrade` on the device pulls it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeOstree {
-    /// An OSTree image recipe (`images/recipes/<image>.toml` with `[ostree]`).
-    pub image: toml::Spanned<String>,
-    /// Also generate a static delta from the commit the branch pointed at
-    /// before (what the device has) to this one; the device's pull finds
-    /// it at `deltas/…/superblock` and fetches it instead of loose objects.
-    #[serde(default)]
-    pub delta: bool,
-}
-
-/// `ostree admin status` on the device: the deployments, in order, each
-/// the commit of an image in a state.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertOstree {
-    pub deployments: Vec<ExpectedDeployment>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExpectedDeployment {
-    /// The OSTree image whose commit is deployed.
-    pub image: String,
-    pub state: DeploymentState,
-}
-
-/// A deployment's marker in `ostree admin status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeploymentState {
-    /// `*`: running now.
-    Booted,
-    /// `(pending)`: boots next (listed before the booted one).
-    Pending,
-    /// `(rollback)`: listed after the booted one.
-    Rollback,
-}
-
-impl DeploymentState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeploymentState::Booted => "booted",
-            DeploymentState::Pending => "pending",
-            DeploymentState::Rollback => "rollback",
-        }
-    }
-}
-
-fn release_signer() -> devlab_images::rauc::Signer {
-    devlab_images::rauc::Signer::Release
-}
-
-/// What `rauc install` is expected to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RaucOutcome {
-    /// Exit 0: the inactive slot written and made primary.
-    Installed,
-    /// Non-zero exit: the bundle was refused or the install failed.
-    Failed,
-}
-
-/// Run `rauc install <url>` on the device against a served bundle.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RaucInstall {
-    pub bundle: String,
-    #[serde(default = "rauc_installed")]
-    pub expect: RaucOutcome,
-    /// A regex RAUC's output must match when it failed (the reason).
-    #[serde(default)]
-    pub error: Option<Pattern>,
-    /// Reboot into the new slot when installed (default true).
-    #[serde(default = "yes")]
-    pub reboot: bool,
-    #[serde(default = "default_update_timeout")]
-    pub timeout: Dur,
-}
-
-fn rauc_installed() -> RaucOutcome {
-    RaucOutcome::Installed
-}
-
-/// Assert what `rauc status` reports (JSON output); every field optional.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AssertRauc {
-    /// The booted slot's bootname (`A` or `B`).
-    #[serde(default)]
-    pub booted: Option<String>,
-    /// The bootname U-Boot tries first (RAUC's `boot_primary`).
-    #[serde(default)]
-    pub primary: Option<String>,
-    /// Boot status per bootname: `good` or `bad`.
-    #[serde(default)]
-    pub boot_status: BTreeMap<String, String>,
-    /// Bundle version installed per bootname (from RAUC's slot status).
-    #[serde(default)]
-    pub installed: BTreeMap<String, String>,
-}
-
-/// Hardware reset (QMP `system_reset`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Reset {}
-
-/// One step of a scenario.
-#[derive(Debug, Clone)]
-pub enum Step {
-    PowerOn(PowerOn),
-    Boot(Boot),
-    Expect(Expect),
-    WaitSsh(WaitSsh),
-    Ssh(SshRun),
-    AssertSlot(AssertSlot),
-    AssertEnv(AssertEnv),
-    AssertFile(AssertFile),
-    Poweroff(Poweroff),
-    PowerCut(PowerCut),
-    Reset(Reset),
-    CorruptDisk(CorruptDisk),
-    ServeRelease(ServeRelease),
-    HttpFault(HttpFault),
-    Update(Update),
-    AssertVersion(AssertVersion),
-    Link(Link),
-    ServeBundle(ServeBundle),
-    RaucInstall(RaucInstall),
-    AssertRauc(AssertRauc),
-    DiskErrors(DiskErrors),
-    ClearDiskErrors(ClearDiskErrors),
-    Upload(Upload),
-    Download(Download),
-    WaitQmp(WaitQmp),
-    AssertService(AssertService),
-    Checkpoint(Checkpoint),
-    WaitCallback(WaitCallback),
-    ServeOstree(ServeOstree),
-    AssertOstree(AssertOstree),
-    ProvisionAssign(ProvisionAssign),
-    ProvisionWait(ProvisionWait),
-    ProvisionFault(ProvisionFault),
-    ProvisionTable(ProvisionTable),
-    ProvisionRestart(ProvisionRestart),
-    WaitPoweroff(WaitPoweroff),
-}
-
-/// Assign an install profile (`[provision]`) to this board's node.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionAssign {
-    pub profile: String,
-}
-
-/// Node states of the provisioning service (its own names).
-pub const PROVISION_STATES: &[&str] = &["REGISTERED", "DEPLOY_START", "DEPLOYING", "INSTALLED", "UNRECOVERABLE_ERROR"];
-
-/// Wait until this board's node is in `state` in the provisioning service.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionWait {
-    pub state: String,
-    #[serde(default = "default_provision_timeout")]
-    pub timeout: Dur,
-}
-
-fn default_provision_timeout() -> Dur {
-    Dur(Duration::from_secs(180))
-}
-
-/// Arm a fault on one node-facing endpoint of the provisioning service for
-/// its next `count` requests: `error500`, or `hang` for `seconds`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionFault {
-    pub endpoint: String,
-    pub fault: String,
-    #[serde(default = "one_u32")]
-    pub count: u32,
-    /// How long a `hang` holds each answer back (the fault's length).
-    #[serde(default)]
-    pub seconds: u64,
-}
-
-fn one_u32() -> u32 {
-    1
-}
-
-/// Stop the provisioning service and start it again on the same address
-/// from the same database (what a restarted service must not lose), with
-/// the profiles of `remove_profiles` gone from its profile folder (an
-/// operator deleted them; a node assigned one is refused its profile).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionRestart {
-    #[serde(default)]
-    pub remove_profiles: Vec<String>,
-}
-
-/// Put the provisioning service's state table in the timeline.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProvisionTable {}
-
-/// Wait for the guest to power the machine off by itself.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaitPoweroff {
-    #[serde(default = "default_boot_timeout")]
-    pub timeout: Dur,
-}
+pub use crate::steps::{Dur, Pattern, Source, Step, ACTIONS};
 
 /// `[provision]`: the run starts the provisioning service (in-process,
 /// its database in the run directory) with these install profiles.
@@ -689,150 +45,14 @@ pub enum DiskStart {
     Blank,
 }
 
-/// The action names, in the order the docs list them.
-pub const ACTIONS: &[&str] = &[
-    "power_on",
-    "boot",
-    "expect",
-    "wait_ssh",
-    "ssh",
-    "assert_slot",
-    "assert_env",
-    "assert_file",
-    "poweroff",
-    "power_cut",
-    "reset",
-    "corrupt_disk",
-    "serve_release",
-    "http_fault",
-    "update",
-    "assert_version",
-    "link",
-    "serve_bundle",
-    "rauc_install",
-    "assert_rauc",
-    "disk_errors",
-    "clear_disk_errors",
-    "upload",
-    "download",
-    "wait_qmp",
-    "assert_service",
-    "checkpoint",
-    "wait_callback",
-    "serve_ostree",
-    "assert_ostree",
-    "provision_assign",
-    "provision_wait",
-    "provision_fault",
-    "provision_table",
-    "provision_restart",
-    "wait_poweroff",
-];
-
-impl Step {
-    pub fn action(&self) -> &'static str {
-        match self {
-            Step::PowerOn(_) => "power_on",
-            Step::Boot(_) => "boot",
-            Step::Expect(_) => "expect",
-            Step::WaitSsh(_) => "wait_ssh",
-            Step::Ssh(_) => "ssh",
-            Step::AssertSlot(_) => "assert_slot",
-            Step::AssertEnv(_) => "assert_env",
-            Step::AssertFile(_) => "assert_file",
-            Step::Poweroff(_) => "poweroff",
-            Step::PowerCut(_) => "power_cut",
-            Step::Reset(_) => "reset",
-            Step::CorruptDisk(_) => "corrupt_disk",
-            Step::ServeRelease(_) => "serve_release",
-            Step::HttpFault(_) => "http_fault",
-            Step::Update(_) => "update",
-            Step::AssertVersion(_) => "assert_version",
-            Step::Link(_) => "link",
-            Step::ServeBundle(_) => "serve_bundle",
-            Step::RaucInstall(_) => "rauc_install",
-            Step::AssertRauc(_) => "assert_rauc",
-            Step::DiskErrors(_) => "disk_errors",
-            Step::ClearDiskErrors(_) => "clear_disk_errors",
-            Step::Upload(_) => "upload",
-            Step::Download(_) => "download",
-            Step::WaitQmp(_) => "wait_qmp",
-            Step::AssertService(_) => "assert_service",
-            Step::Checkpoint(_) => "checkpoint",
-            Step::WaitCallback(_) => "wait_callback",
-            Step::ServeOstree(_) => "serve_ostree",
-            Step::AssertOstree(_) => "assert_ostree",
-            Step::ProvisionAssign(_) => "provision_assign",
-            Step::ProvisionWait(_) => "provision_wait",
-            Step::ProvisionFault(_) => "provision_fault",
-            Step::ProvisionTable(_) => "provision_table",
-            Step::ProvisionRestart(_) => "provision_restart",
-            Step::WaitPoweroff(_) => "wait_poweroff",
-        }
-    }
-
-    /// The step's `image` field (a recipe name), if it has one.
-    fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
-        match self {
-            Step::ServeRelease(r) => Some(&mut r.image),
-            Step::ServeBundle(b) => Some(&mut b.image),
-            Step::ServeOstree(o) => Some(&mut o.image),
-            _ => None,
-        }
-    }
-
-    fn parse(action: &str, text: &str) -> std::result::Result<Option<Step>, toml::de::Error> {
-        fn p<T: serde::de::DeserializeOwned>(t: &str) -> std::result::Result<T, toml::de::Error> {
-            toml::from_str(t)
-        }
-        Ok(Some(match action {
-            "power_on" => Step::PowerOn(p(text)?),
-            "boot" => Step::Boot(p(text)?),
-            "expect" => Step::Expect(p(text)?),
-            "wait_ssh" => Step::WaitSsh(p(text)?),
-            "ssh" => Step::Ssh(p(text)?),
-            "assert_slot" => Step::AssertSlot(p(text)?),
-            "assert_env" => Step::AssertEnv(p(text)?),
-            "assert_file" => Step::AssertFile(p(text)?),
-            "poweroff" => Step::Poweroff(p(text)?),
-            "power_cut" => Step::PowerCut(p(text)?),
-            "reset" => Step::Reset(p(text)?),
-            "corrupt_disk" => Step::CorruptDisk(p(text)?),
-            "serve_release" => Step::ServeRelease(p(text)?),
-            "http_fault" => Step::HttpFault(p(text)?),
-            "update" => Step::Update(p(text)?),
-            "assert_version" => Step::AssertVersion(p(text)?),
-            "link" => Step::Link(p(text)?),
-            "serve_bundle" => Step::ServeBundle(p(text)?),
-            "rauc_install" => Step::RaucInstall(p(text)?),
-            "assert_rauc" => Step::AssertRauc(p(text)?),
-            "disk_errors" => Step::DiskErrors(p(text)?),
-            "clear_disk_errors" => Step::ClearDiskErrors(p(text)?),
-            "upload" => Step::Upload(p(text)?),
-            "download" => Step::Download(p(text)?),
-            "wait_qmp" => Step::WaitQmp(p(text)?),
-            "assert_service" => Step::AssertService(p(text)?),
-            "checkpoint" => Step::Checkpoint(p(text)?),
-            "wait_callback" => Step::WaitCallback(p(text)?),
-            "serve_ostree" => Step::ServeOstree(p(text)?),
-            "assert_ostree" => Step::AssertOstree(p(text)?),
-            "provision_assign" => Step::ProvisionAssign(p(text)?),
-            "provision_wait" => Step::ProvisionWait(p(text)?),
-            "provision_fault" => Step::ProvisionFault(p(text)?),
-            "provision_table" => Step::ProvisionTable(p(text)?),
-            "provision_restart" => Step::ProvisionRestart(p(text)?),
-            "wait_poweroff" => Step::WaitPoweroff(p(text)?),
-            _ => return Ok(None),
-        }))
-    }
-}
-
 /// A step with where it was written.
 #[derive(Debug, Clone)]
 pub struct PlacedStep {
     pub step: Step,
     /// 1-based line of the step's `[[step]]` header.
     pub line: usize,
+    /// Byte offset of that header in the file.
+    pub offset: usize,
     /// The step's table as canonical JSON (no comments, no layout): what a
     /// checkpoint key hashes.
     pub canonical: String,
@@ -1061,6 +281,7 @@ impl Scenario {
                 Ok(Some(step)) => steps.push(PlacedStep {
                     step,
                     line: crate::error::line_col(&text, span.start).0,
+                    offset: span.start,
                     canonical: serde_json::to_string(spanned.get_ref()).unwrap_or_default(),
                 }),
                 Ok(None) => {
@@ -1077,7 +298,10 @@ impl Scenario {
             }
         }
         if steps.is_empty() {
-            return Err(InputError::new(path, "a scenario needs at least one [[step]]").into());
+            return Err(InputError::new(path, "a scenario needs at least one [[step]]")
+                .at(&text, text.trim_end().len())
+                .field("step")
+                .into());
         }
         // Step spans are relative to each step's own text; `image` fields
         // were parsed from a blanked copy of the same length, so they point
@@ -1102,156 +326,46 @@ impl Scenario {
             text,
         };
         scenario.check_provision(path)?;
-        let root = crate::rundir::workspace_root();
-        let mut bundles: Vec<&str> = Vec::new();
-        let mut checkpoint_seen = false;
-        let mut disk_errors_seen = false;
-        // The partitions of the scenario's disk: A/B slots, or an OSTree sysroot.
-        let is_ostree = scenario
-            .recipe_path(&root)
-            .ok()
-            .and_then(|r| devlab_images::Recipe::load(&r).ok())
-            .is_some_and(|(r, _)| r.ostree.is_some());
-        let disk_labels: &[&str] =
-            if is_ostree { &devlab_images::disk::OSTREE_LABELS } else { &devlab_images::disk::LABELS };
-        for (placed, spanned) in scenario.steps.iter().zip(&raw.step) {
-            let step_at = |key: &str, msg: String| -> crate::error::Error {
-                let step_text = &scenario.text[spanned.span()];
-                let offset = spanned.span().start + crate::board::find_key(step_text, key).unwrap_or(0);
-                InputError::new(path, msg).at(&scenario.text, offset).field(key).into()
-            };
-            match &placed.step {
-                Step::Checkpoint(_) if checkpoint_seen => {
-                    return Err(step_at("action", "only one checkpoint per scenario".into()));
-                }
-                Step::Checkpoint(_) if disk_errors_seen => {
-                    return Err(step_at(
-                        "action",
-                        "a checkpoint cannot follow disk_errors (blkdebug disks are not saved)".into(),
-                    ));
-                }
-                Step::Checkpoint(c)
-                    if !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_".contains(ch))
-                        || c.name.is_empty() =>
-                {
-                    return Err(step_at("name", format!("checkpoint name {:?} is not a plain name", c.name)));
-                }
-                Step::Checkpoint(_) => checkpoint_seen = true,
-                Step::DiskErrors(DiskErrors { partition, .. }) | Step::CorruptDisk(CorruptDisk { partition, .. })
-                    if !disk_labels.contains(&partition.as_str()) =>
-                {
-                    let labels = disk_labels.join(", ");
-                    return Err(step_at("partition", format!("no partition `{partition}` (the disk has: {labels})")));
-                }
-                Step::DiskErrors(_) => disk_errors_seen = true,
-                Step::ServeRelease(ServeRelease { image, .. }) => {
-                    scenario.recipe_for(&root, image)?;
-                }
-                Step::ServeBundle(b) => {
-                    scenario.recipe_for(&root, &b.image)?;
-                    bundles.push(&b.name);
-                }
-                Step::ServeOstree(o) => {
-                    scenario.ostree_recipe(&root, &o.image)?;
-                    scenario.ostree_recipe(&root, &scenario.header.image)?;
-                }
-                Step::AssertOstree(a) => {
-                    for d in &a.deployments {
-                        let recipe = root.join("images/recipes").join(format!("{}.toml", d.image));
-                        let is_ostree = devlab_images::Recipe::load(&recipe).is_ok_and(|(r, _)| r.ostree.is_some());
-                        if !is_ostree {
-                            return Err(step_at(
-                                "deployments",
-                                format!("`{}` is not an OSTree image recipe ({})", d.image, recipe.display()),
-                            ));
-                        }
-                    }
-                }
-                Step::Ssh(s)
-                    if [s.power_cut_at.is_some(), s.power_cut_on_request.is_some(), s.link_drop.is_some()]
-                        .iter()
-                        .filter(|x| **x)
-                        .count()
-                        > 1 =>
-                {
-                    let key = if s.link_drop.is_some() { "link_drop" } else { "power_cut_on_request" };
-                    return Err(step_at(key, "set one of power_cut_at, power_cut_on_request and link_drop".into()));
-                }
-                Step::Upload(u) if !path.parent().unwrap_or(Path::new(".")).join(&u.from).is_file() => {
-                    return Err(step_at("from", format!("no file `{}` next to the scenario", u.from)));
-                }
-                Step::Download(d)
-                    if d.to.is_empty() || d.to.contains('/') || d.to.starts_with('.') || d.to.contains('\0') =>
-                {
-                    return Err(step_at(
-                        "to",
-                        format!("`{}` must be a plain file name (it goes in the run directory)", d.to),
-                    ));
-                }
-                Step::ProvisionAssign(_)
-                | Step::ProvisionWait(_)
-                | Step::ProvisionFault(_)
-                | Step::ProvisionTable(_)
-                | Step::ProvisionRestart(_)
-                    if scenario.provision.is_none() =>
-                {
-                    return Err(step_at(
-                        "action",
-                        format!("{} needs a [provision] table (the service and its profiles)", placed.step.action()),
-                    ));
-                }
-                Step::ProvisionAssign(a) if !scenario.profile_names().any(|n| n == a.profile) => {
-                    let known: Vec<&str> = scenario.profile_names().collect();
-                    return Err(step_at(
-                        "profile",
-                        format!("no profile `{}` in [provision] (known: {})", a.profile, known.join(", ")),
-                    ));
-                }
-                Step::ProvisionRestart(r) => {
-                    if let Some(p) = r.remove_profiles.iter().find(|p| !scenario.profile_names().any(|n| n == *p)) {
-                        let known: Vec<&str> = scenario.profile_names().collect();
-                        return Err(step_at(
-                            "remove_profiles",
-                            format!("no profile `{p}` in [provision] (known: {})", known.join(", ")),
-                        ));
-                    }
-                }
-                Step::ProvisionWait(w) if !PROVISION_STATES.contains(&w.state.as_str()) => {
-                    return Err(step_at(
-                        "state",
-                        format!("unknown node state `{}` (one of {})", w.state, PROVISION_STATES.join(", ")),
-                    ));
-                }
-                Step::ProvisionFault(f) => {
-                    if let Err(e) = f.endpoint.parse::<devlab_provision::Endpoint>() {
-                        return Err(step_at("endpoint", e));
-                    }
-                    match f.fault.as_str() {
-                        "error500" => {}
-                        "hang" if f.seconds > 0 => {}
-                        "hang" => return Err(step_at("seconds", "a hang needs `seconds` (its length)".into())),
-                        other => {
-                            return Err(step_at("fault", format!("unknown fault `{other}` (error500 or hang)")));
-                        }
-                    }
-                    if f.count == 0 {
-                        return Err(step_at("count", "count must be at least 1".into()));
-                    }
-                }
-                Step::RaucInstall(i) if !bundles.contains(&i.bundle.as_str()) => {
-                    return Err(step_at(
-                        "bundle",
-                        format!("no bundle `{}` served before this step (add a serve_bundle step)", i.bundle),
-                    ));
-                }
-                _ => {}
-            }
-        }
+        scenario.check_steps(&raw.step)?;
         Ok(scenario)
     }
 
     pub fn name(&self) -> &str {
         &self.header.name
+    }
+
+    /// Each step's own check, in order, with the machine's state and what
+    /// earlier steps served as the plan goes: authoring mistakes are input
+    /// errors at the step's field before anything boots.
+    fn check_steps(&self, raw: &[toml::Spanned<toml::Table>]) -> Result<()> {
+        let root = crate::rundir::workspace_root();
+        // The partitions of the scenario's disk: A/B slots, or an OSTree sysroot.
+        let is_ostree = self
+            .recipe_path(&root)
+            .ok()
+            .and_then(|r| devlab_images::Recipe::load(&r).ok())
+            .is_some_and(|(r, _)| r.ostree.is_some());
+        let disk_labels: &'static [&'static str] =
+            if is_ostree { &devlab_images::disk::OSTREE_LABELS } else { &devlab_images::disk::LABELS };
+        let mut cx = crate::steps::CheckCx {
+            scenario: self,
+            root,
+            span: 0..0,
+            action: "",
+            power: crate::steps::Power::Never,
+            disk_labels,
+            bundles: Vec::new(),
+            releases: Vec::new(),
+            server: false,
+            checkpoint_seen: false,
+            disk_errors_seen: false,
+        };
+        for (placed, spanned) in self.steps.iter().zip(raw) {
+            cx.span = spanned.span();
+            cx.action = placed.step.action();
+            placed.step.check(&mut cx)?;
+        }
+        Ok(())
     }
 
     /// The names of the `[provision]` profiles.
@@ -1327,7 +441,7 @@ impl Scenario {
         }
         if board.uboot().is_none() {
             if let Some(p) = self.steps.iter().find(|p| matches!(p.step, Step::Boot(_))) {
-                let offset = self.text.lines().take(p.line - 1).map(|l| l.len() + 1).sum();
+                let offset = p.offset;
                 return Err(InputError::new(
                     &self.path,
                     format!("board `{}` has no U-Boot to stop (`boot` step)", board.name),
@@ -1404,12 +518,7 @@ impl Scenario {
     pub fn served_images(&self) -> Vec<&toml::Spanned<String>> {
         self.steps
             .iter()
-            .filter_map(|p| match &p.step {
-                Step::ServeRelease(r) => Some(&r.image),
-                Step::ServeBundle(b) => Some(&b.image),
-                Step::ServeOstree(o) => Some(&o.image),
-                _ => None,
-            })
+            .filter_map(|p| p.step.image())
             .chain(self.provision.iter().flat_map(|p| p.profiles.iter().map(|x| &x.image)))
             .collect()
     }
@@ -1485,6 +594,10 @@ mod tests {
     }
 
     const HEAD: &str = "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\n\n";
+    /// Four lines that leave the machine on with SSH up.
+    const SSH_UP: &str = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"wait_ssh\"\n";
+    /// Four lines that leave the machine off with a disk.
+    const OFF: &str = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"power_cut\"\n";
 
     #[test]
     fn steps_parse_in_order() {
@@ -1526,7 +639,7 @@ mod tests {
         let err = parse(&format!("{PXE_HEAD}{prov}[[step]]\naction = \"provision_wait\"\nstate = \"DONE\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("field `state`: unknown node state `DONE`"), "{err}");
+        assert!(err.contains("field `state`: unknown variant `DONE`"), "{err}");
 
         let err = parse(&format!(
             "{PXE_HEAD}{prov}[[step]]\naction = \"provision_fault\"\nendpoint = \"profile\"\nfault = \"hang\"\n"
@@ -1608,20 +721,23 @@ mod tests {
             parse(&format!("{head}[[step]]\naction = \"serve_ostree\"\nimage = \"nope\"\n")).unwrap_err().to_string();
         assert!(err.starts_with("s.toml:8:9: field `image`: no image recipe `nope`"), "{err}");
         let err = parse(&format!(
-            "{head}[[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree-v9\", state = \"booted\" }}]\n"
+            "{head}{SSH_UP}[[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree-v9\", state = \"booted\" }}]\n"
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("s.toml:8:1: field `deployments`: `ostree-v9` is not an OSTree image recipe"), "{err}");
+        assert!(
+            err.starts_with("s.toml:12:1: field `deployments`: `ostree-v9` is not an OSTree image recipe"),
+            "{err}"
+        );
         let err = parse(&format!(
-            "{head}[[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree\", state = \"up\" }}]\n"
+            "{head}{SSH_UP}[[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree\", state = \"up\" }}]\n"
         ))
         .unwrap_err()
         .to_string();
         assert!(err.contains("unknown variant `up`"), "{err}");
         // An OSTree disk has a sysroot, not root slots.
-        parse(&format!("{head}[[step]]\naction = \"corrupt_disk\"\npartition = \"sysroot\"\n")).unwrap();
-        let err = parse(&format!("{head}[[step]]\naction = \"corrupt_disk\"\npartition = \"rootfs-a\"\n"))
+        parse(&format!("{head}{OFF}[[step]]\naction = \"corrupt_disk\"\npartition = \"sysroot\"\n")).unwrap();
+        let err = parse(&format!("{head}{OFF}[[step]]\naction = \"corrupt_disk\"\npartition = \"rootfs-a\"\n"))
             .unwrap_err()
             .to_string();
         assert!(
@@ -1629,14 +745,14 @@ mod tests {
             "{err}"
         );
         let err = parse(&format!(
-            "{HEAD}[[step]]\naction = \"ssh\"\ncommand = \"x\"\npower_cut_at = 'a'\nlink_drop = {{ on_request = 'b', seconds = 1 }}\n"
+            "{HEAD}{SSH_UP}[[step]]\naction = \"ssh\"\ncommand = \"x\"\npower_cut_at = 'a'\nlink_drop = {{ on_request = 'b', seconds = 1 }}\n"
         ))
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("s.toml:9:1: field `link_drop`: set one of power_cut_at"), "{err}");
+        assert!(err.starts_with("s.toml:13:1: field `link_drop`: set one of power_cut_at"), "{err}");
         parse(&format!(
             "{head}[[step]]\naction = \"serve_ostree\"\nimage = \"ostree-v2\"\n\n\
-             [[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree-v2\", state = \"pending\" }}]\n"
+             {SSH_UP}[[step]]\naction = \"assert_ostree\"\ndeployments = [{{ image = \"ostree-v2\", state = \"pending\" }}]\n"
         ))
         .unwrap();
     }
@@ -1644,11 +760,11 @@ mod tests {
     #[test]
     fn rauc_install_needs_a_bundle_served_before_it() {
         let text = format!(
-            "{HEAD}[[step]]\naction = \"rauc_install\"\nbundle = \"v2\"\n\n\
+            "{HEAD}{SSH_UP}[[step]]\naction = \"rauc_install\"\nbundle = \"v2\"\n\n\
              [[step]]\naction = \"serve_bundle\"\nname = \"v2\"\nimage = \"rauc-v2\"\n"
         );
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("s.toml:7:1: field `bundle`: no bundle `v2` served"), "{err}");
+        assert!(err.starts_with("s.toml:11:1: field `bundle`: no bundle `v2` served"), "{err}");
         let err = parse(&format!("{HEAD}[[step]]\naction = \"serve_bundle\"\nname = \"x\"\nimage = \"nope\"\n"))
             .unwrap_err()
             .to_string();
@@ -1663,35 +779,35 @@ mod tests {
 
     #[test]
     fn disk_fault_steps_name_a_real_partition() {
-        let err = parse(&format!("{HEAD}[[step]]\naction = \"disk_errors\"\npartition = \"rootfs-c\"\n"))
+        let err = parse(&format!("{HEAD}{OFF}[[step]]\naction = \"disk_errors\"\npartition = \"rootfs-c\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("s.toml:7:1: field `partition`: no partition `rootfs-c`"), "{err}");
+        assert!(err.starts_with("s.toml:11:1: field `partition`: no partition `rootfs-c`"), "{err}");
         assert!(err.contains("rootfs-b"), "{err}");
         let err =
-            parse(&format!("{HEAD}[[step]]\naction = \"disk_errors\"\npartition = \"data\"\nerrno = \"EPERM\"\n"))
+            parse(&format!("{HEAD}{OFF}[[step]]\naction = \"disk_errors\"\npartition = \"data\"\nerrno = \"EPERM\"\n"))
                 .unwrap_err()
                 .to_string();
-        assert!(err.starts_with("s.toml:8:9:") && err.contains("unknown variant `EPERM`"), "{err}");
-        let err = parse(&format!("{HEAD}[[step]]\naction = \"corrupt_disk\"\npartition = \"env\"\n"))
+        assert!(err.starts_with("s.toml:12:9:") && err.contains("unknown variant `EPERM`"), "{err}");
+        let err = parse(&format!("{HEAD}{OFF}[[step]]\naction = \"corrupt_disk\"\npartition = \"env\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("s.toml:7:1: field `partition`"), "{err}");
-        parse(&format!("{HEAD}[[step]]\naction = \"disk_errors\"\npartition = \"rootfs-b\"\niotype = \"read\"\n"))
+        assert!(err.starts_with("s.toml:11:1: field `partition`"), "{err}");
+        parse(&format!("{HEAD}{OFF}[[step]]\naction = \"disk_errors\"\npartition = \"rootfs-b\"\niotype = \"read\"\n"))
             .unwrap();
     }
 
     #[test]
     fn transfers_are_checked_before_booting() {
-        let err = parse(&format!("{HEAD}[[step]]\naction = \"upload\"\nfrom = \"no/such\"\nto = \"/run/x\"\n"))
+        let err = parse(&format!("{HEAD}{SSH_UP}[[step]]\naction = \"upload\"\nfrom = \"no/such\"\nto = \"/run/x\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("s.toml:7:1: field `from`: no file `no/such`"), "{err}");
-        let err = parse(&format!("{HEAD}[[step]]\naction = \"download\"\nfrom = \"/etc/x\"\nto = \"../x\"\n"))
+        assert!(err.starts_with("s.toml:11:1: field `from`: no file `no/such`"), "{err}");
+        let err = parse(&format!("{HEAD}{SSH_UP}[[step]]\naction = \"download\"\nfrom = \"/etc/x\"\nto = \"../x\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("s.toml:8:1: field `to`:") && err.contains("plain file name"), "{err}");
-        let err = parse(&format!("{HEAD}[[step]]\naction = \"wait_qmp\"\n")).unwrap_err().to_string();
+        assert!(err.starts_with("s.toml:12:1: field `to`:") && err.contains("plain file name"), "{err}");
+        let err = parse(&format!("{HEAD}{SSH_UP}[[step]]\naction = \"wait_qmp\"\n")).unwrap_err().to_string();
         assert!(err.contains("missing field `event`"), "{err}");
     }
 
@@ -1700,18 +816,19 @@ mod tests {
         let text = "[scenario]\nname = \"m\"\nboards = [\"qemu-x86_64\"]\n\n[scenario.matrix]\n\
                     copy = [{ name = \"a\", part = \"uboot-env-a\" }, { name = \"b\", part = \"uboot-env-b\" }]\n\
                     wait = [\"1s\", 2]\n\n\
+                    [[step]]\naction = \"power_on\"\n[[step]]\naction = \"power_cut\"\n\
                     [[step]]\naction = \"corrupt_disk\"\npartition = \"{copy.part}\"\n\n\
-                    [[step]]\naction = \"expect\"\npattern = 'env {copy} on {arch}'\ntimeout = \"{wait}\"\n";
+                    [[step]]\naction = \"power_on\"\n\n[[step]]\naction = \"expect\"\npattern = 'env {copy} on {arch}'\ntimeout = \"{wait}\"\n";
         // `2` is not a duration: that variant's error points at its line.
         let err = Scenario::variants(Path::new("s.toml"), text.to_string()).unwrap_err().to_string();
-        assert!(err.starts_with("s.toml:16:11:") && err.contains("not a duration"), "{err}");
+        assert!(err.starts_with("s.toml:23:11:") && err.contains("not a duration"), "{err}");
         let text = text.replace("wait = [\"1s\", 2]", "wait = [\"1s\", \"2s\"]");
         let all = Scenario::variants(Path::new("s.toml"), text).unwrap();
         let names: Vec<&str> = all.iter().map(|s| s.name()).collect();
         assert_eq!(names, ["m.copy=a.wait=1s", "m.copy=a.wait=2s", "m.copy=b.wait=1s", "m.copy=b.wait=2s"]);
-        let Step::CorruptDisk(c) = &all[3].steps[0].step else { panic!() };
+        let Step::CorruptDisk(c) = &all[3].steps[2].step else { panic!() };
         assert_eq!(c.partition, "uboot-env-b");
-        let Step::Expect(e) = &all[3].steps[1].step else { panic!() };
+        let Step::Expect(e) = &all[3].steps[4].step else { panic!() };
         // Placeholders that are not parameters ({arch}) stay for the runner.
         assert_eq!((e.pattern.0.as_str(), e.timeout.0), ("env b on {arch}", Duration::from_secs(2)));
         assert_eq!(all[2].variant, [("copy".to_string(), "b".to_string()), ("wait".to_string(), "1s".to_string())]);

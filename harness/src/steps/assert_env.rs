@@ -1,0 +1,83 @@
+//! `assert_env`: U-Boot environment variables, read with `fw_printenv` (guest) or from the disk's env copies (disk). A value of `""` asserts the variable is unset.
+
+use super::prelude::*;
+
+/// U-Boot environment variables, read with `fw_printenv` (guest) or from
+/// the disk's env copies (disk). A value of `""` asserts the variable is unset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssertEnv {
+    #[serde(default = "guest")]
+    pub source: Source,
+    pub vars: BTreeMap<String, String>,
+}
+
+impl StepKind for AssertEnv {
+    fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
+        match self.source {
+            Source::Guest => cx.need_ssh(),
+            Source::Disk => cx.need(&[Power::Off, Power::On, Power::Ssh], "reads the machine's disk"),
+        }
+    }
+
+    async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
+        let a = self;
+        let actual: BTreeMap<String, String> = match a.source {
+            Source::Guest => {
+                let out = r
+                    .ssh()?
+                    .exec("fw_printenv", Duration::from_secs(30))
+                    .await
+                    .map_err(|e| r.failure(e.to_string()))?;
+                if out.status != 0 {
+                    return Err(r.failure(format!(
+                        "fw_printenv exited {}: {}",
+                        out.status,
+                        out.stderr.trim()
+                    )));
+                }
+                parse_printenv(&out.stdout)
+            }
+            Source::Disk => {
+                let overlay = r.overlay()?;
+                let manifest = r.image.manifest.clone();
+                let state = blocking(move || crate::disk::read_env(&overlay, &manifest)).await?;
+                state.vars().cloned().ok_or_else(|| {
+                    r.failure("both U-Boot environment copies on the disk are corrupt".into())
+                })?
+            }
+        };
+        let mut seen = BTreeMap::new();
+        for (k, want) in &a.vars {
+            let got = actual.get(k).cloned().unwrap_or_default();
+            if &got != want {
+                return Err(r.failure(format!(
+                    "U-Boot env ({}) {k}={got:?}, expected {want:?}; whole env: {actual:?}",
+                    a.source.as_str()
+                )));
+            }
+            seen.insert(k.clone(), got);
+        }
+        r.drain(None);
+        r.record(Event::Env { source: a.source.as_str().into(), vars: seen });
+        Ok(())
+    }
+}
+
+/// `fw_printenv` output → variables.
+pub fn parse_printenv(text: &str) -> BTreeMap<String, String> {
+    text.lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printenv_output_is_parsed() {
+        let v = parse_printenv("BOOT_ORDER=A B\nBOOT_A_LEFT=2\nnoise\n");
+        assert_eq!(v.get("BOOT_ORDER").map(String::as_str), Some("A B"));
+        assert_eq!(v.get("BOOT_A_LEFT").map(String::as_str), Some("2"));
+        assert_eq!(v.len(), 2);
+    }
+}

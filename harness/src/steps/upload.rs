@@ -1,0 +1,42 @@
+//! `upload`: Copy a host file (relative to the scenario file) into the guest.
+
+use super::prelude::*;
+
+/// Copy a host file (relative to the scenario file) into the guest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upload {
+    pub from: String,
+    pub to: String,
+    /// File mode in the guest (TOML octal: `0o755`).
+    #[serde(default = "mode_644")]
+    pub mode: u32,
+}
+
+fn mode_644() -> u32 {
+    0o644
+}
+
+impl StepKind for Upload {
+    fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
+        cx.need_ssh()?;
+        if !cx.path().parent().unwrap_or(std::path::Path::new(".")).join(&self.from).is_file() {
+            return Err(cx.at("from", format!("no file `{}` next to the scenario", self.from)));
+        }
+        Ok(())
+    }
+
+    async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
+        let u = self;
+        let dir = r.scenario.path.parent().unwrap_or(std::path::Path::new("."));
+        let from = dir.join(&u.from);
+        let data =
+            std::fs::read(&from).map_err(|e| r.failure(format!("cannot read {}: {e}", from.display())))?;
+        let n = data.len();
+        let sent = r.ssh()?.upload(data, &u.to, u.mode, Duration::from_secs(120)).await;
+        sent.map_err(|e| r.failure(e.to_string()))?;
+        r.drain(None);
+        r.record(Event::Transfer { direction: "upload".into(), path: u.to.clone(), bytes: n as u64 });
+        Ok(())
+    }
+}
