@@ -1,7 +1,8 @@
 //! The `devlab` command: `run` scenarios (or a named `suite`) on boards,
-//! in parallel, sharded, with retries that mark flakes, writing JUnit/JSON/
-//! Markdown reports; `check` scenario files without booting; list `boards`;
-//! `ps`/`attach`/`ssh`/`stop` machines kept after a failure.
+//! in parallel, sharded, repeated (`--repeat N`), with retries that mark
+//! flakes, writing JUnit/JSON/Markdown reports; `check` scenario files
+//! without booting; list `boards`; `ps`/`attach`/`ssh`/`stop` machines kept
+//! after a failure. A selection of nothing is bad input, never a pass.
 //! Exit codes: 0 passed, 1 a scenario failed, 2 bad input, 69
 //! infrastructure failure, 130 interrupted.
 
@@ -128,6 +129,11 @@ struct Common {
     /// Retry a failed run up to N times; a later pass is reported as flaky.
     #[arg(long, default_value_t = 0)]
     retries: u32,
+    /// Run every selected scenario × board N times, each its own run (retries
+    /// apply to each); the reports add failure rates and min/median/max times.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=plan::MAX_REPEAT as i64))]
+    repeat: u32,
     /// Print the runs that would be made, and make none.
     #[arg(long)]
     list: bool,
@@ -166,6 +172,9 @@ fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
                 .map(|e| e.path())
                 .filter(|f| harness::scenario::is_scenario_file(f))
                 .collect();
+            if found.is_empty() {
+                return Err(harness::error::InputError::new(p, "no scenario files (*.toml) in this folder").into());
+            }
             found.sort();
             files.extend(found);
         } else if p.is_file() {
@@ -179,9 +188,17 @@ fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
 
 /// Load scenarios and their boards. `only` filters the boards each scenario
 /// names; `replace` runs every scenario on exactly these boards instead.
-fn load_all(paths: &[PathBuf], only: &[String], replace: bool) -> Result<Vec<(Scenario, Vec<Board>)>, Error> {
+/// A selection with no run in it is bad input naming `asked` (the paths,
+/// or the suite file): a run of nothing must not pass.
+fn load_all(
+    paths: &[PathBuf],
+    only: &[String],
+    replace: bool,
+    asked: &Path,
+) -> Result<Vec<(Scenario, Vec<Board>)>, Error> {
     let chosen: Vec<Board> = only.iter().map(|n| board::find(n)).collect::<Result<_, _>>()?;
     let mut out = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
     for f in scenario_files(paths)? {
         if harness::fleet::is_fleet_file(&f) {
             let msg = format!("a fleet file (it has [fleet]): run it with `devlab fleet {}`", f.display());
@@ -189,6 +206,7 @@ fn load_all(paths: &[PathBuf], only: &[String], replace: bool) -> Result<Vec<(Sc
         }
         for s in Scenario::load_variants(&f)? {
             let mut boards = s.resolve_boards()?;
+            named.extend(boards.iter().map(|b| b.name.clone()));
             if replace && !chosen.is_empty() {
                 boards = chosen.clone();
             } else if !only.is_empty() {
@@ -197,7 +215,26 @@ fn load_all(paths: &[PathBuf], only: &[String], replace: bool) -> Result<Vec<(Sc
             out.push((s, boards));
         }
     }
+    if out.iter().all(|(_, boards)| boards.is_empty()) {
+        let named: Vec<String> = named.into_iter().collect();
+        let msg = if out.is_empty() {
+            "no scenario selected: nothing to run".to_string()
+        } else {
+            format!(
+                "no scenario here runs on board {} (its {} scenario(s) name: {}): nothing to run",
+                only.iter().map(|b| format!("`{b}`")).collect::<Vec<_>>().join(", "),
+                out.len(),
+                named.join(", ")
+            )
+        };
+        return Err(harness::error::InputError::new(asked, msg).into());
+    }
     Ok(out)
+}
+
+/// How the paths of a `devlab run` are named in a message.
+fn asked_paths(paths: &[PathBuf]) -> PathBuf {
+    PathBuf::from(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "))
 }
 
 fn main() {
@@ -242,7 +279,7 @@ fn main() {
                 EXIT_BAD_INPUT
             }
         },
-        Cmd::Check { paths } => match load_all(&paths, &[], false) {
+        Cmd::Check { paths } => match load_all(&paths, &[], false, &asked_paths(&paths)) {
             Ok(all) => {
                 for (s, boards) in &all {
                     let names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
@@ -291,11 +328,12 @@ fn main() {
             };
             fleets(&paths, mode)
         }
-        Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false), &opts),
+        Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false, &asked_paths(&paths)), &opts),
         Cmd::Suite { name, opts } => {
             let loaded = plan::load_suite(&name).and_then(|(files, suite_boards)| {
                 let boards = if opts.boards.is_empty() { suite_boards } else { opts.boards.clone() };
-                load_all(&files, &boards, !opts.boards.is_empty())
+                let asked = plan::suites_dir().join(format!("{name}.toml"));
+                load_all(&files, &boards, !opts.boards.is_empty(), &asked)
             });
             run_jobs(loaded, &opts)
         }
@@ -356,10 +394,26 @@ fn fleets(paths: &[PathBuf], mode: SnapshotMode) -> i32 {
 }
 
 fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i32 {
-    let jobs = match loaded {
-        Ok(all) => plan::shard(plan::expand(all), c.shard),
+    let planned = match loaded {
+        Ok(all) => plan::repeat(plan::expand(all), c.repeat),
         Err(e) => return report_error(&e),
     };
+    if c.repeat > 1 && c.update_snapshots {
+        eprintln!(
+            "error: --repeat {} with --update-snapshots would write each snapshot {} times: update once, then repeat",
+            c.repeat, c.repeat
+        );
+        return EXIT_BAD_INPUT;
+    }
+    let selected = planned.len();
+    let jobs = plan::shard(planned, c.shard);
+    let report_dir =
+        c.report_dir.clone().unwrap_or_else(|| harness::rundir::workspace_root().join("target/devlab-report"));
+    if jobs.is_empty() {
+        // Only a shard can be empty here (load_all refuses an empty
+        // selection): the other shards have the runs, which is fine.
+        return empty_shard(c, selected, &report_dir);
+    }
     if c.list {
         for j in &jobs {
             println!("{}", j.id);
@@ -381,14 +435,32 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i
         ..RunOptions::default()
     };
     let parallel = if c.keep { 1 } else { c.jobs.unwrap_or_else(plan::default_jobs).max(1) };
-    let report_dir =
-        c.report_dir.clone().unwrap_or_else(|| harness::rundir::workspace_root().join("target/devlab-report"));
     // A current-thread runtime: QEMU is spawned from the main thread, which
     // PR_SET_PDEATHSIG ties it to.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     // Runs share this thread (a LocalSet), so spawning stays on it.
     let local = tokio::task::LocalSet::new();
     rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, &report_dir)))
+}
+
+/// A shard that got none of the `selected` runs: say so, and (unless
+/// `--list`) write empty reports so `devlab report merge` finds every shard's.
+fn empty_shard(c: &Common, selected: usize, report_dir: &Path) -> i32 {
+    let shard = c.shard.map_or("?".to_string(), |s| format!("{}/{}", s.k, s.n));
+    eprintln!("shard {shard} is empty: all {selected} selected run(s) went to the other shards");
+    if c.list {
+        return EXIT_PASSED;
+    }
+    match report::write(report_dir, &[], 0.0) {
+        Ok(()) => {
+            eprintln!("reports (empty): {}", report_dir.display());
+            EXIT_PASSED
+        }
+        Err(e) => {
+            eprintln!("error: cannot write reports to {}: {e}", report_dir.display());
+            EXIT_INFRA
+        }
+    }
 }
 
 /// Where run lines go: above a live view of the running machines (one
@@ -493,18 +565,7 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
     let records: Vec<Record> = records
         .into_iter()
         .zip(&jobs)
-        .map(|(r, j)| {
-            r.unwrap_or(Record {
-                id: j.id.clone(),
-                scenario: j.scenario.name().to_string(),
-                board: j.board.name.clone(),
-                status: Status::NotRun,
-                attempts: 0,
-                duration_s: 0.0,
-                message: None,
-                run_dir: None,
-            })
-        })
+        .map(|(r, j)| r.unwrap_or_else(|| Record::not_run(&j.id, j.scenario.name(), &j.board.name, j.repetition)))
         .collect();
     let duration = started.elapsed().as_secs_f64();
     match report::write(report_dir, &records, duration) {
@@ -522,6 +583,20 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
         count(Status::Flaky),
         count(Status::NotRun)
     );
+    for g in report::stats(&records).iter().filter(|g| g.runs > 1) {
+        eprintln!(
+            "  {}@{}: {} of {} runs failed ({}), {} flaky; {} / {} / {} min/median/max",
+            g.scenario,
+            g.board,
+            g.failures,
+            g.runs,
+            report::percent(g.failure_rate),
+            g.flaky,
+            report::secs(g.min_s),
+            report::secs(g.median_s),
+            report::secs(g.max_s)
+        );
+    }
     worst
 }
 
@@ -529,6 +604,7 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
 async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32, out: &Out) -> (Record, i32) {
     let started = Instant::now();
     let mut attempt = 0;
+    let mut steps = Vec::new();
     loop {
         attempt += 1;
         out.line(&format!(
@@ -537,6 +613,7 @@ async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32, out: &Out) 
             if attempt > 1 { format!(" (attempt {attempt})") } else { String::new() }
         ));
         let outcome = runner::run(&job.scenario, &job.board, opts).await;
+        steps.extend(outcome.steps.iter().map(|s| report::StepRecord::new(attempt, s)));
         let dir = outcome.run_dir.clone();
         let shown = dir.as_deref().map(|d| d.display().to_string()).unwrap_or_default();
         let (status, code, message) = match &outcome.result {
@@ -567,6 +644,8 @@ async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32, out: &Out) 
                 duration_s: started.elapsed().as_secs_f64(),
                 message,
                 run_dir: dir,
+                repetition: job.repetition,
+                steps,
             };
             return (record, code);
         }

@@ -2,7 +2,9 @@
 //! with stable ids (`<scenario>@<board>`), sorted, then optionally cut into
 //! a deterministic shard (`--shard K/N`: job i goes to shard i mod N, so N
 //! CI machines run disjoint parts whose union is the whole run), and named
-//! suites (`scenarios/suites/<name>.toml`). Planning boots nothing.
+//! suites (`scenarios/suites/<name>.toml`). `--repeat N` makes N jobs of
+//! each pair (`<scenario>@<board>#k`), expanded before sharding so the
+//! repetitions spread over the shards. Planning boots nothing.
 
 use crate::board::Board;
 use crate::error::{InputError, Result};
@@ -17,7 +19,12 @@ pub struct Job {
     pub id: String,
     pub scenario: Arc<Scenario>,
     pub board: Board,
+    /// Which of `--repeat N` runs (1-based); None without `--repeat`.
+    pub repetition: Option<u32>,
 }
+
+/// The most runs `--repeat` makes of each scenario × board.
+pub const MAX_REPEAT: u32 = 1000;
 
 /// Every (scenario, board) pair, sorted by id so every machine plans alike.
 pub fn expand(all: Vec<(Scenario, Vec<Board>)>) -> Vec<Job> {
@@ -29,11 +36,23 @@ pub fn expand(all: Vec<(Scenario, Vec<Board>)>) -> Vec<Job> {
                 id: format!("{}@{}", s.name(), b.name),
                 scenario: s.clone(),
                 board: b,
+                repetition: None,
             })
         })
         .collect();
     jobs.sort_by(|a, b| a.id.cmp(&b.id));
     jobs
+}
+
+/// `--repeat n`: each job n times, ids `<id>#1` … `<id>#n`, in id order then
+/// repetition. With n = 1 the jobs (and ids) are unchanged.
+pub fn repeat(jobs: Vec<Job>, n: u32) -> Vec<Job> {
+    if n <= 1 {
+        return jobs;
+    }
+    jobs.into_iter()
+        .flat_map(|j| (1..=n).map(move |k| Job { id: format!("{}#{k}", j.id), repetition: Some(k), ..j.clone() }))
+        .collect()
 }
 
 /// `--shard K/N`: the K-th of N disjoint parts (1-based).
@@ -98,13 +117,24 @@ pub fn suites_dir() -> PathBuf {
 
 /// Load suite `name`: its scenario paths and board filter.
 pub fn load_suite(name: &str) -> Result<(Vec<PathBuf>, Vec<String>)> {
-    let dir = suites_dir();
+    load_suite_in(&suites_dir(), name)
+}
+
+/// Load suite `name` from folder `dir` (scenario paths are relative to its parent).
+fn load_suite_in(dir: &Path, name: &str) -> Result<(Vec<PathBuf>, Vec<String>)> {
     let path = dir.join(format!("{name}.toml"));
     let text = std::fs::read_to_string(&path).map_err(|_| {
-        let known = crate::board::list_names(&dir).join(", ");
+        let known = crate::board::list_names(dir).join(", ");
         InputError::new(&path, format!("no suite `{name}` (known: {known})"))
     })?;
     let suite: Suite = toml::from_str(&text).map_err(|e| InputError::from_toml(&path, &text, 0, &e))?;
+    if suite.scenarios.is_empty() {
+        let offset = text.lines().take_while(|l| !l.trim_start().starts_with("scenarios")).map(|l| l.len() + 1).sum();
+        return Err(InputError::new(&path, format!("suite `{name}` names no scenario: it would run nothing"))
+            .at(&text, offset)
+            .field("scenarios")
+            .into());
+    }
     let base = dir.parent().unwrap_or(Path::new("."));
     let mut files = Vec::new();
     for s in &suite.scenarios {
@@ -162,6 +192,33 @@ mod tests {
             assert_eq!(sorted.len(), union.len(), "shards overlap for n={n}");
             assert_eq!(sorted, all, "union differs for n={n}");
         }
+    }
+
+    #[test]
+    fn repeat_makes_numbered_runs_that_shards_spread() {
+        let base = jobs();
+        assert!(repeat(jobs(), 1).iter().map(|j| &j.id).eq(base.iter().map(|j| &j.id)), "--repeat 1 changes nothing");
+        let rep = repeat(jobs(), 3);
+        assert_eq!(rep.len(), base.len() * 3);
+        assert_eq!(rep[0].id, format!("{}#1", base[0].id));
+        assert_eq!(rep[2].id, format!("{}#3", base[0].id));
+        assert_eq!(rep[2].repetition, Some(3));
+        assert_eq!(rep[3].id, format!("{}#1", base[1].id));
+        assert!(repeat(jobs(), 1).iter().all(|j| j.repetition.is_none()));
+        // Shard 1/3 and 2/3 each get one repetition of the first pair.
+        let one: Vec<String> = shard(repeat(jobs(), 3), Some(Shard { k: 1, n: 3 })).into_iter().map(|j| j.id).collect();
+        let two: Vec<String> = shard(repeat(jobs(), 3), Some(Shard { k: 2, n: 3 })).into_iter().map(|j| j.id).collect();
+        assert_eq!((one[0].clone(), two[0].clone()), (format!("{}#1", base[0].id), format!("{}#2", base[0].id)));
+    }
+
+    #[test]
+    fn a_suite_without_scenarios_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let suites = d.path().join("suites");
+        std::fs::create_dir_all(&suites).unwrap();
+        std::fs::write(suites.join("empty.toml"), "description = \"nothing\"\nscenarios = []\n").unwrap();
+        let err = load_suite_in(&suites, "empty").unwrap_err().to_string();
+        assert!(err.contains("empty.toml:2:1: field `scenarios`: suite `empty` names no scenario"), "{err}");
     }
 
     #[test]

@@ -4,8 +4,15 @@
 //! report folder. A pass after a retry is `flaky`, never a plain pass; a run
 //! that never started (interrupted) is `not_run`. Files are written to a
 //! temp name and renamed, so a report is complete or absent, never torn.
+//!
+//! With `--repeat N` every scenario × board is run N times, each its own
+//! record; [`stats`] aggregates them per scenario × board (runs, failures,
+//! failure rate, min/median/max duration) and per step (keyed by index and
+//! action, from each attempt's step times). The stats are computed from the
+//! records alone, so `report merge` recomputes them for merged shards.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -46,6 +53,195 @@ pub struct Record {
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_dir: Option<PathBuf>,
+    /// Which of `--repeat N` runs this is (1-based); absent without `--repeat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition: Option<u32>,
+    /// The steps that ran, every attempt's, in order (absent in reports
+    /// written before step times were recorded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepRecord>,
+}
+
+impl Record {
+    /// The record of a job that never started (interrupted).
+    pub fn not_run(id: &str, scenario: &str, board: &str, repetition: Option<u32>) -> Record {
+        Record {
+            id: id.to_string(),
+            scenario: scenario.to_string(),
+            board: board.to_string(),
+            status: Status::NotRun,
+            attempts: 0,
+            duration_s: 0.0,
+            message: None,
+            run_dir: None,
+            repetition,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Report order: by id, repetitions in numeric order (`#2` before `#10`).
+    fn order_key(&self) -> (&str, u32) {
+        match self.repetition {
+            Some(k) => (self.id.rsplit_once('#').map_or(self.id.as_str(), |(b, _)| b), k),
+            None => (self.id.as_str(), 0),
+        }
+    }
+
+    /// The JUnit test name: the board, and `#k` for a repetition.
+    fn case_name(&self) -> String {
+        match self.repetition {
+            Some(k) => format!("{} #{k}", self.board),
+            None => self.board.clone(),
+        }
+    }
+}
+
+/// One step of one attempt of a run, as reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 1-based attempt (retries make more than one).
+    pub attempt: u32,
+    /// 1-based index in the scenario.
+    pub index: usize,
+    pub action: String,
+    /// The line of its `[[step]]` header.
+    pub line: usize,
+    /// Seconds since the run started.
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub passed: bool,
+}
+
+impl StepRecord {
+    pub fn new(attempt: u32, s: &crate::runner::StepTime) -> StepRecord {
+        StepRecord {
+            attempt,
+            index: s.index,
+            action: s.action.to_string(),
+            line: s.line,
+            start_s: s.start_s,
+            duration_s: s.duration_s,
+            passed: s.passed,
+        }
+    }
+}
+
+/// The runs of one scenario × board taken together (`--repeat`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupStats {
+    pub scenario: String,
+    pub board: String,
+    /// Runs that ran (a run retried to a pass counts once).
+    pub runs: usize,
+    /// Runs that ended failed or in error, after their retries.
+    pub failures: usize,
+    /// Runs that passed only on a retry.
+    pub flaky: usize,
+    pub not_run: usize,
+    /// `failures / runs`; null when nothing ran.
+    pub failure_rate: Option<f64>,
+    /// Wall time of a run (all its attempts), seconds; null when nothing ran.
+    pub min_s: Option<f64>,
+    pub median_s: Option<f64>,
+    pub max_s: Option<f64>,
+    pub steps: Vec<StepStats>,
+}
+
+/// One step of a scenario × board over every attempt of every run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepStats {
+    pub index: usize,
+    pub action: String,
+    /// Times it ran: each attempt counts (a step failed then passed on
+    /// retry is 1 failure in 2 runs); steps after a failure or restored
+    /// from a checkpoint did not run.
+    pub runs: usize,
+    pub failures: usize,
+    pub failure_rate: f64,
+    pub min_s: f64,
+    pub median_s: f64,
+    pub max_s: f64,
+}
+
+/// Min, median (mean of the middle two for an even count) and max; None
+/// for no values.
+fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = match n {
+        0 => return None,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Some((v[0], median, v[n - 1]))
+}
+
+/// Per scenario × board figures, sorted by scenario then board.
+pub fn stats(records: &[Record]) -> Vec<GroupStats> {
+    let mut groups: BTreeMap<(&str, &str), Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        groups.entry((r.scenario.as_str(), r.board.as_str())).or_default().push(r);
+    }
+    groups.into_iter().map(|((scenario, board), rs)| group_stats(scenario, board, &rs)).collect()
+}
+
+fn group_stats(scenario: &str, board: &str, rs: &[&Record]) -> GroupStats {
+    let ran: Vec<&Record> = rs.iter().copied().filter(|r| r.status != Status::NotRun).collect();
+    let failures = ran.iter().filter(|r| matches!(r.status, Status::Failed | Status::Error)).count();
+    let durations: Vec<f64> = ran.iter().map(|r| r.duration_s).collect();
+    let spread = spread(&durations);
+    let mut by_step: BTreeMap<(usize, &str), Vec<&StepRecord>> = BTreeMap::new();
+    for s in ran.iter().flat_map(|r| &r.steps) {
+        by_step.entry((s.index, s.action.as_str())).or_default().push(s);
+    }
+    let steps = by_step
+        .into_iter()
+        .map(|((index, action), ss)| {
+            let failures = ss.iter().filter(|s| !s.passed).count();
+            let times: Vec<f64> = ss.iter().map(|s| s.duration_s).collect();
+            let (min_s, median_s, max_s) = self::spread(&times).expect("a step entry has at least one run");
+            StepStats {
+                index,
+                action: action.to_string(),
+                runs: ss.len(),
+                failures,
+                failure_rate: failures as f64 / ss.len() as f64,
+                min_s,
+                median_s,
+                max_s,
+            }
+        })
+        .collect();
+    GroupStats {
+        scenario: scenario.to_string(),
+        board: board.to_string(),
+        runs: ran.len(),
+        failures,
+        flaky: ran.iter().filter(|r| r.status == Status::Flaky).count(),
+        not_run: rs.len() - ran.len(),
+        failure_rate: (!ran.is_empty()).then(|| failures as f64 / ran.len() as f64),
+        min_s: spread.map(|s| s.0),
+        median_s: spread.map(|s| s.1),
+        max_s: spread.map(|s| s.2),
+        steps,
+    }
+}
+
+/// Whether the stats say more than the per-run table: some scenario ×
+/// board has more than one run (`--repeat`, or merged repeated shards).
+pub fn repeated(stats: &[GroupStats]) -> bool {
+    stats.iter().any(|g| g.runs + g.not_run > 1)
+}
+
+/// `12.3 s`, or `-` for nothing.
+pub fn secs(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.1} s"))
+}
+
+/// `25%`, or `-` for nothing.
+pub fn percent(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0))
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +255,8 @@ struct Summary<'a> {
     duration_s: f64,
     /// CPU time (user + system) the harness process itself used: not QEMU's.
     harness_cpu_s: f64,
+    /// Per scenario × board: runs, failures, durations, and per step.
+    stats: Vec<GroupStats>,
     runs: &'a [Record],
 }
 
@@ -94,8 +292,10 @@ pub(crate) fn xml_escape(s: &str) -> String {
     out
 }
 
-/// JUnit XML: one testsuite, a testcase per scenario × board
-/// (classname = scenario, name = board).
+/// JUnit XML: one testsuite, a testcase per run (classname = scenario,
+/// name = board, `board #k` for repetition k). Each step that ran is a
+/// property (`step.<index>.<action>`, prefixed `attempt.<a>.` when the run
+/// was retried) whose value is its start and duration.
 pub fn junit(records: &[Record], duration_s: f64) -> String {
     let failures = count(records, Status::Failed);
     let errors = count(records, Status::Error);
@@ -113,36 +313,78 @@ pub fn junit(records: &[Record], duration_s: f64) -> String {
         x.push_str(&format!(
             "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
             xml_escape(&r.scenario),
-            xml_escape(&r.board),
+            xml_escape(&r.case_name()),
             r.duration_s
         ));
+        let props = junit_properties(r);
+        if r.status == Status::Passed && props.is_empty() {
+            x.push_str("/>\n");
+            continue;
+        }
+        x.push_str(">\n");
+        if !props.is_empty() {
+            x.push_str("      <properties>");
+            for (name, value) in &props {
+                x.push_str(&format!("<property name=\"{}\" value=\"{}\"/>", xml_escape(name), xml_escape(value)));
+            }
+            x.push_str("</properties>\n");
+        }
         let msg = r.message.as_deref().unwrap_or("");
         let first = msg.lines().next().unwrap_or("");
         let dir = r.run_dir.as_ref().map(|d| format!("run directory: {}\n", d.display())).unwrap_or_default();
         match r.status {
-            Status::Passed => x.push_str("/>\n"),
+            Status::Passed => {}
             Status::Flaky => x.push_str(&format!(
-                ">\n      <properties><property name=\"flaky\" value=\"true\"/><property name=\"attempts\" value=\"{}\"/></properties>\n      <system-out>flaky: passed on attempt {}\n{}</system-out>\n    </testcase>\n",
-                r.attempts,
+                "      <system-out>flaky: passed on attempt {}\n{}</system-out>\n",
                 r.attempts,
                 xml_escape(&format!("{dir}{msg}"))
             )),
             Status::Failed | Status::Error => {
                 let tag = if r.status == Status::Failed { "failure" } else { "error" };
                 x.push_str(&format!(
-                    ">\n      <{tag} message=\"{}\">{}</{tag}>\n    </testcase>\n",
+                    "      <{tag} message=\"{}\">{}</{tag}>\n",
                     xml_escape(first),
                     xml_escape(&format!("{dir}{msg}"))
                 ));
             }
-            Status::NotRun => x.push_str(">\n      <skipped message=\"not run (interrupted)\"/>\n    </testcase>\n"),
+            Status::NotRun => x.push_str("      <skipped message=\"not run (interrupted)\"/>\n"),
         }
+        x.push_str("    </testcase>\n");
     }
     x.push_str("  </testsuite>\n</testsuites>\n");
     x
 }
 
-/// A Markdown table, one row per run.
+/// A run's JUnit properties: flaky and attempts, its repetition, and each
+/// step's start and duration.
+fn junit_properties(r: &Record) -> Vec<(String, String)> {
+    let mut props = Vec::new();
+    if r.status == Status::Flaky {
+        props.push(("flaky".to_string(), "true".to_string()));
+        props.push(("attempts".to_string(), r.attempts.to_string()));
+    }
+    if let Some(k) = r.repetition {
+        props.push(("repetition".to_string(), k.to_string()));
+    }
+    let retried = r.steps.iter().any(|s| s.attempt > 1);
+    for s in &r.steps {
+        let attempt = if retried { format!("attempt.{}.", s.attempt) } else { String::new() };
+        props.push((
+            format!("{attempt}step.{}.{}", s.index, s.action),
+            format!(
+                "start_s={:.3} duration_s={:.3} {} (line {})",
+                s.start_s,
+                s.duration_s,
+                if s.passed { "passed" } else { "failed" },
+                s.line
+            ),
+        ));
+    }
+    props
+}
+
+/// A Markdown table, one row per run; with repeated runs, then a table per
+/// scenario × board and one of the steps that failed at least once.
 pub fn markdown(records: &[Record], duration_s: f64) -> String {
     let mut md = format!(
         "# devlab run: {} passed, {} flaky, {} failed, {} errors, {} not run ({duration_s:.1} s)\n\n| scenario | board | result | attempts | time | run directory / message |\n|---|---|---|---|---|---|\n",
@@ -160,11 +402,60 @@ pub fn markdown(records: &[Record], duration_s: f64) -> String {
         md.push_str(&format!(
             "| {} | {} | {} | {} | {:.1} s | {} |\n",
             r.scenario,
-            r.board,
+            r.case_name(),
             r.status.word(),
             r.attempts,
             r.duration_s,
             detail
+        ));
+    }
+    let stats = stats(records);
+    if repeated(&stats) {
+        md.push_str(&markdown_stats(&stats));
+    }
+    md
+}
+
+/// The repeated-runs tables of `summary.md`.
+fn markdown_stats(stats: &[GroupStats]) -> String {
+    let mut md = String::from(
+        "\n## Repeated runs\n\n| scenario | board | runs | failed | flaky | failure rate | min | median | max |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for g in stats {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            g.scenario,
+            g.board,
+            g.runs,
+            g.failures,
+            g.flaky,
+            percent(g.failure_rate),
+            secs(g.min_s),
+            secs(g.median_s),
+            secs(g.max_s)
+        ));
+    }
+    md.push_str("\n## Steps that failed at least once\n\n");
+    let failed: Vec<(&GroupStats, &StepStats)> =
+        stats.iter().flat_map(|g| g.steps.iter().filter(|s| s.failures > 0).map(move |s| (g, s))).collect();
+    if failed.is_empty() {
+        md.push_str("No step failed (every step's times are in summary.json and report.html).\n");
+        return md;
+    }
+    md.push_str("| scenario | board | step | runs | failed | failure rate | min | median | max |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (g, s) in failed {
+        md.push_str(&format!(
+            "| {} | {} | {} {} | {} | {} | {} | {} | {} | {} |\n",
+            g.scenario,
+            g.board,
+            s.index,
+            s.action,
+            s.runs,
+            s.failures,
+            percent(Some(s.failure_rate)),
+            secs(Some(s.min_s)),
+            secs(Some(s.median_s)),
+            secs(Some(s.max_s))
         ));
     }
     md
@@ -197,7 +488,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, f64), String> {
             all.push(r);
         }
     }
-    all.sort_by(|a, b| a.id.cmp(&b.id));
+    all.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     write(out, &all, duration).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok((all.len(), duration))
 }
@@ -214,6 +505,7 @@ pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result
         not_run: count(records, Status::NotRun),
         duration_s,
         harness_cpu_s: own_cpu_seconds(),
+        stats: stats(records),
         runs: records,
     };
     write_atomic(&dir.join("junit.xml"), &junit(records, duration_s))?;
@@ -237,7 +529,43 @@ mod tests {
             duration_s: 1.5,
             message: message.map(str::to_string),
             run_dir: Some(PathBuf::from("/runs/x")),
+            repetition: None,
+            steps: Vec::new(),
         }
+    }
+
+    fn step(attempt: u32, index: usize, action: &str, duration_s: f64, passed: bool) -> StepRecord {
+        StepRecord { attempt, index, action: action.into(), line: index * 3, start_s: index as f64, duration_s, passed }
+    }
+
+    /// Repetition `k` of `a@qemu-aarch64` taking `duration_s`, its `expect`
+    /// step failing if `status` is a failure (and on the first attempt of a flake).
+    fn repetition(k: u32, status: Status, duration_s: f64) -> Record {
+        let mut r = rec(&format!("a@qemu-aarch64#{k}"), status, None);
+        r.board = "qemu-aarch64".into();
+        r.repetition = Some(k);
+        r.duration_s = duration_s;
+        let failed = matches!(status, Status::Failed | Status::Error);
+        r.steps = vec![step(1, 1, "power_on", 0.1 * k as f64, true), step(1, 2, "expect", 1.0 * k as f64, !failed)];
+        if status == Status::NotRun {
+            r.steps.clear();
+        } else if status == Status::Flaky {
+            r.steps[1].passed = false;
+            r.steps.push(step(2, 1, "power_on", 0.5, true));
+            r.steps.push(step(2, 2, "expect", 2.5, true));
+        }
+        r
+    }
+
+    fn repeated_sample() -> Vec<Record> {
+        vec![
+            repetition(1, Status::Passed, 10.0),
+            repetition(2, Status::Failed, 40.0),
+            repetition(3, Status::Flaky, 20.0),
+            repetition(4, Status::Passed, 30.0),
+            repetition(5, Status::NotRun, 0.0),
+            rec("b@qemu-x86_64", Status::Passed, None),
+        ]
     }
 
     fn sample() -> Vec<Record> {
@@ -285,6 +613,113 @@ mod tests {
         assert_eq!(json["runs"][0]["id"], "a@qemu-aarch64", "sorted by id");
         let err = merge(&[a.clone(), a], &d.path().join("again")).unwrap_err();
         assert!(err.contains("more than one report"), "{err}");
+    }
+
+    #[test]
+    fn stats_aggregate_repetitions_and_steps() {
+        let stats = stats(&repeated_sample());
+        assert_eq!(stats.len(), 2, "{stats:?}");
+        let a = &stats[0];
+        assert_eq!((a.scenario.as_str(), a.board.as_str()), ("a", "qemu-aarch64"));
+        assert_eq!((a.runs, a.failures, a.flaky, a.not_run), (4, 1, 1, 1));
+        assert_eq!(a.failure_rate, Some(0.25));
+        // 10, 20, 30, 40 (the not-run one is left out): median of the middle two.
+        assert_eq!((a.min_s, a.median_s, a.max_s), (Some(10.0), Some(25.0), Some(40.0)));
+        assert_eq!(a.steps.len(), 2);
+        let expect = &a.steps[1];
+        assert_eq!((expect.index, expect.action.as_str()), (2, "expect"));
+        // Each attempt counts: 4 runs' first attempts and the flake's retry.
+        assert_eq!((expect.runs, expect.failures), (5, 2));
+        assert_eq!(expect.failure_rate, 0.4);
+        assert_eq!((expect.min_s, expect.median_s, expect.max_s), (1.0, 2.5, 4.0));
+        let b = &stats[1];
+        assert_eq!((b.runs, b.failures, b.failure_rate, b.median_s), (1, 0, Some(0.0), Some(1.5)));
+        assert!(b.steps.is_empty());
+        assert!(repeated(&stats));
+        assert!(!repeated(&super::stats(&sample())), "one run per scenario × board is not repeated");
+    }
+
+    #[test]
+    fn spread_handles_odd_even_and_empty() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((1.0, 2.0, 3.0)));
+        assert_eq!(spread(&[4.0, 1.0]), Some((1.0, 2.5, 4.0)));
+        assert_eq!(spread(&[]), None);
+    }
+
+    #[test]
+    fn junit_carries_step_times_and_repetitions() {
+        let x = junit(&repeated_sample(), 9.0);
+        assert!(x.contains("<testcase classname=\"a\" name=\"qemu-aarch64 #2\" time=\"40.000\">"), "{x}");
+        assert!(x.contains("<property name=\"repetition\" value=\"2\"/>"), "{x}");
+        assert!(
+            x.contains("<property name=\"step.2.expect\" value=\"start_s=2.000 duration_s=2.000 failed (line 6)\"/>"),
+            "{x}"
+        );
+        // A retried run names each attempt's steps.
+        assert!(x.contains("name=\"attempt.1.step.2.expect\" value=\"start_s=2.000 duration_s=3.000 failed"), "{x}");
+        assert!(x.contains("name=\"attempt.2.step.2.expect\" value=\"start_s=2.000 duration_s=2.500 passed"), "{x}");
+        // A passed run with steps is no longer self-closing, and stays a pass.
+        assert!(x.contains("name=\"qemu-aarch64 #1\" time=\"10.000\">\n      <properties>"), "{x}");
+        assert_eq!(x.matches("<failure").count(), 1, "{x}");
+        assert_eq!(x.matches("<testcase").count(), x.matches("</testcase>").count() + 1, "b is self-closing: {x}");
+    }
+
+    #[test]
+    fn markdown_has_repetition_and_failed_step_tables() {
+        let md = markdown(&repeated_sample(), 9.0);
+        assert!(md.contains("| a | qemu-aarch64 #2 | FAIL | 1 | 40.0 s |"), "{md}");
+        assert!(md.contains("| a | qemu-aarch64 | 4 | 1 | 1 | 25% | 10.0 s | 25.0 s | 40.0 s |"), "{md}");
+        assert!(md.contains("| a | qemu-aarch64 | 2 expect | 5 | 2 | 40% | 1.0 s | 2.5 s | 4.0 s |"), "{md}");
+        assert!(!md.contains("1 power_on"), "steps that never failed stay out: {md}");
+        assert!(!markdown(&sample(), 9.0).contains("## Repeated runs"), "no repetition, no stats tables");
+    }
+
+    #[test]
+    fn merge_reads_reports_written_before_step_times_and_recomputes_stats() {
+        let d = tempfile::tempdir().unwrap();
+        // A summary.json as devlab wrote it before --repeat: no stats, no
+        // repetition, no steps.
+        let old = d.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(
+            old.join("summary.json"),
+            r#"{"total": 1, "passed": 1, "flaky": 0, "failed": 0, "errors": 0, "not_run": 0,
+                "duration_s": 12.0, "harness_cpu_s": 0.5,
+                "runs": [{"id": "b@qemu-x86_64", "scenario": "b", "board": "qemu-x86_64",
+                          "status": "passed", "attempts": 1, "duration_s": 11.0, "run_dir": "/runs/b"}]}"#,
+        )
+        .unwrap();
+        let new = d.path().join("new");
+        write(&new, &repeated_sample()[..5], 50.0).unwrap();
+        let out = d.path().join("merged");
+        assert_eq!(merge(&[old, new], &out).unwrap(), (6, 50.0));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(json["total"], 6);
+        assert_eq!(json["failed"], 1);
+        assert_eq!(json["runs"][0]["id"], "a@qemu-aarch64#1");
+        assert_eq!(json["runs"][0]["repetition"], 1);
+        assert_eq!(json["runs"][0]["steps"][1]["action"], "expect");
+        assert!(json["runs"][5].get("steps").is_none(), "{}", json["runs"][5]);
+        assert_eq!(json["stats"][0]["runs"], 4);
+        assert_eq!(json["stats"][0]["failure_rate"], 0.25);
+        assert_eq!(json["stats"][0]["steps"][1]["failures"], 2);
+        assert_eq!(json["stats"][1]["board"], "qemu-x86_64");
+        assert_eq!(json["stats"][1]["median_s"], 11.0);
+    }
+
+    #[test]
+    fn merged_repetitions_are_in_numeric_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        write(&a, &[repetition(10, Status::Passed, 1.0), repetition(1, Status::Passed, 1.0)], 1.0).unwrap();
+        write(&b, &[repetition(2, Status::Passed, 1.0)], 1.0).unwrap();
+        let out = d.path().join("merged");
+        merge(&[a, b], &out).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        let ids: Vec<&str> = json["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["a@qemu-aarch64#1", "a@qemu-aarch64#2", "a@qemu-aarch64#10"]);
     }
 
     #[test]

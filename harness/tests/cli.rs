@@ -136,3 +136,82 @@ fn shipped_scenarios_check() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("boot-smoke.toml"), "{out}");
 }
+
+#[test]
+fn an_empty_folder_selects_nothing_and_is_bad_input() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "notes.txt", "not a scenario");
+    let reports = d.path().join("reports");
+    let dir = d.path().to_str().unwrap();
+    for args in [&["run", dir, "--report-dir", reports.to_str().unwrap()][..], &["check", dir]] {
+        let (code, out, err) = devlab(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(&format!("{}: no scenario files (*.toml) in this folder", d.path().display())), "{err}");
+        assert!(!err.contains("passed"), "no green summary for nothing: {err}");
+    }
+    assert!(!reports.exists(), "nothing selected, no reports");
+}
+
+#[test]
+fn a_board_no_scenario_names_is_bad_input() {
+    let smoke = root().join("scenarios/boot-smoke.toml");
+    // A real board, but boot-smoke does not name it.
+    let (code, out, err) = devlab(&["run", smoke.to_str().unwrap(), "--board", "qemu-x86_64-pxe"], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains(&format!("{}: no scenario here runs on board `qemu-x86_64-pxe`", smoke.display())), "{err}");
+    assert!(err.contains("qemu-aarch64"), "it says which boards the scenario names: {err}");
+    assert!(!err.contains("0 passed"), "{err}");
+    // --list plans the same selection.
+    let (code, out, err) = devlab(&["run", smoke.to_str().unwrap(), "--board", "qemu-x86_64-pxe", "--list"], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn repeat_must_be_between_1_and_the_bound() {
+    let smoke = root().join("scenarios/boot-smoke.toml");
+    // --list: were a bad count accepted, it would plan, never boot.
+    for bad in ["0", "1001", "-1", "many"] {
+        let flag = format!("--repeat={bad}");
+        let (code, out, err) = devlab(&["run", smoke.to_str().unwrap(), &flag, "--list"], &[]);
+        assert_eq!(code, 2, "--repeat {bad}: {out}{err}");
+        assert!(err.contains("--repeat"), "the message names the flag: {err}");
+        assert!(out.is_empty(), "{out}");
+    }
+    let (code, out, err) =
+        devlab(&["run", smoke.to_str().unwrap(), "--repeat", "2", "--update-snapshots", "--list"], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("--repeat 2 with --update-snapshots"), "{err}");
+}
+
+#[test]
+fn repeat_plans_numbered_runs() {
+    let smoke = root().join("scenarios/boot-smoke.toml");
+    let (code, out, err) =
+        devlab(&["run", smoke.to_str().unwrap(), "--board", "qemu-aarch64", "--repeat", "3", "--list"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = out.lines().collect();
+    assert_eq!(ids, ["boot-smoke@qemu-aarch64#1", "boot-smoke@qemu-aarch64#2", "boot-smoke@qemu-aarch64#3"]);
+}
+
+#[test]
+fn an_empty_shard_of_a_real_selection_passes_with_empty_reports() {
+    let d = tempfile::tempdir().unwrap();
+    let reports = d.path().join("reports");
+    let smoke = root().join("scenarios/boot-smoke.toml");
+    // One run selected; shard 2/2 gets none of it.
+    let args = ["run", smoke.to_str().unwrap(), "--board", "qemu-aarch64", "--shard", "2/2", "--report-dir"];
+    let (code, out, err) = devlab(&[&args[..], &[reports.to_str().unwrap()]].concat(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("shard 2/2 is empty: all 1 selected run(s) went to the other shards"), "{err}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(reports.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["total"], 0);
+    // Its (empty) report merges with the others.
+    let (code, out, err) = devlab(
+        &["report", "merge", reports.to_str().unwrap(), "--out", d.path().join("merged").to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("merged 0 runs"), "{out}");
+}
