@@ -3,8 +3,11 @@
 //! to `serial.log` with a timestamp at each line start. `expect` matches
 //! regexes on bytes from a cursor: the earliest match among the patterns
 //! wins; armed "bad patterns" (`Kernel panic`, `Unknown command` …) fail at
-//! once. Every failure carries the last lines seen and the log path. This
-//! module never spawns or kills QEMU.
+//! once. Every failure carries the last lines seen and the log path.
+//! Triggers (armed faults) are matched by the reader task itself, as the
+//! bytes arrive, and run their hook there at once (e.g. freeze QEMU), so a
+//! fault tied to a console line lands at the same point every run, however
+//! busy the runtime is. This module never spawns or kills QEMU itself.
 
 use regex::bytes::Regex;
 use std::io::Write;
@@ -75,8 +78,18 @@ impl Inner {
     }
 }
 
+/// A console pattern the reader watches for, with what it does at once.
+struct Trigger {
+    regex: Regex,
+    /// Scan from here (bytes before it were there when it was armed).
+    from: usize,
+    hook: Option<Box<dyn FnOnce() + Send>>,
+    fired: watch::Sender<Option<usize>>,
+}
+
 struct Shared {
     inner: Mutex<Inner>,
+    triggers: Mutex<Vec<Trigger>>,
     len_tx: watch::Sender<usize>,
     live: broadcast::Sender<Vec<u8>>,
     log: PathBuf,
@@ -111,7 +124,13 @@ impl Console {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let (len_tx, _) = watch::channel(0);
         let (live, _) = broadcast::channel(256);
-        let shared = Arc::new(Shared { inner: Mutex::new(Inner::default()), len_tx, live, log });
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::default()),
+            triggers: Mutex::new(Vec::new()),
+            len_tx,
+            live,
+            log,
+        });
         let (read, write) = stream.into_split();
         let reader = tokio::spawn(read_loop(read, shared.clone(), file, t0));
         Ok(Console {
@@ -132,6 +151,25 @@ impl Console {
     pub fn arm_bad(&mut self, label: &str, regex: Regex) {
         self.bad.retain(|b| b.label != label);
         self.bad.push(BadPattern { label: label.to_string(), regex });
+    }
+
+    /// Disarm the bad pattern `label` (a `refuse` that a later step lifts).
+    pub fn disarm_bad(&mut self, label: &str) {
+        self.bad.retain(|b| b.label != label);
+    }
+
+    /// Arm a trigger: the first match of `regex` in bytes that arrive from
+    /// now on runs `hook` inside the reader, before anything else reads
+    /// those bytes, and the returned receiver then holds the offset just
+    /// past the match.
+    pub fn arm_trigger(&self, regex: Regex, hook: Box<dyn FnOnce() + Send>) -> watch::Receiver<Option<usize>> {
+        let (fired, rx) = watch::channel(None);
+        let from = self.len();
+        self.shared.triggers.lock().unwrap().push(Trigger { regex, from, hook: Some(hook), fired });
+        // Bytes may have arrived between `len` and the push: check them now.
+        let inner = self.shared.inner.lock().unwrap();
+        check_triggers(&self.shared, &inner.bytes, 0);
+        rx
     }
 
     /// Bytes received so far.
@@ -386,6 +424,7 @@ async fn read_loop(
             let offset = inner.bytes.len();
             inner.chunks.push((offset, t));
             inner.bytes.extend_from_slice(chunk);
+            check_triggers(&shared, &inner.bytes, offset);
             inner.bytes.len()
         };
         let _ = shared.live.send(chunk.to_vec());
@@ -394,6 +433,29 @@ async fn read_loop(
     let _ = log.flush();
     shared.inner.lock().unwrap().closed = true;
     shared.len_tx.send_modify(|_| {});
+}
+
+/// Fire every armed trigger whose pattern now matches, scanning from the
+/// start of the line that holds byte `new_from` (a match may span chunks
+/// within a line; patterns that span lines use `(?s)` and are scanned from
+/// where they were armed).
+fn check_triggers(shared: &Shared, bytes: &[u8], new_from: usize) {
+    let mut triggers = shared.triggers.lock().unwrap();
+    if triggers.is_empty() {
+        return;
+    }
+    let line_start = bytes[..new_from.min(bytes.len())].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    for t in triggers.iter_mut().filter(|t| t.hook.is_some()) {
+        let spans_lines = t.regex.as_str().starts_with("(?s)");
+        let start = if spans_lines { t.from } else { line_start.max(t.from) };
+        if let Some(m) = t.regex.find_at(bytes, start.min(bytes.len())) {
+            if let Some(hook) = t.hook.take() {
+                hook();
+            }
+            let _ = t.fired.send(Some(m.end()));
+        }
+    }
+    triggers.retain(|t| t.hook.is_some());
 }
 
 /// The log form of a chunk: `\r` dropped, `[  secs] ` before each line.
@@ -510,6 +572,31 @@ mod tests {
         drop(peer);
         let err = c.expect(&[re("never")], Duration::from_secs(30)).await.unwrap_err();
         assert!(matches!(err, ConsoleError::Closed { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_trigger_fires_in_the_reader_once_across_chunks() {
+        let (c, mut peer, _d) = pair();
+        peer.write_all(b"virtio write: device 0 old\n").await.unwrap();
+        // Wait until the old line is read, so only new bytes count.
+        while c.len() < 27 {
+            tokio::task::yield_now().await;
+        }
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let mut fired = c.arm_trigger(
+            re("virtio write: device"),
+            Box::new(move || {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
+        assert_eq!(*fired.borrow(), None, "bytes from before arming do not count");
+        peer.write_all(b"U-Boot> virtio wr").await.unwrap();
+        peer.write_all(b"ite: device 0 block # 2048\nvirtio write: device 0 again\n").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), fired.wait_for(|f| f.is_some())).await.unwrap().unwrap();
+        let end = fired.borrow().unwrap();
+        assert_eq!(end, 27 + "U-Boot> virtio write: device".len());
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "fires once");
     }
 
     #[tokio::test]

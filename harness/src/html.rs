@@ -112,7 +112,7 @@ fn kind(event: &Event) -> (Colour, bool) {
         Event::Health { .. } => (Health, true),
         Event::Provision { .. } | Event::NetBoot { .. } | Event::Agent { .. } | Event::Node { .. } => (Provision, true),
         Event::ProvisionTable { .. } => (Provision, false),
-        Event::Checkpoint { .. } => (Harness, true),
+        Event::Checkpoint { .. } | Event::Refuse { .. } => (Harness, true),
         Event::Expected { .. }
         | Event::Command { .. }
         | Event::Env { .. }

@@ -283,6 +283,16 @@ impl Machine {
             .ok_or_else(|| Error::infra(format!("QEMU (pid {}) survived SIGKILL", self.pid())))
     }
 
+    /// A hook for a console trigger: freeze QEMU (SIGSTOP to its process
+    /// group) from the console reader the moment the line arrives, so the
+    /// guest runs no further while the harness completes the fault.
+    pub fn freeze_hook(&self) -> Box<dyn FnOnce() + Send> {
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        Box::new(move || {
+            let _ = killpg(pgid, Signal::SIGSTOP);
+        })
+    }
+
     fn signal(&self, sig: Signal) {
         if self.exit.is_none() {
             let _ = killpg(Pid::from_raw(self.child.id() as i32), sig);
@@ -295,6 +305,8 @@ impl Machine {
         if let Some(s) = self.exited() {
             return Some(s);
         }
+        // A machine a trigger froze must run to hear `quit` (and SIGTERM).
+        self.signal(Signal::SIGCONT);
         if !self.qmp.is_closed() {
             let _ = self.qmp.execute_timeout("quit", None, GRACE).await;
             if let Some(s) = self.wait_exit(GRACE).await {

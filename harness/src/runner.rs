@@ -170,7 +170,14 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         let _ = std::fs::write(run_dir.join("failure.txt"), f.to_string());
     }
     let redactor = r.redactor();
-    out.normalised = r.timeline.normalised(&redactor);
+    out.normalised = match scenario.header.snapshot {
+        crate::scenario::SnapshotEvents::All => r.timeline.normalised(&redactor),
+        crate::scenario::SnapshotEvents::Steps => {
+            let mut steps = r.timeline.clone();
+            steps.entries.retain(|e| e.origin == Origin::Step);
+            steps.normalised(&redactor)
+        }
+    };
     out.timeline = r.timeline.clone();
     let _ =
         std::fs::write(run_dir.join("timeline.json"), serde_json::to_string_pretty(&r.timeline).unwrap_or_default());
@@ -303,6 +310,27 @@ pub(crate) enum CutAt {
     Request(Regex),
 }
 
+/// A fault armed on a console pattern: the console reader freezes QEMU
+/// the moment the pattern arrives; `wait_fault` then completes the fault.
+pub(crate) struct Armed {
+    pub(crate) pattern: BytesRegex,
+    /// What the scenario wrote (for messages).
+    pub(crate) label: String,
+    /// Set once installed on a console: the offset just past the match.
+    pub(crate) fired: Option<tokio::sync::watch::Receiver<Option<usize>>>,
+}
+
+/// A pattern refused (`refuse`) until an `allow` names it: armed as a bad
+/// pattern (a wait fails at once) and watched by the console reader (so
+/// an appearance while no step waits is caught too), on every console
+/// from the one running when it was refused.
+pub(crate) struct Refusal {
+    pub(crate) name: String,
+    pub(crate) label: String,
+    pub(crate) pattern: BytesRegex,
+    pub(crate) seen: Vec<tokio::sync::watch::Receiver<Option<usize>>>,
+}
+
 /// The run's context: what every step borrows (the machine, its SSH
 /// session, the servers, the timeline) and flavour state.
 pub struct Run<'a> {
@@ -343,6 +371,12 @@ pub struct Run<'a> {
     /// The provisioning service and its files (`[provision]`), started
     /// before the first power-on.
     pub(crate) lab: Option<crate::provision::Lab>,
+    /// Faults armed on a console trigger (`arm_fault`), in order; each is
+    /// installed on the console of the machine running when it is armed,
+    /// or of the next one to start.
+    pub(crate) armed: Vec<Armed>,
+    /// Patterns refused until a later `allow`.
+    pub(crate) refusals: Vec<Refusal>,
     /// The run's start (for step times) and each step's time.
     pub(crate) started: Instant,
     pub(crate) step_times: Vec<StepTime>,
@@ -373,6 +407,8 @@ impl<'a> Run<'a> {
             syncs: 0,
             ostree: crate::ostree::Commits::default(),
             lab: None,
+            armed: Vec::new(),
+            refusals: Vec::new(),
             started: Instant::now(),
             step_times: Vec::new(),
         }
@@ -868,11 +904,24 @@ impl<'a> Run<'a> {
         self.marker_offset = 0;
         self.marker_taken_line = None;
         self.qmp_cursor = 0;
-        let bad: Vec<String> = self.scenario.header.bad_patterns.iter().map(|p| self.subst(&p.0)).collect();
-        let m = self.machine.as_mut().unwrap();
-        for p in bad {
-            let re = BytesRegex::new(&p).map_err(|e| Error::infra(format!("bad pattern {p}: {e}")))?;
-            m.console.arm_bad(&p, re);
+        let bad: Vec<(String, BytesRegex)> = self
+            .scenario
+            .header
+            .bad_patterns
+            .iter()
+            .map(|p| (self.pattern_source(p), self.console_pattern(p)))
+            .collect();
+        let m = self.machine.as_mut().expect("just started");
+        for (label, re) in bad {
+            m.console.arm_bad(&label, re);
+        }
+        for refusal in self.refusals.iter_mut() {
+            m.console.arm_bad(&refusal.label, refusal.pattern.clone());
+            refusal.seen.push(m.console.arm_trigger(refusal.pattern.clone(), Box::new(|| ())));
+        }
+        // Faults armed before this power-on watch its console from the start.
+        for armed in self.armed.iter_mut().filter(|a| a.fired.is_none()) {
+            armed.fired = Some(m.console.arm_trigger(armed.pattern.clone(), m.freeze_hook()));
         }
         Ok(())
     }

@@ -34,6 +34,15 @@ pub struct ProfileSpec {
     pub corrupt_image: bool,
 }
 
+/// Which events a scenario's snapshot holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotEvents {
+    #[default]
+    All,
+    Steps,
+}
+
 /// What the board's disk holds at the first power-on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -84,6 +93,12 @@ pub struct Header {
     /// lacks one is refused before anything boots.
     #[serde(default)]
     pub needs: Vec<String>,
+    /// What the timeline snapshot holds: every event (`all`, the default),
+    /// or only the steps' own (`steps`: for scenarios whose fault lands
+    /// either side of a write by design, where console markers differ
+    /// between equally good outcomes that the steps assert).
+    #[serde(default)]
+    pub snapshot: SnapshotEvents,
     /// Parameters: every combination of their values is its own run (see
     /// `Scenario::variants`).
     #[serde(default)]
@@ -359,11 +374,20 @@ impl Scenario {
             server: false,
             checkpoint_seen: false,
             disk_errors_seen: false,
+            armed: 0,
+            refused: Vec::new(),
         };
         for (placed, spanned) in self.steps.iter().zip(raw) {
             cx.span = spanned.span();
             cx.action = placed.step.action();
             placed.step.check(&mut cx)?;
+        }
+        if cx.armed > 0 {
+            let last = raw.last().map_or(0, |s| s.span().start);
+            return Err(InputError::new(&self.path, "a fault is armed but no wait_fault waits for it")
+                .at(&self.text, last)
+                .field("action")
+                .into());
         }
         Ok(())
     }

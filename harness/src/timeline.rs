@@ -167,6 +167,11 @@ pub enum Event {
     NetConfigFailed {
         firmware: String,
     },
+    /// A console pattern refused (`refuse`, active) or allowed again.
+    Refuse {
+        name: String,
+        active: bool,
+    },
     Failed {
         step: String,
     },

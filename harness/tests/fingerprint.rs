@@ -201,6 +201,7 @@ fn samples() -> Vec<Event> {
         Event::Agent { stage: "registered".into() },
         Event::Firmware { name: "SeaBIOS".into() },
         Event::NetConfigFailed { firmware: "iPXE".into() },
+        Event::Refuse { name: "second-try".into(), active: true },
         Event::Failed { step: "step 3 (expect)".into() },
     ];
     for e in &all {
@@ -254,6 +255,7 @@ fn samples() -> Vec<Event> {
             | Event::Agent { .. }
             | Event::Firmware { .. }
             | Event::NetConfigFailed { .. }
+            | Event::Refuse { .. }
             | Event::Failed { .. } => {}
         }
     }

@@ -154,6 +154,11 @@ steps! {
     "provision_table" => provision_table::ProvisionTable(ProvisionTable),
     "provision_restart" => provision_restart::ProvisionRestart(ProvisionRestart),
     "wait_poweroff" => wait_poweroff::WaitPoweroff(WaitPoweroff),
+    "arm_fault" => arm_fault::ArmFault(ArmFault),
+    "wait_fault" => wait_fault::WaitFault(WaitFault),
+    "refuse" => refuse::Refuse(Refuse),
+    "allow" => allow::Allow(Allow),
+    "assert_node_unknown" => assert_node_unknown::AssertNodeUnknown(AssertNodeUnknown),
 }
 
 /// The longest duration a scenario may write (a day): anything longer is a
@@ -310,6 +315,10 @@ pub struct CheckCx<'a> {
     /// Has a step started the update server?
     pub server: bool,
     pub checkpoint_seen: bool,
+    /// Faults armed (`arm_fault`) and not yet waited for.
+    pub armed: usize,
+    /// Patterns refused (`refuse`) and not yet allowed, by name.
+    pub refused: Vec<String>,
     pub disk_errors_seen: bool,
 }
 
