@@ -2,8 +2,10 @@
 //! `/dev/kvm` may exist, create VMs and vCPUs, and even run a few real-mode
 //! instructions, while U-Boot stalls under it (so it is on these machines:
 //! x86 U-Boot hangs after `Model:`). So the probe boots the board's own
-//! firmware with `-accel kvm` and no disk, and KVM counts as working only if
-//! the firmware's autoboot prompt appears within a bound. The answer is
+//! firmware, with the board's own arguments ([`Board::probe_qemu_args`]:
+//! `-accel kvm`, no disk), and KVM counts as working only if the firmware's
+//! marker (U-Boot's autoboot prompt, iPXE's DHCP) appears within a bound.
+//! It runs on a blocking thread ([`choose_async`]), one probe at a time. The answer is
 //! cached per host boot (`boot_id`), QEMU binary, machine, CPU and firmware,
 //! so only the first run on a host pays for it. A guest of another
 //! architecture than the host always gets TCG.
@@ -33,7 +35,25 @@ fn host_arch() -> Option<Arch> {
     Arch::parse(std::env::consts::ARCH)
 }
 
+/// [`choose`] on a blocking thread: the probe spawns QEMU and waits for it
+/// (up to [`PROBE_BOUND_IPXE`]), which must not stall the one thread every
+/// concurrent run shares. Probes still run one at a time (see [`PROBE`]).
+pub async fn choose_async(board: &Board) -> AccelChoice {
+    let board = board.clone();
+    match tokio::task::spawn_blocking(move || choose(&board)).await {
+        Ok(choice) => choice,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => AccelChoice { accel: Accel::Tcg, reason: format!("kvm probe did not finish: {e}") },
+    }
+}
+
+/// One probe at a time: concurrent runs of a board wait for the first
+/// one's answer (then cached) instead of starting KVM guests side by side,
+/// which on a loaded host could miss the bound and wrongly count KVM as broken.
+static PROBE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Pick the first accelerator from the board's preferences that works.
+/// Blocks while a probe runs: from async code, use [`choose_async`].
 pub fn choose(board: &Board) -> AccelChoice {
     let guest = board.arch;
     let mut reasons = Vec::new();
@@ -98,6 +118,7 @@ pub fn kvm_runs_firmware(board: &Board) -> Result<String, String> {
         board.firmware_marker(),
     );
     let path = cache_file(board);
+    let _one_at_a_time = PROBE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Ok(c) =
         std::fs::read(&path).map_err(|_| ()).and_then(|t| serde_json::from_slice::<Cached>(&t).map_err(|_| ()))
     {
@@ -121,14 +142,7 @@ pub fn kvm_runs_firmware(board: &Board) -> Result<String, String> {
 fn probe(board: &Board, qemu: &std::path::Path) -> Result<String, String> {
     let started = Instant::now();
     let mut child = Command::new(qemu)
-        .args(["-nodefaults", "-no-user-config"])
-        .args(board.display_args())
-        .args(["-accel", "kvm"])
-        .args(["-machine", &board.machine, "-cpu", &board.cpu, "-m", &format!("{}M", board.memory_mib)])
-        .arg("-bios")
-        .arg(&board.firmware.path)
-        .args(["-serial", "stdio"])
-        .args(board.probe_args())
+        .args(board.probe_qemu_args())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -192,6 +206,31 @@ mod tests {
     fn tcg_first_means_no_probe() {
         let c = choose(&board("qemu-x86_64", &[Accel::Tcg, Accel::Kvm]));
         assert_eq!(c, AccelChoice { accel: Accel::Tcg, reason: "tcg is the board's first choice".into() });
+    }
+
+    #[test]
+    fn choose_async_answers_like_choose() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let b = board("qemu-x86_64", &[Accel::Tcg, Accel::Kvm]);
+        assert_eq!(rt.block_on(choose_async(&b)), choose(&b));
+    }
+
+    /// The probe's command line is the board's own (machine, CPU, memory,
+    /// firmware as a run has them), under KVM, with the firmware's probe devices.
+    #[test]
+    fn probe_uses_the_boards_own_arguments() {
+        let b = board("qemu-x86_64-pxe", &[Accel::Kvm]);
+        let args = b.probe_qemu_args().join(" ");
+        assert_eq!(
+            args,
+            "-nodefaults -no-user-config -nographic -machine pc -accel kvm -cpu qemu64,+rdrand -smp 1 -m 512M \
+             -bios /usr/share/seabios/bios-256k.bin -serial stdio -netdev user,id=net0 \
+             -device virtio-net-pci,netdev=net0,mac=52:54:00:de:01:01,bootindex=1"
+        );
+        let b = board("qemu-aarch64-pxe", &[Accel::Kvm]);
+        let args = b.probe_qemu_args().join(" ");
+        assert!(args.starts_with("-nodefaults -no-user-config -display none -machine virt -accel kvm"), "{args}");
+        assert!(args.ends_with("-bios /usr/lib/u-boot/qemu_arm64/u-boot.bin -serial stdio"), "{args}");
     }
 
     /// Whatever the host, the choice for a native guest comes with the

@@ -1,55 +1,82 @@
 //! Board profiles: data files (`harness/boards/*.toml`) describing a virtual
-//! board — machine type, CPU, RAM, firmware, console, disk and NIC models,
-//! SMBIOS identity, U-Boot prompts — and their translation into QEMU
-//! arguments. Nothing here spawns a process or touches the run directory.
+//! board — machine type, CPU, RAM, firmware (typed by [`crate::firmware`],
+//! which owns what differs between firmware), disk and NIC models, SMBIOS
+//! identity — and their translation into QEMU arguments, for a run and for
+//! the KVM probe. Nothing here spawns a process or touches the run directory.
 
 use crate::error::{InputError, Result};
+use crate::firmware::FirmwareTable;
+pub use crate::firmware::{Firmware, Pxe, UbootPrompts};
 use devlab_images::Arch;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A board profile, validated: what the harness uses.
+#[derive(Debug, Clone)]
 pub struct Board {
     pub name: String,
-    #[serde(default)]
     pub description: String,
     pub arch: Arch,
     pub machine: String,
     pub cpu: String,
-    #[serde(default = "one")]
     pub smp: u32,
     pub memory_mib: u32,
     /// Accelerators in order of preference; the first that works is used.
-    #[serde(default = "default_accel")]
     pub accel: Vec<Accel>,
+    /// The firmware, typed: its kind owns everything that differs between
+    /// firmware (see [`crate::firmware`]).
     pub firmware: Firmware,
-    pub console: Console,
     pub disk: Disk,
     pub nic: Nic,
-    #[serde(default)]
     pub smbios: Option<Smbios>,
-    /// U-Boot's prompts; required for `kind = "bios"` firmware (U-Boot),
-    /// absent for SeaBIOS.
-    #[serde(default)]
-    pub uboot: Option<UbootPrompts>,
-    /// How the firmware boots from the network, if the board does: `ipxe`
-    /// (SeaBIOS runs the NIC's iPXE ROM, network first, then the disk; the
-    /// harness serves `boot.ipxe` over the user network's TFTP) or `uboot`
-    /// (U-Boot's stock boot targets: a disk with a boot partition first,
-    /// then DHCP, `boot.scr.uimg`, `pxe get`, `pxe boot`).
-    #[serde(default)]
+    /// Whether (and how: the firmware decides, the profile's `pxe` must
+    /// agree) the board boots from the network, network first, then disk.
     pub pxe: Option<Pxe>,
     /// A hardware watchdog model (`i6300esb`), reset on expiry; `None` if
     /// the board has none (a scenario that needs one is refused).
-    #[serde(default)]
     pub watchdog: Option<String>,
     /// Extra QEMU arguments, appended last.
-    #[serde(default)]
     pub extra_args: Vec<String>,
     /// Where the profile was read from.
-    #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// The profile file as written (`harness/boards/*.toml`); [`Board::parse`]
+/// checks it and builds the [`Board`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    arch: Arch,
+    machine: String,
+    cpu: String,
+    #[serde(default = "one")]
+    smp: u32,
+    memory_mib: u32,
+    #[serde(default = "default_accel")]
+    accel: Vec<Accel>,
+    firmware: FirmwareTable,
+    /// Accepted for older profiles, and unused: the harness reads the
+    /// serial port QEMU gives it, whatever the guest calls it.
+    #[serde(default)]
+    #[allow(dead_code)]
+    console: Console,
+    disk: Disk,
+    nic: Nic,
+    #[serde(default)]
+    smbios: Option<Smbios>,
+    /// U-Boot's prompts; required for U-Boot firmware, refused for others.
+    #[serde(default)]
+    uboot: Option<UbootPrompts>,
+    /// `ipxe` or `uboot`: see [`Pxe`].
+    #[serde(default)]
+    pxe: Option<Pxe>,
+    #[serde(default)]
+    watchdog: Option<String>,
+    #[serde(default)]
+    extra_args: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -76,45 +103,14 @@ impl Accel {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pxe {
-    Ipxe,
-    Uboot,
-}
-
-impl Pxe {
-    /// The file the user network's DHCP names as the boot file.
-    pub fn bootfile(self) -> &'static str {
-        match self {
-            Pxe::Ipxe => "boot.ipxe",
-            Pxe::Uboot => devlab_provision::pxelinux::BOOT_SCRIPT_NAME,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
+/// `[console]`: accepted for compatibility with older profiles, unused.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Firmware {
-    pub path: PathBuf,
-    /// The Debian package that ships it, named when the file is missing.
-    pub package: String,
-    /// What it is; QEMU loads either with `-bios FILE`. `bios`: U-Boot
-    /// (the board needs `[uboot]`). `seabios`: SeaBIOS, which prints on the
-    /// serial port only under `-nographic` (that sets its serial console).
-    #[serde(default = "bios")]
-    pub kind: String,
-}
-
-fn bios() -> String {
-    "bios".into()
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Console {
-    /// The guest's name for its serial console (`ttyS0`, `ttyAMA0`).
-    pub guest_device: String,
+struct Console {
+    /// The guest's name for its serial console (`ttyS0`): never read.
+    #[serde(default)]
+    #[allow(dead_code)]
+    guest_device: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,14 +133,6 @@ pub struct Smbios {
     pub product: String,
     pub serial: String,
     pub uuid: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UbootPrompts {
-    pub autoboot_prompt: String,
-    pub prompt: String,
-    pub boot_command: String,
 }
 
 /// Paths the machine lives at, handed to [`Board::qemu_args`].
@@ -238,100 +226,77 @@ impl Board {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Board> {
-        let mut board: Board = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
-        board.path = path.to_path_buf();
+        let file: ProfileFile = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
         let field_err = |field: &str, msg: String| {
-            let offset = find_key(text, field).unwrap_or(0);
+            let offset = locate(text, field).unwrap_or(0);
             InputError::new(path, msg).at(text, offset).field(field)
         };
-        if board.smp == 0 {
+        if file.smp == 0 {
             return Err(field_err("smp", "must be at least 1".into()).into());
         }
-        if board.memory_mib < 64 {
+        if file.memory_mib < 64 {
             return Err(field_err("memory_mib", "must be at least 64".into()).into());
         }
-        if board.accel.is_empty() {
+        if file.accel.is_empty() {
             return Err(field_err("accel", "name at least one accelerator".into()).into());
         }
-        if !valid_mac(&board.nic.mac) {
+        if !valid_mac(&file.nic.mac) {
             return Err(
-                field_err("mac", format!("`{}` is not a MAC address like 52:54:00:12:34:56", board.nic.mac)).into()
+                field_err("mac", format!("`{}` is not a MAC address like 52:54:00:12:34:56", file.nic.mac)).into()
             );
         }
-        match board.firmware.kind.as_str() {
-            "bios" if board.uboot.is_none() => {
-                return Err(field_err("kind", "U-Boot firmware (`bios`) needs a [uboot] table".into()).into())
-            }
-            "bios" | "seabios" => {}
-            other => {
-                return Err(field_err("kind", format!("unknown firmware kind `{other}` (known: bios, seabios)")).into())
-            }
-        }
-        if board.pxe == Some(Pxe::Ipxe) && board.firmware.kind != "seabios" {
-            return Err(field_err("pxe", "`ipxe` network boot needs SeaBIOS (firmware kind `seabios`)".into()).into());
-        }
-        if board.pxe == Some(Pxe::Uboot) && board.firmware.kind != "bios" {
-            return Err(field_err("pxe", "`uboot` network boot needs U-Boot (firmware kind `bios`)".into()).into());
-        }
-        // U-Boot 2023.01 (Debian bookworm's u-boot-qemu) and virtio network devices, both found here:
-        let why_not = match board.nic.model.split(',').next() {
-            Some("virtio-net-pci") => Some(
-                "U-Boot reads the wrong MAC (52:52:52:52:52:52) from virtio-net-pci, so its PXELINUX lookup \
-                 and DHCP identity are wrong",
-            ),
-            Some("virtio-net-device") => Some(
-                "U-Boot's virtio-net driver hands received buffers back without notifying the device, so once \
-                 more than 32 frames arrive between two network commands (broadcasts from the other nodes of a \
-                 lab network) QEMU waits for a notification that never comes and the node receives nothing more",
-            ),
-            _ => None,
-        };
-        if let (Some(Pxe::Uboot), Some(why)) = (board.pxe, why_not) {
-            return Err(field_err("model", format!("{why}: use e1000 for a U-Boot network-boot board")).into());
-        }
-        Ok(board)
+        let firmware = Firmware::from_profile(file.firmware, file.uboot, file.pxe, &file.nic.model)
+            .map_err(|e| field_err(e.field, e.message))?;
+        Ok(Board {
+            name: file.name,
+            description: file.description,
+            arch: file.arch,
+            machine: file.machine,
+            cpu: file.cpu,
+            smp: file.smp,
+            memory_mib: file.memory_mib,
+            accel: file.accel,
+            firmware,
+            disk: file.disk,
+            nic: file.nic,
+            smbios: file.smbios,
+            pxe: file.pxe,
+            watchdog: file.watchdog,
+            extra_args: file.extra_args,
+            path: path.to_path_buf(),
+        })
     }
 
-    /// What the KVM probe waits for on the serial port: U-Boot's autoboot
-    /// prompt; for iPXE, its DHCP (iPXE's protected-mode code is what KVM
-    /// fails on here, after SeaBIOS and the ROM banner ran fine); else
-    /// SeaBIOS trying the (absent) disk.
+    /// U-Boot's prompts, if the firmware is U-Boot (a `boot` step needs them).
+    pub fn uboot(&self) -> Option<&UbootPrompts> {
+        self.firmware.prompts()
+    }
+
+    /// What the KVM probe waits for on the serial port (the firmware's
+    /// choice: U-Boot's autoboot prompt, iPXE's DHCP, SeaBIOS trying the disk).
     pub fn firmware_marker(&self) -> String {
-        match (&self.uboot, self.pxe) {
-            (Some(u), _) => u.autoboot_prompt.clone(),
-            (None, Some(Pxe::Ipxe)) => "Configuring (net0".into(),
-            (None, _) => "Booting from Hard Disk".into(),
-        }
+        self.firmware.probe_marker(self.pxe.is_some())
     }
 
-    /// Devices the KVM probe adds: the NIC (with its boot ROM) of a board
-    /// that boots from the network.
+    /// Devices the KVM probe adds: the NIC (with its boot ROM) when the
+    /// firmware's network boot runs there (iPXE).
     pub fn probe_args(&self) -> Vec<String> {
-        match self.pxe {
-            Some(Pxe::Ipxe) => vec![
-                "-netdev".into(),
-                "user,id=net0".into(),
-                "-device".into(),
-                format!("{},netdev=net0,mac={},bootindex=1", self.nic.model, self.nic.mac),
-            ],
-            Some(Pxe::Uboot) | None => Vec::new(),
+        if !self.firmware.probe_needs_nic(self.pxe.is_some()) {
+            return Vec::new();
         }
+        vec!["-netdev".into(), "user,id=net0".into(), "-device".into(), self.nic_device()]
     }
 
-    /// QEMU's display arguments: none, but SeaBIOS needs `-nographic` to
-    /// print (and run iPXE's console) on the serial port.
+    /// QEMU's display arguments (the firmware's: SeaBIOS needs `-nographic`
+    /// to print on the serial port).
     pub fn display_args(&self) -> &'static [&'static str] {
-        if self.firmware.kind == "seabios" {
-            &["-nographic"]
-        } else {
-            &["-display", "none"]
-        }
+        self.firmware.display_args()
     }
 
     /// Is the firmware file present? (`devlab boards` shows it; starting a
     /// machine without it is an input error naming the package.)
     pub fn firmware_present(&self) -> bool {
-        self.firmware.path.is_file()
+        self.firmware.present()
     }
 
     pub fn check_firmware(&self) -> Result<()> {
@@ -355,14 +320,8 @@ impl Board {
 
     /// The QEMU command line (without the binary) for this board.
     pub fn qemu_args(&self, accel: Accel, paths: &QemuPaths<'_>) -> Vec<String> {
-        let mut a: Vec<String> = Vec::new();
+        let mut a = self.machine_args(accel);
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
-        push(&["-nodefaults", "-no-user-config"]);
-        push(self.display_args());
-        push(&["-machine", &self.machine, "-accel", accel.as_str()]);
-        push(&["-cpu", &self.cpu, "-smp", &self.smp.to_string()]);
-        push(&["-m", &format!("{}M", self.memory_mib)]);
-        push(&["-bios", &self.firmware.path.to_string_lossy()]);
         // The harness listens on both sockets before QEMU starts, and QEMU
         // connects as a client: no console byte or QMP event is ever missed,
         // and nothing polls for a socket file to appear.
@@ -373,7 +332,7 @@ impl Board {
         // A human monitor for people who attach to a kept machine.
         push(&["-monitor", &format!("unix:{},server=on,wait=off", paths.monitor_sock.display())]);
         // Network boot first, then the disk (the NIC's ROM `exit`s to it).
-        let (nic_boot, disk_boot) = if self.pxe.is_some() { (",bootindex=1", ",bootindex=2") } else { ("", "") };
+        let disk_boot = if self.pxe.is_some() { ",bootindex=2" } else { "" };
         let zeroes = if paths.detect_zeroes { ",detect-zeroes=on" } else { "" };
         if paths.disk_errors.is_empty() {
             push(&["-drive", &format!("if=none,id=disk0,file={},format=qcow2{zeroes}", paths.disk.display())]);
@@ -392,7 +351,7 @@ impl Board {
             netdev = format!("tap,id=net0,ifname={tap},script=no,downscript=no");
         }
         push(&["-netdev", &netdev]);
-        push(&["-device", &format!("{},netdev=net0,mac={}{nic_boot}", self.nic.model, self.nic.mac)]);
+        push(&["-device", &self.nic_device()]);
         if let Some(s) = &self.smbios {
             push(&[
                 "-smbios",
@@ -420,6 +379,37 @@ impl Board {
         }
         a
     }
+
+    /// The KVM probe's command line (without the binary): this board's
+    /// machine, CPU, memory and firmware as a run has them, under KVM, the
+    /// serial port on stdout, no disk, and the devices the firmware's probe
+    /// needs ([`Board::probe_args`]).
+    pub fn probe_qemu_args(&self) -> Vec<String> {
+        let mut a = self.machine_args(Accel::Kvm);
+        a.extend(["-serial".to_string(), "stdio".to_string()]);
+        a.extend(self.probe_args());
+        a
+    }
+
+    /// The start of every command line: no defaults, display, machine,
+    /// accelerator, CPU, memory and the firmware.
+    fn machine_args(&self, accel: Accel) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
+        push(&["-nodefaults", "-no-user-config"]);
+        push(self.display_args());
+        push(&["-machine", &self.machine, "-accel", accel.as_str()]);
+        push(&["-cpu", &self.cpu, "-smp", &self.smp.to_string()]);
+        push(&["-m", &format!("{}M", self.memory_mib)]);
+        a.extend(self.firmware.load_args());
+        a
+    }
+
+    /// The NIC's `-device` (first in the boot order on a network-boot board).
+    fn nic_device(&self) -> String {
+        let boot = if self.pxe.is_some() { ",bootindex=1" } else { "" };
+        format!("{},netdev=net0,mac={}{boot}", self.nic.model, self.nic.mac)
+    }
 }
 
 fn valid_mac(mac: &str) -> bool {
@@ -440,6 +430,36 @@ pub(crate) fn find_key(text: &str, key: &str) -> Option<usize> {
         offset += line.len();
     }
     None
+}
+
+/// Where a field of a profile is: `key = ` (in its table for a dotted
+/// `table.key`), else the table's header (a `kind` left to its default, the
+/// `[uboot]` table).
+fn locate(text: &str, field: &str) -> Option<usize> {
+    let (table, key) = match field.split_once('.') {
+        Some((t, k)) => (Some(t), k),
+        None => (None, field),
+    };
+    let header = |t: &str| {
+        let mut offset = 0;
+        for line in text.split_inclusive('\n') {
+            if line.trim() == format!("[{t}]") {
+                return Some(offset);
+            }
+            offset += line.len();
+        }
+        None
+    };
+    if let Some(t) = table {
+        let start = header(t)?;
+        return find_key(&text[start..], key).map(|o| start + o).or(Some(start));
+    }
+    let in_table = match field {
+        "kind" => Some("firmware"),
+        "uboot" => Some("uboot"),
+        _ => None,
+    };
+    find_key(text, key).or_else(|| in_table.and_then(header))
 }
 
 /// The directory shipped profiles live in: `$DEVLAB_BOARDS`, else the
@@ -509,7 +529,62 @@ mod tests {
         assert_eq!(x86.machine, "pc");
         let arm = shipped("qemu-aarch64");
         assert_eq!(arm.arch, Arch::Aarch64);
-        assert_eq!(arm.console.guest_device, "ttyAMA0");
+        assert!(matches!(arm.firmware.kind, crate::firmware::Kind::UBoot(_)));
+        assert_eq!(arm.uboot().map(|u| u.prompt.as_str()), Some("=> "));
+        let pxe = shipped("qemu-x86_64-pxe");
+        assert!(matches!(pxe.firmware.kind, crate::firmware::Kind::SeaBios(_)));
+        assert!(pxe.uboot().is_none());
+    }
+
+    fn profile(name: &str) -> String {
+        std::fs::read_to_string(boards_dir().join(format!("{name}.toml"))).unwrap()
+    }
+
+    fn line_of(text: &str, starts: &str) -> usize {
+        text.lines().position(|l| l.starts_with(starts)).unwrap() + 1
+    }
+
+    #[test]
+    fn console_guest_device_is_accepted_and_unused() {
+        let text = profile("qemu-aarch64");
+        assert!(!text.contains("[console]"));
+        let old = text.replace("[disk]", "[console]\nguest_device = \"ttyAMA0\"\n\n[disk]");
+        assert_ne!(old, text);
+        Board::parse(Path::new("b.toml"), &old).unwrap();
+        let bad = text.replace("[disk]", "[console]\nguest_dev = \"ttyAMA0\"\n\n[disk]");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.contains("field `guest_dev`"), "{err}");
+    }
+
+    #[test]
+    fn firmware_errors_name_file_line_column_and_field() {
+        let text = profile("qemu-x86_64");
+        // U-Boot without its prompts: at `kind`.
+        let start = text.find("[uboot]").unwrap();
+        let bad = &text[..start];
+        let err = Board::parse(Path::new("b.toml"), bad).unwrap_err().to_string();
+        let line = line_of(bad, "kind =");
+        assert!(err.starts_with(&format!("b.toml:{line}:1: field `kind`: ")), "{err}");
+        assert!(err.contains("U-Boot firmware (`bios`) needs a [uboot] table"), "{err}");
+        // ... and with `kind` left to its default, at `[firmware]`.
+        let bad = bad.replace("kind = \"bios\"\n", "");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("b.toml:{}:1: field `kind`", line_of(&bad, "[firmware]"))), "{err}");
+        // An unknown kind lists the known ones.
+        let bad = text.replace("kind = \"bios\"", "kind = \"uefi\"");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("b.toml:{}:1: field `kind`", line_of(&bad, "kind ="))), "{err}");
+        assert!(err.ends_with("unknown firmware kind `uefi` (known: bios, seabios)"), "{err}");
+        // SeaBIOS with U-Boot prompts: at `[uboot]`.
+        let pxe = profile("qemu-x86_64-pxe");
+        let bad = format!("{pxe}\n[uboot]\nautoboot_prompt = \"x\"\nprompt = \"=> \"\nboot_command = \"boot\"\n");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("b.toml:{}:1: field `uboot`", line_of(&bad, "[uboot]"))), "{err}");
+        // Network boot the firmware does not do: at `pxe`.
+        let bad = text.replace("[firmware]", "pxe = \"ipxe\"\n\n[firmware]");
+        let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("b.toml:{}:1: field `pxe`", line_of(&bad, "pxe ="))), "{err}");
+        assert!(err.ends_with("`ipxe` network boot needs SeaBIOS (firmware kind `seabios`)"), "{err}");
     }
 
     #[test]
@@ -567,10 +642,14 @@ mod tests {
         let bad = text.replace("model = \"e1000\"", "model = \"virtio-net-pci\"");
         assert_ne!(bad, text);
         let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
-        assert!(err.contains("field `model`") && err.contains("52:52:52:52:52:52"), "{err}");
+        assert!(err.contains("field `nic.model`") && err.contains("52:52:52:52:52:52"), "{err}");
+        // Located in [nic], not at the disk's `model`.
+        let nic = bad.find("[nic]").unwrap();
+        let line = bad[..nic].lines().count() + bad[nic..].lines().position(|l| l.starts_with("model")).unwrap() + 1;
+        assert!(err.starts_with(&format!("b.toml:{line}:1: ")), "{err}");
         let bad = text.replace("model = \"e1000\"", "model = \"virtio-net-device\"");
         let err = Board::parse(Path::new("b.toml"), &bad).unwrap_err().to_string();
-        assert!(err.contains("field `model`") && err.contains("more than 32 frames"), "{err}");
+        assert!(err.contains("field `nic.model`") && err.contains("more than 32 frames"), "{err}");
     }
 
     #[test]

@@ -519,7 +519,7 @@ impl FleetRun<'_> {
                 .map(|d| DiskError { offset: d.offset_mib << 20, iotype: IoType::Write, errno: Errno::EIO })
                 .collect();
             let uuid = board.smbios.as_ref().map(|s| s.uuid.clone()).unwrap_or_default();
-            let accel = crate::accel::choose(board).accel;
+            let accel = crate::accel::choose_async(board).await.accel;
             self.nodes.push(NodeRun { name, uuid, board: board.clone(), dir, tap, disk_errors, accel, machine: None });
         }
         let listener = net.bind_tcp(0).map_err(labnet_error(&fleet.path))?;

@@ -149,7 +149,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         }
     };
     out.run_dir = Some(run_dir.clone());
-    let accel = accel::choose(board);
+    let accel = accel::choose_async(board).await;
     let mut r = Run::new(scenario, board, image, run_dir.clone(), accel);
     r.on_step = opts.on_step.clone();
     r.checkpoints = opts.checkpoints;

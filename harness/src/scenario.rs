@@ -463,7 +463,7 @@ impl Scenario {
                 format!("a blank disk needs a board that boots from the network; `{}` does not (no `pxe`)", board.name),
             ));
         }
-        if board.uboot.is_none() {
+        if board.uboot().is_none() {
             if let Some(p) = self.steps.iter().find(|p| matches!(p.step, Step::Boot(_))) {
                 let offset = p.offset;
                 return Err(InputError::new(

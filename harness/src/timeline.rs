@@ -1,12 +1,13 @@
 //! The timeline of a run: typed events from the console (boot markers), QMP
 //! (RESET, SHUTDOWN, WATCHDOG …) and the runner's own steps, each with its
-//! time since power-on. `timeline.json` keeps the times; the normalised form
-//! (no times, redacted strings) is what insta snapshots. Every snapshot goes
-//! through the one [`Redactor`]. Nothing here touches a machine.
+//! time since power-on. Which console lines are markers is data
+//! (`harness/markers/`, loaded by [`crate::markers`]). `timeline.json` keeps
+//! the times; the normalised form (no times, redacted strings) is what insta
+//! snapshots. Every snapshot goes through the one [`Redactor`]. Nothing here
+//! touches a machine.
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use std::sync::OnceLock;
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,55 +229,11 @@ impl Timeline {
     }
 }
 
-/// A console line that marks a boot stage, turned into its event.
+/// A console line that marks a boot stage, turned into its event: the
+/// first of the shipped markers (`harness/markers/*.toml`, see
+/// [`crate::markers`]) that matches it.
 pub fn console_marker(line: &str) -> Option<Event> {
-    struct M {
-        re: Regex,
-        make: fn(&regex::Captures) -> Event,
-    }
-    static MARKERS: OnceLock<Vec<M>> = OnceLock::new();
-    let markers = MARKERS.get_or_init(|| {
-        let m = |re: &str, make: fn(&regex::Captures) -> Event| M { re: Regex::new(re).unwrap(), make };
-        vec![
-            m(r"^U-Boot \d{4}\.\d{2}", |_| Event::UbootBanner),
-            m(r"devlab-boot: start", |_| Event::BootScript),
-            m(r"devlab-boot: env (?<c>\w+)", |c| Event::EnvCopy { copy: c["c"].to_string() }),
-            m(r"devlab-boot: slot (?<s>[AB]) tries-left (?<n>\d+)", |c| Event::SlotChosen {
-                slot: c["s"].to_string(),
-                tries_left: c["n"].parse().unwrap_or(0),
-            }),
-            m(r"devlab-boot: no slot left", |_| Event::NoSlotLeft),
-            m(r"Starting kernel", |_| Event::KernelStarted),
-            m(r"devlab-init: initramfs", |_| Event::Initramfs),
-            m(r"devlab-init: root slot=(?<s>[AB])", |c| Event::RootMounted { slot: c["s"].to_string() }),
-            m(r"devlab-init: root ostree deployment", |_| Event::RootMounted { slot: "ostree".into() }),
-            m(r"devlab-boot: (?<d>(ostree|no rollback|rollback=|bootcount|upgrade_available).*)", |c| {
-                Event::BootDecision { detail: c["d"].trim().to_string() }
-            }),
-            m(r"devlab-rc: dropbear", |_| Event::DropbearStarted),
-            m(r"Kernel panic", |_| Event::KernelPanic),
-            m(r"devlab-init: watchdog armed", |_| Event::WatchdogArmed),
-            m(r"devlab-(init|rc): fault (?<f>\w+)", |c| Event::FaultTriggered { kind: c["f"].to_string() }),
-            m(r"devlab-update: (?<s>.+)", |c| Event::Update { stage: c["s"].trim().to_string() }),
-            m(r"devlab-health: (?<s>.+)", |c| Event::Health { result: c["s"].trim().to_string() }),
-            m(r"SeaBIOS \(version", |_| Event::Firmware { name: "SeaBIOS".into() }),
-            m(r"iPXE initialising devices", |_| Event::Firmware { name: "iPXE".into() }),
-            m(r"^SYSLINUX \S+ EDD", |_| Event::Firmware { name: "SYSLINUX".into() }),
-            // iPXE's `echo`, or U-Boot listing the PXELINUX label (`1:\tdevlab: ...`).
-            m(r"^(\d+:\s+)?devlab: (node \S+|unknown node): (?<d>.+)", |c| Event::NetBoot {
-                detail: c["d"].trim().to_string(),
-            }),
-            m(r"^devlab: U-Boot network boot", |_| Event::Firmware { name: "U-Boot PXE".into() }),
-            // iPXE's line wraps at 80 columns on the serial port: its start is enough.
-            m(r"No configuration methods", |_| Event::NetConfigFailed { firmware: "iPXE".into() }),
-            m(r"^Retry time exceeded", |_| Event::NetConfigFailed { firmware: "U-Boot".into() }),
-            m(
-                r"devlab-mgmt: (?<s>agent mode=\w+|registered|powering off|DEPLOYING|image checksum ok|image written|INSTALLED|install failed: .*|FAILED: .*|POST \S+ failed.*|GET \S+ failed.*|refused by the service.*)",
-                |c| Event::Agent { stage: c["s"].trim().to_string() },
-            ),
-        ]
-    });
-    markers.iter().find_map(|m| m.re.captures(line).map(|c| (m.make)(&c)))
+    crate::markers::builtin().event(line)
 }
 
 /// QMP events worth a timeline entry, with the detail that stays stable.

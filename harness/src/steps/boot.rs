@@ -25,7 +25,7 @@ impl StepKind for Boot {
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let b = self;
-        let Some(prompts) = r.board.uboot.clone() else {
+        let Some(prompts) = r.board.uboot().cloned() else {
             // `check_board` refuses this board at plan time.
             return Err(r.failure(format!("board {} has no U-Boot to stop", r.board.name)));
         };
