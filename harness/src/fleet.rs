@@ -558,6 +558,25 @@ impl FleetRun<'_> {
         Ok(self.nodes[i].machine.as_mut().expect("checked above"))
     }
 
+    /// Run blocking work on the lab network (dnsmasq stop/start) on the
+    /// blocking pool, so the nodes' console readers on this thread go on;
+    /// the network moves there and back (dropped there, it tears down).
+    async fn with_net(
+        &mut self,
+        f: impl FnOnce(&mut LabNet) -> std::result::Result<(), LabNetError> + Send + 'static,
+        doing: &str,
+    ) -> Result<()> {
+        let mut net = self.net.take().expect("set up");
+        let (net, res) = tokio::task::spawn_blocking(move || {
+            let res = f(&mut net);
+            (net, res)
+        })
+        .await
+        .map_err(|e| Error::infra(format!("{doing}: {e}")))?;
+        self.net = Some(net);
+        res.map_err(|e| Error::infra(format!("{doing}: {e}")))
+    }
+
     fn service(&self) -> &devlab_provision::Service {
         &self.lab.as_ref().expect("the lab starts in setup").service
     }
@@ -644,8 +663,7 @@ impl FleetRun<'_> {
                 Ok(())
             }
             FleetStep::DhcpStop {} => {
-                let net = self.net.as_mut().expect("set up");
-                net.stop_dhcp().map_err(|e| Error::infra(format!("stopping the lab's DHCP/TFTP server: {e}")))?;
+                self.with_net(|net| net.stop_dhcp(), "stopping the lab's DHCP/TFTP server").await?;
                 self.note("dhcp: stopped (outage)");
                 Ok(())
             }
@@ -653,10 +671,9 @@ impl FleetRun<'_> {
                 // The outage's remaining length: a fault length, not a wait
                 // for something to happen.
                 tokio::time::sleep(after.0).await;
-                let net = self.net.as_mut().expect("set up");
-                // Blocks this thread until dnsmasq has bound its sockets
-                // (milliseconds; an inotify wait, not a poll).
-                net.start_dhcp().map_err(|e| Error::infra(format!("starting the lab's DHCP/TFTP server: {e}")))?;
+                // Waits until dnsmasq has bound its sockets (an inotify
+                // wait, not a poll), on the blocking pool.
+                self.with_net(|net| net.start_dhcp(), "starting the lab's DHCP/TFTP server").await?;
                 self.note("dhcp: serving again");
                 Ok(())
             }

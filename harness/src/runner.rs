@@ -948,8 +948,11 @@ impl<'a> Run<'a> {
     /// reconnected if it was up.
     async fn restore(&mut self, found: crate::checkpoint::Found) -> Result<()> {
         let overlay = self.run_dir.join("disk.qcow2");
-        std::fs::copy(&found.disk, &overlay)
-            .map_err(|e| Error::infra(format!("copying checkpoint {}: {e}", found.disk.display())))?;
+        let (from, to) = (found.disk.clone(), overlay.clone());
+        blocking(move || {
+            std::fs::copy(&from, &to).map_err(|e| Error::infra(format!("copying checkpoint {}: {e}", from.display())))
+        })
+        .await?;
         // Times continue from where the saved run stopped.
         let last = found.timeline.last().map_or(0.0, |e| e.t);
         let now = Instant::now();
