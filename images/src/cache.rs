@@ -101,9 +101,33 @@ pub struct Pointer {
     pub inputs: String,
 }
 
-pub fn pointer_path(root: &Path, recipe: &str, arch: crate::Arch) -> PathBuf {
-    root.join("images").join(format!("{recipe}-{arch}.current"))
+/// The pointer for a recipe, arch and inputs hash: one per state of the
+/// recipe and its fixtures, so checkouts that differ (two worktrees, a
+/// branch switched while CI runs) each find their own build in one cache.
+pub fn pointer_path(root: &Path, recipe: &str, arch: crate::Arch, inputs: &str) -> PathBuf {
+    root.join("images").join(format!("{recipe}-{arch}.{}.current", &inputs[..16.min(inputs.len())]))
 }
+
+/// Every pointer of image `name` (`<recipe>-<arch>`) in `images`, newest first.
+pub fn pointers_of(images: &Path, name: &str) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(images) else {
+        return Vec::new();
+    };
+    let prefix = format!("{name}.");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            f.starts_with(&prefix) && f.ends_with(".current")
+        })
+        .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+        .collect();
+    found.sort_by_key(|f| std::cmp::Reverse(f.0));
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// How many states of a recipe (checkouts) one cache keeps built at once.
+pub const KEEP_POINTERS: usize = 3;
 
 /// Writes `bytes` to `path` atomically (temp file in the same folder + rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
@@ -136,11 +160,25 @@ pub fn remove_stale(images: &Path, prefix: &str) {
     }
 }
 
-/// Removes finished entries `<name>-<key16>` other than `keep`: once the
-/// pointer names `keep`, nothing refers to them (a checkout whose inputs
-/// match one again rebuilds it in seconds). Keeps the cache from growing
-/// by a disk image per change.
+/// Keeps the entries the newest [`KEEP_POINTERS`] pointers of image `name`
+/// name (and `keep`), and removes older pointers and every other finished
+/// entry `<name>-<key16>`: a cache serves a few checkouts at once without
+/// growing by a disk image per change. (A checkout whose inputs match a
+/// removed entry again rebuilds it in seconds from the download cache.)
 pub fn prune_superseded(images: &Path, name: &str, keep: &Path) {
+    // The pointer format before one per inputs hash.
+    let _ = std::fs::remove_file(images.join(format!("{name}.current")));
+    let pointers = pointers_of(images, name);
+    let mut live = vec![keep.to_path_buf()];
+    for (i, p) in pointers.iter().enumerate() {
+        if i >= KEEP_POINTERS {
+            let _ = std::fs::remove_file(p);
+            continue;
+        }
+        if let Some(ptr) = std::fs::read(p).ok().and_then(|t| serde_json::from_slice::<Pointer>(&t).ok()) {
+            live.push(ptr.entry);
+        }
+    }
     let Ok(rd) = std::fs::read_dir(images) else {
         return;
     };
@@ -149,7 +187,7 @@ pub fn prune_superseded(images: &Path, name: &str, keep: &Path) {
         let file = e.file_name().to_string_lossy().into_owned();
         let Some(key) = file.strip_prefix(&prefix) else { continue };
         let finished = key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit());
-        if finished && e.path() != keep && e.path().join("manifest.json").is_file() {
+        if finished && !live.contains(&e.path()) && e.path().join("manifest.json").is_file() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -177,5 +215,43 @@ mod prune_tests {
         prune_superseded(d.path(), "v2-x86_64", &keep);
         assert!(keep.exists() && other.exists() && building.exists());
         assert!(!old.exists());
+    }
+
+    #[test]
+    fn entries_of_the_newest_pointers_stay_for_other_checkouts() {
+        let d = tempfile::tempdir().unwrap();
+        let entry = |key: &str| {
+            let p = d.path().join(format!("v2-x86_64-{key}"));
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("manifest.json"), "{}").unwrap();
+            p
+        };
+        let point = |inputs: &str, e: &Path, age_s: u64| {
+            let p = d.path().join(format!("v2-x86_64.{inputs}.current"));
+            let json = serde_json::to_vec(&Pointer { entry: e.to_path_buf(), inputs: inputs.into() }).unwrap();
+            std::fs::write(&p, json).unwrap();
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_s);
+            std::fs::File::options().write(true).open(&p).unwrap().set_modified(t).unwrap();
+            p
+        };
+        let (a, b, c, old) = (
+            entry("aaaaaaaaaaaaaaaa"),
+            entry("bbbbbbbbbbbbbbbb"),
+            entry("cccccccccccccccc"),
+            entry("dddddddddddddddd"),
+        );
+        let (pa, pb, pc, pold) = (
+            point("1111111111111111", &a, 0),
+            point("2222222222222222", &b, 10),
+            point("3333333333333333", &c, 20),
+            point("4444444444444444", &old, 30),
+        );
+        let legacy = d.path().join("v2-x86_64.current");
+        std::fs::write(&legacy, "{}").unwrap();
+        prune_superseded(d.path(), "v2-x86_64", &a);
+        assert!(a.exists() && b.exists() && c.exists(), "three checkouts keep their builds");
+        assert!(pa.exists() && pb.exists() && pc.exists());
+        assert!(!old.exists() && !pold.exists() && !legacy.exists(), "the oldest state and the old pointer go");
+        assert_eq!(pointers_of(d.path(), "v2-x86_64"), vec![pa, pb, pc]);
     }
 }

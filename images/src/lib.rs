@@ -219,7 +219,7 @@ pub const NETBOOT_KERNEL: &str = "vmlinuz";
 pub const NETBOOT_INITRD: &str = "initrd.img";
 
 /// Builds (or finds in the cache) the image for `recipe` and `arch`, and
-/// points `images/<recipe>-<arch>.current` at it.
+/// points `images/<recipe>-<arch>.<inputs16>.current` at it.
 pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Result<BuiltImage, ImageError> {
     let root = cache_root();
     let images = root.join("images");
@@ -273,7 +273,7 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     }
     let pointer = cache::Pointer { entry: entry.clone(), inputs };
     let json = serde_json::to_vec_pretty(&pointer).expect("pointer serialises");
-    cache::write_atomic(&cache::pointer_path(&root, &recipe.name, arch), &json)?;
+    cache::write_atomic(&cache::pointer_path(&root, &recipe.name, arch, &pointer.inputs), &json)?;
     cache::prune_superseded(&images, &name, &entry);
     open_entry(&entry)
 }
@@ -284,9 +284,20 @@ pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> 
     let root = cache_root();
     let (recipe, bytes) = Recipe::load(recipe_path)?;
     let name = image_name(&recipe, arch);
-    let ptr_path = cache::pointer_path(&root, &recipe.name, arch);
+    let inputs = cache::inputs_hash(&recipe, &bytes)?;
+    let ptr_path = cache::pointer_path(&root, &recipe.name, arch, &inputs);
     let text = match std::fs::read(&ptr_path) {
         Ok(t) => t,
+        // Built for another state of the recipe or its fixtures only.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !cache::pointers_of(&root.join("images"), &name).is_empty() =>
+        {
+            return Err(ImageError::Stale {
+                image: name,
+                reason: format!("{} or its fixtures changed", recipe_path.display()),
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ImageError::NotBuilt { image: name, path: ptr_path })
         }
@@ -294,7 +305,6 @@ pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> 
     };
     let pointer: cache::Pointer =
         serde_json::from_slice(&text).map_err(|e| ImageError::invalid(&ptr_path, e.to_string()))?;
-    let inputs = cache::inputs_hash(&recipe, &bytes)?;
     if pointer.inputs != inputs {
         return Err(ImageError::Stale {
             image: name,
