@@ -919,8 +919,10 @@ impl<'a> Run<'a> {
             m.console.arm_bad(&refusal.label, refusal.pattern.clone());
             refusal.seen.push(m.console.arm_trigger(refusal.pattern.clone(), Box::new(|| ())));
         }
-        // Faults armed before this power-on watch its console from the start.
-        for armed in self.armed.iter_mut().filter(|a| a.fired.is_none()) {
+        // Faults armed before this power-on, or armed on an earlier console
+        // that went before they fired, watch this console from the start.
+        let pending = |a: &&mut Armed| a.fired.as_ref().is_none_or(|rx| rx.borrow().is_none());
+        for armed in self.armed.iter_mut().filter(pending) {
             armed.fired = Some(m.console.arm_trigger(armed.pattern.clone(), m.freeze_hook()));
         }
         Ok(())
