@@ -1,5 +1,6 @@
-//! The scenario runner: executes a scenario's typed steps on one board with a
-//! plain `match`, records the timeline, and leaves a run directory with
+//! The scenario runner: runs a scenario's typed steps on one board, each
+//! through its own module (`crate::steps`) with `Run` as the context they
+//! borrow; times every step, records the timeline, and leaves a run directory with
 //! everything (serial log, QMP log, QEMU command line, SSH transcript,
 //! `timeline.json`, `run.json`, and on failure `failure.txt`). Every wait is
 //! "until X, at most T"; the whole run is bounded by the scenario's timeout.

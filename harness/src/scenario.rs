@@ -1,5 +1,7 @@
-//! Scenario files (TOML) read into a typed step enum. Control flow lives in
-//! the runner's `match`; the file is data. Unknown steps and fields are
+//! Scenario files (TOML) read into typed steps (`crate::steps`), then
+//! checked as a plan: each step's own `check` sees the machine's state and
+//! what earlier steps served or armed, so an authoring mistake is an input
+//! error before anything boots. The file is data. Unknown steps and fields are
 //! refused with `file:line:column`, the field and what was expected: each
 //! `[[step]]` table is deserialized on its own against its variant's struct,
 //! so toml's spans stay exact. Parsing never boots anything.
