@@ -372,7 +372,6 @@ impl Scenario {
             power: crate::steps::Power::Never,
             disk_labels,
             bundles: Vec::new(),
-            releases: Vec::new(),
             server: false,
             checkpoint_seen: false,
             disk_errors_seen: false,

@@ -58,6 +58,21 @@ pub(crate) trait StepKind {
     async fn run(&self, r: &mut Run<'_>, placed: &PlacedStep) -> Result<()>;
 }
 
+/// The `image` accessors of a step that serves an image recipe (its
+/// `image` field), inside its `impl StepKind`.
+macro_rules! serves_image {
+    () => {
+        fn image(&self) -> Option<&toml::Spanned<String>> {
+            Some(&self.image)
+        }
+
+        fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
+            Some(&mut self.image)
+        }
+    };
+}
+pub(crate) use serves_image;
+
 /// The step table: `"action" => module::Variant(Struct)`, in the order the
 /// docs list them.
 macro_rules! steps {
@@ -310,8 +325,6 @@ pub struct CheckCx<'a> {
     pub disk_labels: &'static [&'static str],
     /// RAUC bundles served so far (by name).
     pub bundles: Vec<String>,
-    /// Releases served so far (by version).
-    pub releases: Vec<String>,
     /// Has a step started the update server?
     pub server: bool,
     pub checkpoint_seen: bool,

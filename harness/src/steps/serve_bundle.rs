@@ -21,13 +21,7 @@ fn release_signer() -> devlab_images::rauc::Signer {
 }
 
 impl StepKind for ServeBundle {
-    fn image(&self) -> Option<&toml::Spanned<String>> {
-        Some(&self.image)
-    }
-
-    fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
-        Some(&mut self.image)
-    }
+    super::serves_image!();
 
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.scenario.recipe_for(&cx.root, &self.image)?;

@@ -19,13 +19,7 @@ pub struct ServeOstree {
 }
 
 impl StepKind for ServeOstree {
-    fn image(&self) -> Option<&toml::Spanned<String>> {
-        Some(&self.image)
-    }
-
-    fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
-        Some(&mut self.image)
-    }
+    super::serves_image!();
 
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.scenario.ostree_recipe(&cx.root, &self.image)?;

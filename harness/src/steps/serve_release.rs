@@ -13,18 +13,11 @@ pub struct ServeRelease {
 }
 
 impl StepKind for ServeRelease {
-    fn image(&self) -> Option<&toml::Spanned<String>> {
-        Some(&self.image)
-    }
-
-    fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
-        Some(&mut self.image)
-    }
+    super::serves_image!();
 
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.scenario.recipe_for(&cx.root, &self.image)?;
         cx.server = true;
-        cx.releases.push(self.version.clone());
         Ok(())
     }
 
