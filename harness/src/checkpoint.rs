@@ -189,7 +189,7 @@ mod tests {
         std::fs::write(&overlay, b"qcow2 bytes").unwrap();
         let key = "ab".repeat(32);
         let meta = Meta { name: "booted".into(), key: key.clone(), ssh_up: true, step: 3 };
-        let tl = vec![Entry { t: 1.5, origin: Origin::Step, event: Event::SshUp }];
+        let tl = vec![Entry { t: 1.5, origin: Origin::Step, event: Event::SshUp, node: None }];
         let root = d.path().join("cp");
         assert!(find(&root, "booted", &key).is_none());
         let dir = store(&root, &overlay, &tl, &meta).unwrap();

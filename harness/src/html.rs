@@ -154,6 +154,11 @@ fn describe(entry: &serde_json::Value) -> (String, String) {
         "fault" => entry["kind"].as_str().unwrap_or("fault").to_string(),
         _ => event.replace('_', " "),
     };
+    // Several machines: say whose event it is.
+    let short = match entry["node"].as_str() {
+        Some(node) => format!("{node}: {short}"),
+        None => short,
+    };
     let t = entry["t"].as_f64().unwrap_or(0.0);
     (short, format!("{t:.3}s {event} {}", details.join(" ")))
 }
@@ -364,6 +369,17 @@ mod tests {
         assert!(svg.contains("&lt;corrupt&gt; &amp; co"), "{svg}");
         assert!(!svg.contains("<corrupt>"));
         assert!(svg.contains(">slot B</text>"), "{svg}");
+    }
+
+    #[test]
+    fn a_machine_s_event_is_labelled_with_the_machine() {
+        let e =
+            json!({"t": 1.0, "origin": "console", "event": "slot_chosen", "slot": "B", "tries_left": 0, "node": "sub"});
+        let (short, title) = describe(&e);
+        assert_eq!(short, "sub: slot B");
+        assert!(title.contains("node=sub"), "{title}");
+        let (short, _) = describe(&json!({"t": 1.0, "origin": "console", "event": "kernel_started"}));
+        assert_eq!(short, "kernel started");
     }
 
     #[test]

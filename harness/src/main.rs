@@ -206,6 +206,18 @@ fn load_all(
         }
         for s in Scenario::load_variants(&f)? {
             let mut boards = s.resolve_boards()?;
+            if s.own_boards() {
+                // Machines that bring their own boards run once, when one of
+                // them is chosen (`--board` never replaces their boards).
+                let own: Vec<String> =
+                    s.machines.iter().filter_map(|m| m.board.as_ref().map(|b| b.get_ref().clone())).collect();
+                named.extend(own.iter().cloned());
+                if !only.is_empty() && !own.iter().any(|b| only.contains(b)) {
+                    boards.clear();
+                }
+                out.push((s, boards));
+                continue;
+            }
             named.extend(boards.iter().map(|b| b.name.clone()));
             if replace && !chosen.is_empty() {
                 boards = chosen.clone();
@@ -357,7 +369,25 @@ fn check(paths: &[PathBuf]) -> i32 {
                     return report_error(&e);
                 }
                 let (file, name, n) = (s.path.display(), s.name(), s.steps.len());
-                println!("ok   {file} ({name}: {n} steps; boards: {})", names.join(", "));
+                let machines: Vec<String> = s
+                    .machines
+                    .iter()
+                    .map(|m| match &m.board {
+                        Some(b) => format!("{} on {}", m.name.get_ref(), b.get_ref()),
+                        None => m.name.get_ref().clone(),
+                    })
+                    .collect();
+                if s.own_boards() {
+                    println!("ok   {file} ({name}: {n} steps; machines: {})", machines.join(", "));
+                } else if machines.is_empty() {
+                    println!("ok   {file} ({name}: {n} steps; boards: {})", names.join(", "));
+                } else {
+                    println!(
+                        "ok   {file} ({name}: {n} steps; boards: {}; machines: {})",
+                        names.join(", "),
+                        machines.join(", ")
+                    );
+                }
             }
             EXIT_PASSED
         }
@@ -589,7 +619,11 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
     let records: Vec<Record> = records
         .into_iter()
         .zip(&jobs)
-        .map(|(r, j)| r.unwrap_or_else(|| Record::not_run(&j.id, j.scenario.name(), &j.board.name, j.repetition)))
+        .map(|(r, j)| {
+            r.unwrap_or_else(|| {
+                Record::not_run(&j.id, j.scenario.name(), &j.scenario.run_label(&j.board), j.repetition)
+            })
+        })
         .collect();
     let duration = started.elapsed().as_secs_f64();
     match report::write(report_dir, &records, duration) {
@@ -662,7 +696,7 @@ async fn run_with_retries(job: Job, opts: &RunOptions, retries: u32, out: &Out) 
             let record = Record {
                 id: job.id.clone(),
                 scenario: job.scenario.name().to_string(),
-                board: job.board.name.clone(),
+                board: job.scenario.run_label(&job.board),
                 status,
                 attempts: attempt,
                 duration_s: started.elapsed().as_secs_f64(),

@@ -33,7 +33,7 @@ pub fn expand(all: Vec<(Scenario, Vec<Board>)>) -> Vec<Job> {
         .flat_map(|(s, boards)| {
             let s = Arc::new(s);
             boards.into_iter().map(move |b| Job {
-                id: format!("{}@{}", s.name(), b.name),
+                id: format!("{}@{}", s.name(), s.run_label(&b)),
                 scenario: s.clone(),
                 board: b,
                 repetition: None,

@@ -90,8 +90,12 @@ impl Default for RunOptions {
 #[derive(Debug)]
 pub struct Outcome {
     pub scenario: String,
+    /// The board, or `machines` for a scenario whose machines bring their
+    /// own boards.
     pub board: String,
     pub arch: devlab_images::Arch,
+    /// The machines bring their own boards: the snapshot is `@machines`.
+    pub own_boards: bool,
     pub run_dir: Option<PathBuf>,
     pub timeline: Timeline,
     /// The normalised timeline, as snapshotted.
@@ -121,19 +125,25 @@ impl Outcome {
         self.result.is_ok()
     }
 
-    /// The snapshot name: `<scenario>@<arch>`.
+    /// The snapshot name: `<scenario>@<arch>` (`<scenario>@machines` when
+    /// the machines bring their own boards).
     pub fn snapshot_name(&self) -> String {
+        if self.own_boards {
+            return format!("{}@machines", self.scenario);
+        }
         format!("{}@{}", self.scenario, self.arch)
     }
 }
 
-/// Run `scenario` on `board`.
+/// Run `scenario` on `board` (each of its machines, in a scenario with
+/// `[[machine]]` tables).
 pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outcome {
     let started = Instant::now();
     let mut out = Outcome {
         scenario: scenario.name().to_string(),
-        board: board.name.clone(),
+        board: scenario.run_label(board),
         arch: board.arch,
+        own_boards: scenario.own_boards(),
         run_dir: None,
         timeline: Timeline::default(),
         normalised: Vec::new(),
@@ -141,8 +151,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         steps: Vec::new(),
         result: Ok(()),
     };
-    let prepared = prepare(scenario, board, opts);
-    let (image, run_dir) = match prepared {
+    let (machines, run_dir) = match prepare(scenario, board, opts) {
         Ok(p) => p,
         Err(e) => {
             out.result = Err(e);
@@ -150,46 +159,80 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         }
     };
     out.run_dir = Some(run_dir.clone());
-    let accel = accel::choose_async(board).await;
-    let mut r = Run::new(scenario, board, image, run_dir.clone(), accel);
-    r.on_step = opts.on_step.clone();
-    r.checkpoints = opts.checkpoints;
+    let mut runs = Vec::new();
+    for (name, b, image_name, image) in &machines {
+        let accel = accel::choose_async(b).await;
+        let dir = if name.is_empty() { run_dir.clone() } else { run_dir.join(name) };
+        let mut r = Run::new(scenario, b, (image_name.clone(), image.clone()), dir, accel);
+        r.name = name.clone();
+        r.lab_dir = run_dir.clone();
+        r.on_step = opts.on_step.clone();
+        r.checkpoints = opts.checkpoints;
+        runs.push(r);
+    }
+    share_commits(&mut runs);
+    let mut arches: Vec<devlab_images::Arch> = Vec::new();
+    for (_, b, ..) in &machines {
+        if !arches.contains(&b.arch) {
+            arches.push(b.arch);
+        }
+    }
+    for r in runs.iter_mut() {
+        r.lab_arches.clone_from(&arches);
+    }
+    // The lab's own events (what was served, server faults) in a run with
+    // several machines; a one-machine run keeps them in its timeline.
+    let mut lab = Timeline::default();
     let bound = scenario.header.timeout.0;
-    let result = match tokio::time::timeout(bound, r.steps()).await {
-        Ok(res) => res,
-        Err(_) => Err(r.failure(format!("scenario exceeded its timeout of {}", humantime::format_duration(bound)))),
+    let steps = async {
+        match runs.as_mut_slice() {
+            [one] => one.steps().await,
+            several => machine_steps(several, &mut lab).await,
+        }
     };
-    r.drain(None);
-    let elapsed = r.started.elapsed().as_secs_f64();
-    out.steps = std::mem::take(&mut r.step_times);
+    let result = match tokio::time::timeout(bound, steps).await {
+        Ok(res) => res,
+        Err(_) => {
+            Err(runs[0].failure(format!("scenario exceeded its timeout of {}", humantime::format_duration(bound))))
+        }
+    };
+    for r in runs.iter_mut() {
+        r.drain(None);
+    }
+    let elapsed = runs[0].started.elapsed().as_secs_f64();
+    out.steps = std::mem::take(&mut runs[0].step_times);
     // A step cut off by the run's timeout ran until now.
     if let Some(last) = out.steps.last_mut().filter(|s| !s.passed && s.duration_s == 0.0) {
         last.duration_s = elapsed - last.start_s;
     }
     if let Err(Error::Failed(f)) = &result {
-        r.timeline.push(r.now(), Origin::Step, Event::Failed { step: f.step.clone() });
+        let failed = Event::Failed { step: f.step.clone() };
+        match runs.as_mut_slice() {
+            [one] => one.timeline.push(one.now(), Origin::Step, failed),
+            several => lab.push(several[0].now(), Origin::Step, failed),
+        }
         let _ = std::fs::write(run_dir.join("failure.txt"), f.to_string());
     }
-    let redactor = r.redactor();
-    out.normalised = match scenario.header.snapshot {
-        crate::scenario::SnapshotEvents::All => r.timeline.normalised(&redactor),
-        crate::scenario::SnapshotEvents::Steps => {
-            let mut steps = r.timeline.clone();
-            steps.entries.retain(|e| e.origin == Origin::Step);
-            steps.normalised(&redactor)
-        }
-    };
-    out.timeline = r.timeline.clone();
+    out.normalised = normalised(&runs, &lab, scenario.header.snapshot);
+    out.timeline = merged(&runs, &lab);
     let _ =
-        std::fs::write(run_dir.join("timeline.json"), serde_json::to_string_pretty(&r.timeline).unwrap_or_default());
+        std::fs::write(run_dir.join("timeline.json"), serde_json::to_string_pretty(&out.timeline).unwrap_or_default());
     let mut result = result;
     if let Err(e) = &result {
-        if opts.keep_on_failure && r.machine_running() {
-            eprintln!("FAIL {} on {}\n{e}", scenario.name(), board.name);
-            r.keep().await;
+        // The machine the failing step ran on (a lab step's: the first).
+        let step = match e {
+            Error::Failed(f) => f.step.clone(),
+            _ => String::new(),
+        };
+        let failed = runs.iter().position(|r| r.current == step).unwrap_or(0);
+        if opts.keep_on_failure && runs[failed].machine_running() {
+            eprintln!("FAIL {} on {}\n{e}", scenario.name(), out.board);
+            runs[failed].keep().await;
         }
     }
-    r.teardown().await;
+    for r in runs.iter_mut() {
+        r.teardown().await;
+    }
     if result.is_ok() && opts.snapshots != SnapshotMode::Skip {
         let dir = crate::snapshot::dir_for(&scenario.path);
         if let Err(msg) = crate::snapshot::check(&dir, &out.snapshot_name(), &out.normalised, opts.snapshots) {
@@ -202,47 +245,171 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         }
     }
     out.duration = started.elapsed();
-    // A passed run's disk (the qcow2 overlay, often hundreds of MiB) goes;
-    // its logs, timeline and transcripts stay. A failed run keeps it all.
-    let disk_removed = result.is_ok() && !opts.keep_disks && std::fs::remove_file(run_dir.join("disk.qcow2")).is_ok();
-    if disk_removed {
-        let _ = std::fs::remove_file(run_dir.join("blank.raw"));
+    // A passed run's disks (qcow2 overlays, often hundreds of MiB) go; its
+    // logs, timeline and transcripts stay. A failed run keeps it all.
+    let mut disk_removed = false;
+    for r in &runs {
+        if result.is_ok() && !opts.keep_disks && std::fs::remove_file(r.run_dir.join("disk.qcow2")).is_ok() {
+            disk_removed = true;
+            let _ = std::fs::remove_file(r.run_dir.join("blank.raw"));
+        }
     }
-    let _ = std::fs::write(
-        run_dir.join("run.json"),
-        serde_json::to_string_pretty(&json!({
-            "scenario": out.scenario,
-            "scenario_file": scenario.path,
-            "board": out.board,
-            "arch": out.arch,
-            "accel": r.accel,
-            "image": {"dir": r.image.dir, "key": r.image.manifest.key},
-            "passed": result.is_ok(),
-            "error": result.as_ref().err().map(|e| e.to_string()),
-            "duration_s": out.duration.as_secs_f64(),
-            "steps": out.steps,
-            "disk_removed": disk_removed,
-        }))
-        .unwrap_or_default(),
-    );
+    let mut record = json!({
+        "scenario": out.scenario,
+        "scenario_file": scenario.path,
+        "board": out.board,
+        "arch": out.arch,
+        "accel": runs[0].accel,
+        "image": {"dir": runs[0].image.dir, "key": runs[0].image.manifest.key},
+        "passed": result.is_ok(),
+        "error": result.as_ref().err().map(|e| e.to_string()),
+        "duration_s": out.duration.as_secs_f64(),
+        "steps": out.steps,
+        "disk_removed": disk_removed,
+    });
+    if runs.len() > 1 {
+        let machines: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| {
+                json!({"name": r.name, "board": r.board.name, "arch": r.board.arch, "dir": r.run_dir,
+                       "accel": r.accel, "image": {"dir": r.image.dir, "key": r.image.manifest.key}})
+            })
+            .collect();
+        record["machines"] = json!(machines);
+    }
+    let _ = std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&record).unwrap_or_default());
     out.result = result;
     out
 }
 
-fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<(BuiltImage, PathBuf)> {
-    board.check_firmware()?;
-    let root = crate::rundir::workspace_root();
-    let image = scenario.built_image(&root, &scenario.header.image, board.arch)?;
-    // What the steps serve must be built too: say so before anything boots.
-    for served in scenario.served_images() {
-        scenario.built_image(&root, served, board.arch)?;
-    }
-    if scenario.provision.is_some() {
-        crate::provision::mgmt_image(&scenario.path, scenario.text(), board.arch)?;
+/// Each machine's name, board, image name and built image, and the run
+/// directory.
+type Prepared = (Vec<(String, Board, toml::Spanned<String>, BuiltImage)>, PathBuf);
+
+fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<Prepared> {
+    let mut machines = Vec::new();
+    for (name, b, image) in scenario.machines_for(board)? {
+        b.check_firmware()?;
+        let root = crate::rundir::workspace_root();
+        let built = scenario.built_image(&root, &image, b.arch)?;
+        // What the steps serve must be built too: say so before anything boots.
+        for served in scenario.served_images() {
+            scenario.built_image(&root, served, b.arch)?;
+        }
+        if scenario.provision.is_some() {
+            crate::provision::mgmt_image(&scenario.path, scenario.text(), b.arch)?;
+        }
+        machines.push((name, b, image, built));
     }
     check_free_space(&opts.runs_root)?;
-    let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &board.name)?;
-    Ok((image, dir))
+    let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &scenario.run_label(board))?;
+    for (name, ..) in &machines {
+        if !name.is_empty() {
+            std::fs::create_dir_all(dir.join(name)).map_err(|e| Error::infra(format!("{}: {e}", dir.display())))?;
+        }
+    }
+    Ok((machines, dir))
+}
+
+/// Every machine knows the OSTree commit each machine's disk starts from,
+/// so the lab's state, shared from the first machine after each lab step,
+/// never loses one.
+fn share_commits(runs: &mut [Run<'_>]) {
+    let booted: Vec<(String, String)> = runs
+        .iter()
+        .filter_map(|r| {
+            let name = r.machine_image.get_ref().clone();
+            r.image.manifest.ostree.as_ref().map(|o| (name, o.commit.clone()))
+        })
+        .collect();
+    for r in runs.iter_mut() {
+        for (name, commit) in &booted {
+            r.ostree.insert(name, commit);
+        }
+    }
+}
+
+/// The steps of a scenario with several machines, in order. A step runs on
+/// its machines at the same time (one future each on this thread, so a
+/// wait over several machines has one deadline and no machine's firmware
+/// waits for another's step), or once for the lab; after a lab step the
+/// lab's state (the update server, served bundles and commits) is every
+/// machine's, and its events are the lab's. The first failure ends the step.
+async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
+    let scenario = runs[0].scenario;
+    let n = scenario.steps.len();
+    for (i, placed) in scenario.steps.iter().enumerate() {
+        let at = format!("step {} ({}, {}:{})", i + 1, placed.step.action(), scenario.path.display(), placed.line);
+        for r in runs.iter_mut() {
+            r.current = if placed.on.is_empty() { at.clone() } else { format!("{at} on {}", r.name) };
+        }
+        runs[0].on_step.tell(&format!("step {}/{n} {}", i + 1, placed.step.action()));
+        let start = runs[0].started.elapsed();
+        runs[0].step_times.push(StepTime {
+            index: i + 1,
+            action: placed.step.action(),
+            line: placed.line,
+            start_s: start.as_secs_f64(),
+            duration_s: 0.0,
+            passed: false,
+        });
+        let res = if placed.on.is_empty() {
+            let (first, rest) = runs.split_first_mut().expect("several");
+            let mark = first.timeline.entries.len();
+            let res = placed.step.run(first, placed).await;
+            lab.entries.extend(first.timeline.entries.drain(mark..));
+            for r in rest {
+                r.server.clone_from(&first.server);
+                r.rauc.clone_from(&first.rauc);
+                r.ostree.clone_from(&first.ostree);
+            }
+            res
+        } else {
+            let on = runs.iter_mut().filter(|r| placed.on.contains(&r.name));
+            futures_util::future::try_join_all(on.map(|r| placed.step.run(r, placed))).await.map(|_| ())
+        };
+        let last = runs[0].step_times.last_mut().expect("pushed");
+        last.duration_s = (runs[0].started.elapsed() - start).as_secs_f64();
+        last.passed = res.is_ok();
+        res?;
+    }
+    Ok(())
+}
+
+/// The snapshot's events. One machine: its timeline. Several: the lab's
+/// events, then each machine's under a `node` event, in `[[machine]]`
+/// order, so how the machines' consoles interleave never matters.
+fn normalised(runs: &[Run<'_>], lab: &Timeline, mode: crate::scenario::SnapshotEvents) -> Vec<Event> {
+    let of = |r: &Run<'_>, t: &Timeline| {
+        let mut t = t.clone();
+        if mode == crate::scenario::SnapshotEvents::Steps {
+            t.entries.retain(|e| e.origin == Origin::Step);
+        }
+        t.normalised(&r.redactor())
+    };
+    if let [one] = runs {
+        return of(one, &one.timeline);
+    }
+    let mut all = of(&runs[0], lab);
+    for r in runs {
+        all.push(Event::Node { name: r.name.clone(), board: r.board.name.clone() });
+        all.extend(of(r, &r.timeline));
+    }
+    all
+}
+
+/// The whole run's timeline: one machine's, or every machine's events
+/// (marked with the machine) and the lab's, merged by time.
+fn merged(runs: &[Run<'_>], lab: &Timeline) -> Timeline {
+    if let [one] = runs {
+        return one.timeline.clone();
+    }
+    let mut all = lab.clone();
+    for r in runs {
+        all.entries.extend(r.timeline.entries.iter().map(|e| Entry { node: Some(r.name.clone()), ..e.clone() }));
+    }
+    all.entries.sort_by(|a, b| a.t.total_cmp(&b.t));
+    all
 }
 
 /// Run blocking host work (a host tool like `qemu-img` or `debugfs`, a big
@@ -338,7 +505,18 @@ pub struct Run<'a> {
     pub(crate) scenario: &'a Scenario,
     pub(crate) board: &'a Board,
     pub(crate) image: BuiltImage,
+    /// This machine's folder: the run directory, or a folder in it named
+    /// after the machine in a scenario with several.
     pub(crate) run_dir: PathBuf,
+    /// The run directory (the lab's logs: the update server's).
+    pub(crate) lab_dir: PathBuf,
+    /// The machine's `[[machine]]` name (empty: the one machine).
+    pub(crate) name: String,
+    /// The image its disk starts from (the scenario's, or the machine's own).
+    pub(crate) machine_image: toml::Spanned<String>,
+    /// The arches of every machine of the run, in `[[machine]]` order: what
+    /// the lab serves builds for.
+    pub(crate) lab_arches: Vec<devlab_images::Arch>,
     pub(crate) accel: AccelChoice,
     pub(crate) machine: Option<Machine>,
     pub(crate) ssh: Option<Ssh>,
@@ -354,7 +532,7 @@ pub struct Run<'a> {
     /// Which step is running (for failure messages).
     pub(crate) current: String,
     /// The update server, started by the first `serve_release`/`serve_bundle`.
-    pub(crate) server: Option<crate::update_server::UpdateServer>,
+    pub(crate) server: Option<std::rc::Rc<crate::update_server::UpdateServer>>,
     /// The RAUC flavour: bundles served.
     pub(crate) rauc: crate::rauc::Bundles,
     /// Bad spots injected from the next power-on on (`disk_errors`).
@@ -384,12 +562,22 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    fn new(scenario: &'a Scenario, board: &'a Board, image: BuiltImage, run_dir: PathBuf, accel: AccelChoice) -> Self {
+    fn new(
+        scenario: &'a Scenario,
+        board: &'a Board,
+        (machine_image, image): (toml::Spanned<String>, BuiltImage),
+        run_dir: PathBuf,
+        accel: AccelChoice,
+    ) -> Self {
         Run {
             scenario,
             board,
             image,
+            lab_dir: run_dir.clone(),
             run_dir,
+            name: String::new(),
+            machine_image,
+            lab_arches: vec![board.arch],
             accel,
             machine: None,
             ssh: None,
@@ -419,7 +607,7 @@ impl<'a> Run<'a> {
     /// Knows the booted image's OSTree commit (if it is an OSTree image).
     fn with_booted_commit(mut self) -> Self {
         if let Some(o) = &self.image.manifest.ostree {
-            self.ostree.insert(self.scenario.header.image.get_ref(), &o.commit);
+            self.ostree.insert(self.machine_image.get_ref(), &o.commit);
         }
         self
     }
@@ -515,7 +703,7 @@ impl<'a> Run<'a> {
         let mut batch = Vec::new();
         let mut push_marker = |line: &str, t: f64| {
             if let Some(event) = console_marker(line) {
-                batch.push(Entry { t: offset + t, origin: Origin::Console, event });
+                batch.push(Entry { t: offset + t, origin: Origin::Console, event, node: None });
             }
         };
         for (line, t, end) in m.console.lines_from(self.marker_offset) {
@@ -543,7 +731,7 @@ impl<'a> Run<'a> {
         let events = m.qmp.events();
         for e in &events[self.qmp_cursor.min(events.len())..] {
             if let Some(event) = qmp_event(&e.name, &e.data) {
-                batch.push(Entry { t: offset + e.at, origin: Origin::Qmp, event });
+                batch.push(Entry { t: offset + e.at, origin: Origin::Qmp, event, node: None });
             }
         }
         self.qmp_cursor = events.len();
@@ -697,10 +885,10 @@ impl<'a> Run<'a> {
     /// Start the update server on first use.
     pub(crate) async fn start_server(&mut self) -> Result<()> {
         if self.server.is_none() {
-            let server = crate::update_server::UpdateServer::start(self.run_dir.join("http.log"))
+            let server = crate::update_server::UpdateServer::start(self.lab_dir.join("http.log"))
                 .await
                 .map_err(|e| Error::infra(format!("starting the update server: {e}")))?;
-            self.server = Some(server);
+            self.server = Some(std::rc::Rc::new(server));
         }
         Ok(())
     }
@@ -1027,7 +1215,7 @@ impl<'a> Run<'a> {
             }
         };
         let kept = crate::kept::Kept {
-            run_id: self.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            run_id: self.lab_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
             scenario: self.scenario.name().to_string(),
             board: self.board.name.clone(),
             run_dir: self.run_dir.clone(),

@@ -56,10 +56,29 @@ pub enum DiskStart {
     Blank,
 }
 
+/// `[[machine]]`: one machine of a scenario with several. A scenario
+/// without these tables has one machine, the run's board.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineDecl {
+    /// What `on` calls it (plain: letters, digits, `-`, `_`).
+    pub name: toml::Spanned<String>,
+    /// Its board; without one, the run's board (each of `boards` in turn).
+    #[serde(default)]
+    pub board: Option<toml::Spanned<String>>,
+    /// The image its disk starts from; without one, the scenario's.
+    #[serde(default)]
+    pub image: Option<toml::Spanned<String>>,
+}
+
 /// A step with where it was written.
 #[derive(Debug, Clone)]
 pub struct PlacedStep {
     pub step: Step,
+    /// The machines it runs on, in `[[machine]]` order (its `on`, or every
+    /// machine); empty in a one-machine scenario and for the lab's own
+    /// steps (serving, server faults), which run once for all.
+    pub on: Vec<String>,
     /// 1-based line of the step's `[[step]]` header.
     pub line: usize,
     /// Byte offset of that header in the file.
@@ -76,6 +95,9 @@ pub struct Header {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// The boards it runs on, one run each; may be left out when every
+    /// `[[machine]]` names its own board.
+    #[serde(default)]
     pub boards: Vec<toml::Spanned<String>>,
     /// The image recipe (`images/recipes/<image>.toml`).
     #[serde(default = "base")]
@@ -124,6 +146,8 @@ struct Raw {
     #[serde(default)]
     provision: Option<ProvisionSpec>,
     #[serde(default)]
+    machine: Vec<MachineDecl>,
+    #[serde(default)]
     step: Vec<toml::Spanned<toml::Table>>,
 }
 
@@ -133,6 +157,8 @@ pub struct Scenario {
     pub path: PathBuf,
     pub header: Header,
     pub provision: Option<ProvisionSpec>,
+    /// `[[machine]]` tables (none: one machine, the run's board).
+    pub machines: Vec<MachineDecl>,
     pub steps: Vec<PlacedStep>,
     /// The matrix values this variant runs with (`param` -> value name).
     pub variant: Vec<(String, String)>,
@@ -297,6 +323,7 @@ impl Scenario {
             match Step::parse(&action, &slice) {
                 Ok(Some(step)) => steps.push(PlacedStep {
                     step,
+                    on: Vec::new(),
                     line: crate::error::line_col(&text, span.start).0,
                     offset: span.start,
                     canonical: serde_json::to_string(spanned.get_ref()).unwrap_or_default(),
@@ -330,14 +357,16 @@ impl Scenario {
                 *image = toml::Spanned::new(base + span.start..base + span.end, image.get_ref().clone());
             }
         }
-        if raw.scenario.boards.is_empty() {
-            let offset = crate::board::find_key(&text, "boards").unwrap_or(0);
-            return Err(InputError::new(path, "name at least one board").at(&text, offset).field("boards").into());
+        check_machines(path, &text, &raw.scenario, &raw.machine)?;
+        let names: Vec<String> = raw.machine.iter().map(|m| m.name.get_ref().clone()).collect();
+        for (placed, spanned) in steps.iter_mut().zip(&raw.step) {
+            placed.on = machines_on(path, &text, spanned, &placed.step, &names)?;
         }
         let scenario = Scenario {
             path: path.to_path_buf(),
             header: raw.scenario,
             provision: raw.provision,
+            machines: raw.machine,
             steps,
             variant: Vec::new(),
             text,
@@ -355,10 +384,46 @@ impl Scenario {
     /// earlier steps served as the plan goes: authoring mistakes are input
     /// errors at the step's field before anything boots.
     fn check_steps(&self, raw: &[toml::Spanned<toml::Table>]) -> Result<()> {
+        if self.machines.is_empty() {
+            return self.check_machine_steps(raw, None, &self.header.image);
+        }
+        for m in &self.machines {
+            let image = m.image.as_ref().unwrap_or(&self.header.image);
+            self.check_machine_steps(raw, Some(m.name.get_ref()), image)?;
+        }
+        if self.provision.is_some() {
+            let offset = crate::board::find_key(&self.text, "profiles").unwrap_or(0);
+            return Err(InputError::new(
+                &self.path,
+                "[provision] with several machines needs the lab network, which runs fleet files (`devlab fleet`)",
+            )
+            .at(&self.text, offset)
+            .field("provision")
+            .into());
+        }
+        if let Some((placed, spanned)) = self.steps.iter().zip(raw).find(|(p, _)| matches!(p.step, Step::Checkpoint(_)))
+        {
+            let _ = placed;
+            return Err(InputError::new(&self.path, "a checkpoint saves one machine, and this scenario has several")
+                .at(&self.text, spanned.span().start)
+                .field("action")
+                .into());
+        }
+        Ok(())
+    }
+
+    /// The plan of one machine: the steps that run on it (all of them in a
+    /// one-machine scenario) and the lab's, in order.
+    fn check_machine_steps(
+        &self,
+        raw: &[toml::Spanned<toml::Table>],
+        machine: Option<&String>,
+        image: &toml::Spanned<String>,
+    ) -> Result<()> {
         let root = crate::rundir::workspace_root();
-        // The partitions of the scenario's disk: A/B slots, or an OSTree sysroot.
+        // The partitions of the machine's disk: A/B slots, or an OSTree sysroot.
         let is_ostree = self
-            .recipe_path(&root)
+            .recipe_for(&root, image)
             .ok()
             .and_then(|r| devlab_images::Recipe::load(&r).ok())
             .is_some_and(|(r, _)| r.ostree.is_some());
@@ -366,6 +431,8 @@ impl Scenario {
             if is_ostree { &devlab_images::disk::OSTREE_LABELS } else { &devlab_images::disk::LABELS };
         let mut cx = crate::steps::CheckCx {
             scenario: self,
+            machine: machine.cloned(),
+            image: image.clone(),
             root,
             span: 0..0,
             action: "",
@@ -378,14 +445,17 @@ impl Scenario {
             armed: 0,
             refused: Vec::new(),
         };
-        for (placed, spanned) in self.steps.iter().zip(raw) {
+        let mine = |p: &PlacedStep| machine.is_none_or(|m| p.on.is_empty() || p.on.contains(m));
+        let mut last = 0;
+        for (placed, spanned) in self.steps.iter().zip(raw).filter(|(p, _)| mine(p)) {
             cx.span = spanned.span();
             cx.action = placed.step.action();
             placed.step.check(&mut cx)?;
+            last = spanned.span().start;
         }
         if cx.armed > 0 {
-            let last = raw.last().map_or(0, |s| s.span().start);
-            return Err(InputError::new(&self.path, "a fault is armed but no wait_fault waits for it")
+            let on = machine.map(|m| format!("on machine `{m}`: ")).unwrap_or_default();
+            return Err(InputError::new(&self.path, format!("{on}a fault is armed but no wait_fault waits for it"))
                 .at(&self.text, last)
                 .field("action")
                 .into());
@@ -435,25 +505,115 @@ impl Scenario {
 
     /// Boards named in the file, resolved to profiles; an unknown one is an
     /// input error pointing at its entry.
+    ///
+    /// A scenario whose machines all name their boards runs once: its one
+    /// "board" is the first machine's (see [`Scenario::own_boards`]).
     pub fn resolve_boards(&self) -> Result<Vec<crate::board::Board>> {
-        self.header.boards.iter().map(|b| self.resolve_board(b)).collect()
+        if self.machines.is_empty() {
+            return self.header.boards.iter().map(|b| self.resolve_board(b, "boards", None)).collect();
+        }
+        let boards: Vec<crate::board::Board> = if self.own_boards() {
+            let first = self.machines[0].board.as_ref().expect("checked at parse");
+            vec![crate::board::find(first.get_ref())?]
+        } else {
+            let found = self.header.boards.iter().map(|b| self.find_board(b, "boards"));
+            found.collect::<Result<_>>()?
+        };
+        // Each machine's board against the steps that run on it.
+        for b in &boards {
+            self.machines_for(b)?;
+        }
+        Ok(boards)
     }
 
-    fn resolve_board(&self, b: &toml::Spanned<String>) -> Result<crate::board::Board> {
-        let board = crate::board::find(b.get_ref()).map_err(|e| match e {
+    /// Do the machines bring their own boards (no `boards` matrix)? Such a
+    /// run is labelled `machines`, not after a board or an arch.
+    pub fn own_boards(&self) -> bool {
+        self.header.boards.is_empty() && !self.machines.is_empty()
+    }
+
+    /// What a run on `board` is called (reports, snapshot names): the
+    /// board, or `machines` when the machines bring their own.
+    pub fn run_label(&self, board: &crate::board::Board) -> String {
+        if self.own_boards() {
+            "machines".into()
+        } else {
+            board.name.clone()
+        }
+    }
+
+    /// Each machine of a run on `board`: its name (empty for the one
+    /// machine of a scenario without `[[machine]]`), its board (its own, or
+    /// `board`) and the image its disk starts from.
+    pub fn machines_for(
+        &self,
+        board: &crate::board::Board,
+    ) -> Result<Vec<(String, crate::board::Board, toml::Spanned<String>)>> {
+        if self.machines.is_empty() {
+            return Ok(vec![(String::new(), board.clone(), self.header.image.clone())]);
+        }
+        let machines: Vec<_> = self
+            .machines
+            .iter()
+            .map(|m| {
+                let name = m.name.get_ref().clone();
+                let b = match &m.board {
+                    Some(b) => self.resolve_board(b, "machine.board", Some(&name))?,
+                    None => {
+                        self.check_board_for(board, Some(&name))?;
+                        board.clone()
+                    }
+                };
+                Ok((name, b, m.image.clone().unwrap_or_else(|| self.header.image.clone())))
+            })
+            .collect::<Result<_>>()?;
+        // Releases are served per arch; bundles and OSTree commits not yet.
+        let mixed = machines.iter().any(|(_, b, _)| b.arch != machines[0].1.arch);
+        let one_arch_only = |p: &&PlacedStep| matches!(p.step, Step::ServeBundle(_) | Step::ServeOstree(_));
+        if let Some(p) = self.steps.iter().find(one_arch_only).filter(|_| mixed) {
+            return Err(InputError::new(
+                &self.path,
+                format!("{} serves one arch's build, and these machines have several arches", p.step.action()),
+            )
+            .at(&self.text, p.offset)
+            .field("action")
+            .into());
+        }
+        Ok(machines)
+    }
+
+    fn resolve_board(
+        &self,
+        b: &toml::Spanned<String>,
+        field: &str,
+        machine: Option<&str>,
+    ) -> Result<crate::board::Board> {
+        let board = self.find_board(b, field)?;
+        self.check_board_for(&board, machine)?;
+        Ok(board)
+    }
+
+    /// The profile a (spanned) board name names; an unknown one is an input
+    /// error at that name.
+    fn find_board(&self, b: &toml::Spanned<String>, field: &str) -> Result<crate::board::Board> {
+        crate::board::find(b.get_ref()).map_err(|e| match e {
             crate::error::Error::Input(ie) if !ie.file.exists() => {
-                InputError::new(&self.path, ie.message).at(&self.text, b.span().start).field("boards").into()
+                InputError::new(&self.path, ie.message).at(&self.text, b.span().start).field(field).into()
             }
             other => other,
-        })?;
-        self.check_board(&board)?;
-        Ok(board)
+        })
     }
 
     /// Refuse a board that lacks a feature the scenario `needs`, has no
     /// U-Boot for a `boot` step, or cannot boot from the network to fill a
     /// blank disk.
     pub fn check_board(&self, board: &crate::board::Board) -> Result<()> {
+        self.check_board_for(board, None)
+    }
+
+    /// [`Scenario::check_board`] for one machine's board (the steps that
+    /// run on it), or for every machine.
+    fn check_board_for(&self, board: &crate::board::Board, machine: Option<&str>) -> Result<()> {
         let refuse = |key: &str, msg: String| -> crate::error::Error {
             let offset = crate::board::find_key(&self.text, key).unwrap_or(0);
             InputError::new(&self.path, msg).at(&self.text, offset).field(key).into()
@@ -465,7 +625,8 @@ impl Scenario {
             ));
         }
         if board.uboot().is_none() {
-            if let Some(p) = self.steps.iter().find(|p| matches!(p.step, Step::Boot(_))) {
+            let on_it = |p: &&PlacedStep| machine.is_none_or(|m| p.on.iter().any(|o| o == m));
+            if let Some(p) = self.steps.iter().filter(on_it).find(|p| matches!(p.step, Step::Boot(_))) {
                 let offset = p.offset;
                 return Err(InputError::new(
                     &self.path,
@@ -596,12 +757,98 @@ pub fn is_scenario_file(path: &Path) -> bool {
     path.extension().is_some_and(|x| x == "toml") && path.file_name().is_some_and(|n| n != "Cargo.toml")
 }
 
+/// `boards` and `[[machine]]` agree: without machines, at least one
+/// board; with them, plain unique names, and `boards` left out exactly when
+/// every machine names its own board.
+fn check_machines(path: &Path, text: &str, header: &Header, machines: &[MachineDecl]) -> Result<()> {
+    let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
+        InputError::new(path, msg).at(text, offset).field(field).into()
+    };
+    let boards_at = crate::board::find_key(text, "boards").unwrap_or(0);
+    if machines.is_empty() {
+        if header.boards.is_empty() {
+            return Err(at(boards_at, "boards", "name at least one board".into()));
+        }
+        return Ok(());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for m in machines {
+        let name = m.name.get_ref();
+        let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if !plain {
+            return Err(at(m.name.span().start, "machine.name", format!("{name:?} is not a plain name")));
+        }
+        if !seen.insert(name) {
+            return Err(at(m.name.span().start, "machine.name", format!("machine `{name}` twice")));
+        }
+        if header.boards.is_empty() && m.board.is_none() {
+            return Err(at(
+                m.name.span().start,
+                "machine.board",
+                format!("machine `{name}` needs a `board` (the scenario names no `boards` for it to take)"),
+            ));
+        }
+    }
+    if !header.boards.is_empty() && machines.iter().all(|m| m.board.is_some()) {
+        return Err(at(boards_at, "boards", "every [[machine]] names its board: leave `boards` out".into()));
+    }
+    Ok(())
+}
+
+/// The machines a step runs on: its `on` (a name or a list of names), or
+/// every machine; none for the lab's own steps and in a one-machine file.
+fn machines_on(
+    path: &Path,
+    text: &str,
+    spanned: &toml::Spanned<toml::Table>,
+    step: &Step,
+    names: &[String],
+) -> Result<Vec<String>> {
+    let span = spanned.span();
+    let on_at = span.start + crate::board::find_key(&text[span.clone()], "on").unwrap_or(0);
+    let at = |msg: String| -> crate::error::Error { InputError::new(path, msg).at(text, on_at).field("on").into() };
+    let Some(value) = spanned.get_ref().get("on") else {
+        return Ok(if step.lab() { Vec::new() } else { names.to_vec() });
+    };
+    if names.is_empty() {
+        return Err(at("`on` names machines, and this scenario has no [[machine]] tables".into()));
+    }
+    if step.lab() {
+        return Err(at(format!("{} runs once for every machine (the lab's), so it takes no `on`", step.action())));
+    }
+    let wanted: Vec<&str> = match value {
+        toml::Value::String(s) => vec![s.as_str()],
+        toml::Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|v| v.as_str().ok_or_else(|| at("`on` lists machine names (strings)".into())))
+            .collect::<Result<_>>()?,
+        _ => return Err(at("`on` is a machine name or a non-empty list of them".into())),
+    };
+    for w in &wanted {
+        if !names.iter().any(|n| n == w) {
+            return Err(at(format!("no machine `{w}` (machines: {})", names.join(", "))));
+        }
+    }
+    Ok(names.iter().filter(|n| wanted.contains(&n.as_str())).cloned().collect())
+}
+
+/// The step's text with its `[[step]]` header, its `action` and its `on`
+/// blanked out (same length, so spans still point into the file): what
+/// is left is the step kind's own fields.
 fn blank_header_and_action(slice: &str) -> String {
     let mut out = String::with_capacity(slice.len());
+    let mut in_on = false;
     for line in slice.split_inclusive('\n') {
         let t = line.trim_start();
-        let is_action = t.strip_prefix("action").is_some_and(|r| r.trim_start().starts_with('='));
-        if t.starts_with("[[") || is_action {
+        let key = |k: &str| t.strip_prefix(k).is_some_and(|r| r.trim_start().starts_with('='));
+        let is_action = key("action");
+        // An `on` list may go over several lines, up to its `]`.
+        let on_starts = key("on");
+        let blank_on = on_starts || in_on;
+        if blank_on {
+            in_on = if on_starts { t.contains('[') && !t.contains(']') } else { !t.contains(']') };
+        }
+        if t.starts_with("[[") || is_action || blank_on {
             out.extend(line.chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
         } else {
             out.push_str(line);
@@ -623,6 +870,48 @@ mod tests {
     const SSH_UP: &str = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"wait_ssh\"\n";
     /// Four lines that leave the machine off with a disk.
     const OFF: &str = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"power_cut\"\n";
+
+    #[test]
+    fn a_step_runs_on_its_machines_or_every_machine_and_the_lab_once() {
+        let s = parse(
+            "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\n\
+             [[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\nimage = \"v2\"\n\
+             [[step]]\naction = \"power_on\"\n\
+             [[step]]\naction = \"expect\"\non = [\n  \"b\",\n]\npattern = 'x'\n\
+             [[step]]\naction = \"serve_release\"\nversion = \"2\"\nimage = \"v2\"\n",
+        )
+        .unwrap();
+        let on: Vec<Vec<String>> = s.steps.iter().map(|p| p.on.clone()).collect();
+        assert_eq!(on, vec![vec!["a".to_string(), "b".into()], vec!["b".into()], vec![]]);
+        // `on` is not the step's own field: the expect step parsed whole.
+        let Step::Expect(e) = &s.steps[1].step else { panic!("{:?}", s.steps[1].step) };
+        assert_eq!(e.pattern.0, "x");
+        assert_eq!(s.machines[1].image.as_ref().map(|i| i.get_ref().as_str()), Some("v2"));
+        // One machine: no machine names at all.
+        let one = parse(&format!("{HEAD}[[step]]\naction = \"power_on\"\n")).unwrap();
+        assert!(one.steps[0].on.is_empty() && one.machines.is_empty());
+    }
+
+    #[test]
+    fn every_machine_plans_alone() {
+        // `b` is never powered on: its `wait_ssh` is refused, naming it.
+        let err = parse(
+            "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\n\
+             [[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\n\
+             [[step]]\naction = \"power_on\"\non = \"a\"\n\
+             [[step]]\naction = \"wait_ssh\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("on machine `b`: wait_ssh"), "{err}");
+        // Both powered on: fine.
+        parse(
+            "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\n\
+             [[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\n\
+             [[step]]\naction = \"power_on\"\n[[step]]\naction = \"wait_ssh\"\n",
+        )
+        .unwrap();
+    }
 
     #[test]
     fn steps_parse_in_order() {
@@ -885,7 +1174,8 @@ mod tests {
         let err = parse(&format!("{HEAD}[[step]]\ntimeout = \"1s\"\n")).unwrap_err().to_string();
         assert!(err.contains("missing field `action`"), "{err}");
         let err = parse("[scenario]\nname = \"t\"\n[[step]]\naction = \"power_on\"\n").unwrap_err().to_string();
-        assert!(err.contains("missing field `boards`"), "{err}");
+        // `boards` may be left out only when every [[machine]] names its board.
+        assert!(err.starts_with("s.toml:1:1: field `boards`: name at least one board"), "{err}");
         let err = parse(
             "[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\ncolour = 1\n[[step]]\naction = \"power_on\"\n",
         )

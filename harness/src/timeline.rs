@@ -193,6 +193,10 @@ pub struct Entry {
     pub origin: Origin,
     #[serde(flatten)]
     pub event: Event,
+    /// The machine it happened on, in a scenario with several (not written
+    /// for a one-machine run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The run's events in order.
@@ -203,7 +207,7 @@ pub struct Timeline {
 
 impl Timeline {
     pub fn push(&mut self, t: f64, origin: Origin, event: Event) {
-        self.entries.push(Entry { t, origin, event });
+        self.entries.push(Entry { t, origin, event, node: None });
     }
 
     /// Append events from the console and QMP that arrived since the last
@@ -382,8 +386,8 @@ mod tests {
         let mut t = Timeline::default();
         t.push(0.0, Origin::Step, Event::PowerOn);
         t.extend_merged(vec![
-            Entry { t: 0.3, origin: Origin::Qmp, event: Event::Qmp { name: "RESET".into(), detail: None } },
-            Entry { t: 0.1, origin: Origin::Console, event: Event::UbootBanner },
+            Entry { t: 0.3, origin: Origin::Qmp, event: Event::Qmp { name: "RESET".into(), detail: None }, node: None },
+            Entry { t: 0.1, origin: Origin::Console, event: Event::UbootBanner, node: None },
         ]);
         t.push(1.0, Origin::Step, Event::Command { command: "echo 127.0.0.1:99".into(), status: 0, stdout: None });
         let n = t.normalised(&Redactor::default());

@@ -32,6 +32,9 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Clone)]
 pub struct Release {
     pub version: String,
+    /// The arch it is built for (`x86_64`, `aarch64`): a lab with machines
+    /// of several arches serves each its own build of a version.
+    pub arch: String,
     pub file_name: String,
     pub bytes: Arc<Vec<u8>>,
     pub sha256: String,
@@ -80,7 +83,8 @@ impl Fault {
 }
 
 struct State {
-    releases: BTreeMap<String, Release>,
+    /// By (version, arch).
+    releases: BTreeMap<(String, String), Release>,
     /// RAUC bundles by file name, served as-is at `/bundles/<file>` (they
     /// carry their own signature); download faults apply to them too.
     bundles: BTreeMap<String, Arc<Vec<u8>>>,
@@ -188,14 +192,22 @@ impl UpdateServer {
     }
 
     /// The API URL of a release as the guest sees it.
-    pub fn guest_api_url(&self, version: &str) -> String {
-        format!("http://10.0.2.2:{}/api/releases/{version}", self.port)
+    /// Where a device of `arch` asks for release `version`.
+    pub fn guest_api_url(&self, version: &str, arch: &str) -> String {
+        format!("http://10.0.2.2:{}/api/releases/{version}?arch={arch}", self.port)
     }
 
     pub fn add_release(&self, r: Release) {
         let mut s = self.state.lock().unwrap();
-        s.log(&format!("release {} = {} ({} bytes, sha256 {})", r.version, r.file_name, r.bytes.len(), r.sha256));
-        s.releases.insert(r.version.clone(), r);
+        s.log(&format!(
+            "release {} for {} = {} ({} bytes, sha256 {})",
+            r.version,
+            r.arch,
+            r.file_name,
+            r.bytes.len(),
+            r.sha256
+        ));
+        s.releases.insert((r.version.clone(), r.arch.clone()), r);
     }
 
     /// Publish a RAUC bundle as `/bundles/<file>`; returns its URL as the guest sees it.
@@ -384,7 +396,19 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
         if let Some(f @ Fault::Error500 { .. }) = &fault {
             return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
         }
-        let Some(r) = s.releases.get(version).cloned() else { return text(404, "no such release\n") };
+        // `?arch=` picks the build; without it, a version built for one
+        // arch only.
+        let found = match query.get("arch") {
+            Some(arch) => s.releases.get(&(version.to_string(), arch.to_string())).cloned(),
+            None => {
+                let mut builds = s.releases.values().filter(|r| r.version == version);
+                match (builds.next(), builds.next()) {
+                    (Some(one), None) => Some(one.clone()),
+                    _ => None,
+                }
+            }
+        };
+        let Some(r) = found else { return text(404, "no such release\n") };
         let expires = if fault == Some(Fault::Expire) { now_unix() - 60 } else { now_unix() + s.url_ttl.as_secs() };
         let file_path = format!("/releases/{}", r.file_name);
         let sig = sign(&s.secret, &file_path, expires);
@@ -563,11 +587,12 @@ pub fn package(rootfs: &std::path::Path, out: &std::path::Path, key: &str) -> Re
 }
 
 /// Load a packaged release for serving.
-pub fn load_release(version: &str, file: &std::path::Path, key: &str) -> std::io::Result<Release> {
+pub fn load_release(version: &str, arch: &str, file: &std::path::Path, key: &str) -> std::io::Result<Release> {
     let bytes = std::fs::read(file)?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(Release {
         version: version.to_string(),
+        arch: arch.to_string(),
         file_name: file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         bytes: Arc::new(bytes),
         sha256,
@@ -608,6 +633,7 @@ mod tests {
         let sha256 = hex::encode(Sha256::digest(&bytes));
         s.add_release(Release {
             version: "2".into(),
+            arch: "x86_64".into(),
             file_name: "v2.img.enc".into(),
             bytes: Arc::new(bytes.clone()),
             sha256,
@@ -626,6 +652,31 @@ mod tests {
         let target = url.split_once(&format!(":{}", s.port())).unwrap().1.to_string();
         let (status, body, complete) = get(s.port(), &target).await;
         (api, status, body, complete)
+    }
+
+    #[tokio::test]
+    async fn each_arch_gets_its_own_build_of_a_version() {
+        let (s, _d, _) = server().await;
+        let arm: Vec<u8> = vec![7; 1000];
+        s.add_release(Release {
+            version: "2".into(),
+            arch: "aarch64".into(),
+            file_name: "v2-aarch64.img.enc".into(),
+            sha256: hex::encode(Sha256::digest(&arm)),
+            bytes: Arc::new(arm),
+            key: "k".into(),
+        });
+        let url_of = |api: Vec<u8>| field(&String::from_utf8(api).unwrap(), "url").to_string();
+        let (st, api, _) = get(s.port(), "/api/releases/2?arch=aarch64").await;
+        assert_eq!(st, 200);
+        assert!(url_of(api).contains("/releases/v2-aarch64.img.enc?"));
+        let (st, api, _) = get(s.port(), "/api/releases/2?arch=x86_64").await;
+        assert_eq!(st, 200);
+        assert!(url_of(api).contains("/releases/v2.img.enc?"));
+        assert_eq!(get(s.port(), "/api/releases/2?arch=riscv64").await.0, 404);
+        // Without an arch, a version built for several is ambiguous.
+        assert_eq!(get(s.port(), "/api/releases/2").await.0, 404);
+        assert!(s.guest_api_url("2", "aarch64").ends_with("/api/releases/2?arch=aarch64"));
     }
 
     #[tokio::test]

@@ -84,8 +84,16 @@ fn scenario_steps() {
                 if let Some(p) = &s.provision {
                     writeln!(text, "provision {p:?}").unwrap();
                 }
+                for m in &s.machines {
+                    let board = m.board.as_ref().map(|b| b.get_ref());
+                    let image = m.image.as_ref().map(|i| i.get_ref());
+                    writeln!(text, "machine {} board {board:?} image {image:?}", m.name.get_ref()).unwrap();
+                }
                 for p in &s.steps {
                     writeln!(text, "line {} {}: {:?}", p.line, p.step.action(), p.step).unwrap();
+                    if !p.on.is_empty() {
+                        writeln!(text, "  on {:?}", p.on).unwrap();
+                    }
                     writeln!(text, "  canonical {}", p.canonical).unwrap();
                 }
             }

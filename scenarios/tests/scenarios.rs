@@ -2,7 +2,8 @@
 //! the normalised timeline with insta (`snapshots/<scenario>@<arch>.snap`).
 //!
 //! One test per real run, `scenario::<variant>@<board>`: each matrix variant
-//! of each `*.toml` beside this crate on each board it names, so the number
+//! of each `*.toml` beside this crate on each board it names (or once,
+//! `@machines`, when its machines bring their own boards), so the number
 //! of passed tests is the number of runs (a libtest-mimic harness; the
 //! output, `--list`, filters and `--test-threads` are libtest's). The
 //! longest runs are handed out first: with two test threads the stragglers
@@ -38,7 +39,7 @@ struct Run {
 
 impl Run {
     fn test_name(&self) -> String {
-        format!("scenario::{}@{}", self.scenario.name(), self.board.name)
+        format!("scenario::{}@{}", self.scenario.name(), self.scenario.run_label(&self.board))
     }
 
     /// Longest first (a guess from the file, nothing is timed): network
@@ -46,7 +47,7 @@ impl Run {
     /// its number of steps; the name breaks ties so the order is stable.
     fn order_key(&self) -> (u8, std::cmp::Reverse<std::time::Duration>, std::cmp::Reverse<usize>, String) {
         let h = &self.scenario.header;
-        let class = if self.board.name.contains("pxe") {
+        let class = if self.board.name.contains("pxe") || self.scenario.machines.len() > 1 {
             0
         } else if h.image.get_ref().starts_with("ostree") {
             1

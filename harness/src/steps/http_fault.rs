@@ -12,6 +12,10 @@ pub struct HttpFault {
 }
 
 impl StepKind for HttpFault {
+    fn lab(&self) -> bool {
+        true
+    }
+
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         if !cx.server {
             return Err(cx.at("action", "no update server yet (add a serve_release step first)"));

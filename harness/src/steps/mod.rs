@@ -45,6 +45,13 @@ pub(crate) trait StepKind {
         Ok(())
     }
 
+    /// Does the step act on the lab (the update server, the provisioning
+    /// service) rather than on a machine? Such a step runs once in a
+    /// scenario with several machines, and takes no `on`.
+    fn lab(&self) -> bool {
+        false
+    }
+
     /// The `image` field naming a recipe this step serves, if any.
     fn image(&self) -> Option<&toml::Spanned<String>> {
         None
@@ -102,6 +109,13 @@ macro_rules! steps {
                     $($action => Step::$variant(toml::from_str(text)?),)*
                     _ => return Ok(None),
                 }))
+            }
+
+            /// Does it act on the lab, once for every machine?
+            pub fn lab(&self) -> bool {
+                match self {
+                    $(Step::$variant(s) => StepKind::lab(s),)*
+                }
             }
 
             pub(crate) fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
@@ -315,6 +329,11 @@ impl Power {
 /// steps before it did (the machine's state, what was served).
 pub struct CheckCx<'a> {
     pub scenario: &'a Scenario,
+    /// The machine whose steps are being checked, in a scenario with
+    /// several (each machine's steps are walked in turn, with the lab's).
+    pub machine: Option<String>,
+    /// The image that machine's disk starts from.
+    pub image: toml::Spanned<String>,
     pub root: PathBuf,
     /// The current step's span in the file.
     pub span: Range<usize>,
@@ -371,7 +390,8 @@ impl<'a> CheckCx<'a> {
         } else {
             "add poweroff, power_cut or wait_poweroff before it"
         };
-        Err(self.at("action", format!("{} {why}, but {} ({fix})", self.action, self.power.describe())))
+        let on = self.machine.as_ref().map(|m| format!("on machine `{m}`: ")).unwrap_or_default();
+        Err(self.at("action", format!("{on}{} {why}, but {} ({fix})", self.action, self.power.describe())))
     }
 
     /// The machine must be running (with or without SSH).

@@ -36,6 +36,10 @@ impl ProvisionFaultKind {
 }
 
 impl StepKind for ProvisionFault {
+    fn lab(&self) -> bool {
+        true
+    }
+
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_provision()?;
         match self.fault {

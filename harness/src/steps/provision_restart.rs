@@ -14,6 +14,10 @@ pub struct ProvisionRestart {
 }
 
 impl StepKind for ProvisionRestart {
+    fn lab(&self) -> bool {
+        true
+    }
+
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_provision()?;
         if let Some(p) = self.remove_profiles.iter().find(|p| !cx.scenario.profile_names().any(|n| n == *p)) {

@@ -8,6 +8,10 @@ use super::prelude::*;
 pub struct ProvisionTable {}
 
 impl StepKind for ProvisionTable {
+    fn lab(&self) -> bool {
+        true
+    }
+
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_provision()
     }

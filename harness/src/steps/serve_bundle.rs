@@ -21,6 +21,10 @@ fn release_signer() -> devlab_images::rauc::Signer {
 }
 
 impl StepKind for ServeBundle {
+    fn lab(&self) -> bool {
+        true
+    }
+
     super::serves_image!();
 
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {

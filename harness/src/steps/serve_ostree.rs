@@ -19,11 +19,15 @@ pub struct ServeOstree {
 }
 
 impl StepKind for ServeOstree {
+    fn lab(&self) -> bool {
+        true
+    }
+
     super::serves_image!();
 
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.scenario.ostree_recipe(&cx.root, &self.image)?;
-        cx.scenario.ostree_recipe(&cx.root, &cx.scenario.header.image)?;
+        cx.scenario.ostree_recipe(&cx.root, &cx.image)?;
         cx.server = true;
         Ok(())
     }

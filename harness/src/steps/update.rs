@@ -99,7 +99,7 @@ impl StepKind for Update {
             .server
             .as_ref()
             .ok_or_else(|| r.failure("no update server yet (add a serve_release step first)".into()))?
-            .guest_api_url(&u.version);
+            .guest_api_url(&u.version, r.board.arch.uname());
         let command = format!("devlab-update --no-reboot {url}");
         if let Some(p) = &u.power_cut_at {
             let re = r.console_pattern(p);
