@@ -20,7 +20,7 @@ use devlab_images::BuiltImage;
 use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How a run treats its stored timeline snapshot.
@@ -254,6 +254,21 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
             let _ = std::fs::remove_file(r.run_dir.join("blank.raw"));
         }
     }
+    write_run_json(&run_dir, scenario, &out, &runs, &result, disk_removed);
+    out.result = result;
+    out
+}
+
+/// `run.json`: what ran where, how it ended, each step's time; with several
+/// machines, each machine's board, folder, accelerator and image.
+fn write_run_json(
+    run_dir: &Path,
+    scenario: &Scenario,
+    out: &Outcome,
+    runs: &[Run<'_>],
+    result: &Result<()>,
+    disk_removed: bool,
+) {
     let mut record = json!({
         "scenario": out.scenario,
         "scenario_file": scenario.path,
@@ -278,8 +293,6 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         record["machines"] = json!(machines);
     }
     let _ = std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&record).unwrap_or_default());
-    out.result = result;
-    out
 }
 
 /// Each machine's name, board, image name and built image, and the run
