@@ -628,6 +628,23 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// Enters a lab network's namespace in a child (see [`LabNet::handle`]).
+#[derive(Clone, Debug)]
+pub struct NetnsHandle(std::sync::Arc<OwnedFd>);
+
+impl NetnsHandle {
+    /// Make `cmd` start inside the namespace (as [`LabNet::enter_in_child`]).
+    pub fn enter_in_child(&self, cmd: &mut Command) -> Result<()> {
+        let fd = self.0.try_clone().map_err(io_err("duplicating the namespace fd"))?;
+        // SAFETY: the hook only calls setns and reads errno, both
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || setns_net(fd.as_fd()));
+        }
+        Ok(())
+    }
+}
+
 /// The lab network: an owned namespace, its bridge and taps, and dnsmasq.
 pub struct LabNet {
     name: String,
@@ -822,6 +839,14 @@ impl LabNet {
     /// [`LabNet::enter_in_child`] does that for you.
     pub fn netns_fd(&self) -> Result<BorrowedFd<'_>> {
         self.live_fd()
+    }
+
+    /// A handle that moves children into the namespace, for a machine to
+    /// keep: it owns a duplicate of the namespace's fd, so it outlives no
+    /// borrow of `self` (the namespace itself goes with `teardown`).
+    pub fn handle(&self) -> Result<NetnsHandle> {
+        let fd = self.live_fd()?.try_clone_to_owned().map_err(io_err("duplicating the namespace fd"))?;
+        Ok(NetnsHandle(std::sync::Arc::new(fd)))
     }
 
     /// A `pre_exec` hook that moves the child into the namespace. It owns a

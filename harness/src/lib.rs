@@ -10,7 +10,6 @@ pub mod console;
 pub mod disk;
 pub mod error;
 pub mod firmware;
-pub mod fleet;
 pub mod html;
 pub mod kept;
 pub mod labnet;

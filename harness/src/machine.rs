@@ -46,7 +46,7 @@ pub struct MachineSpec<'a> {
     pub detect_zeroes: bool,
     /// A lab network: QEMU starts inside its namespace, its NIC on `tap`
     /// (instead of the user network).
-    pub lab_net: Option<(&'a crate::labnet::LabNet, &'a str)>,
+    pub lab_net: Option<(&'a crate::labnet::NetnsHandle, &'a str)>,
 }
 
 /// A running (or stopped) QEMU machine.
@@ -291,6 +291,11 @@ impl Machine {
         Box::new(move || {
             let _ = killpg(pgid, Signal::SIGSTOP);
         })
+    }
+
+    /// Let a frozen QEMU (see [`Machine::freeze_hook`]) run again.
+    pub fn thaw(&self) {
+        self.signal(Signal::SIGCONT);
     }
 
     fn signal(&self, sig: Signal) {

@@ -43,19 +43,6 @@ enum Cmd {
         #[command(flatten)]
         opts: Common,
     },
-    /// Run fleet files (`scenarios/fleet/*.toml`): several nodes on one lab
-    /// network (a network namespace with a bridge and dnsmasq: needs root),
-    /// provisioned at once. The snapshot is checked unless `--update`.
-    Fleet {
-        #[arg(required = true)]
-        paths: Vec<PathBuf>,
-        /// Write the snapshots instead of checking them.
-        #[arg(long, alias = "update")]
-        update_snapshots: bool,
-        /// Neither check nor write the snapshots (benchmarks, generated fleets).
-        #[arg(long, conflicts_with = "update_snapshots")]
-        no_snapshots: bool,
-    },
     /// Validate scenario files without booting anything.
     Check {
         #[arg(required = true)]
@@ -200,10 +187,6 @@ fn load_all(
     let mut out = Vec::new();
     let mut named = std::collections::BTreeSet::new();
     for f in scenario_files(paths)? {
-        if harness::fleet::is_fleet_file(&f) {
-            let msg = format!("a fleet file (it has [fleet]): run it with `devlab fleet {}`", f.display());
-            return Err(harness::error::InputError::new(&f, msg).into());
-        }
         for s in Scenario::load_variants(&f)? {
             let mut boards = s.resolve_boards()?;
             if s.own_boards() {
@@ -318,16 +301,6 @@ fn main() {
             println!("stopped {}", k.run_id);
             Ok(())
         }),
-        Cmd::Fleet { paths, update_snapshots, no_snapshots } => {
-            let mode = if no_snapshots {
-                SnapshotMode::Skip
-            } else if update_snapshots {
-                SnapshotMode::Update
-            } else {
-                SnapshotMode::Check
-            };
-            fleets(&paths, mode)
-        }
         Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false, &asked_paths(&paths)), &opts),
         Cmd::Suite { name, opts } => {
             let loaded = plan::load_suite(&name).and_then(|(files, suite_boards)| {
@@ -348,19 +321,7 @@ fn check(paths: &[PathBuf]) -> i32 {
         Ok(f) => f,
         Err(e) => return report_error(&e),
     };
-    let (fleets, scenarios): (Vec<PathBuf>, Vec<PathBuf>) =
-        files.into_iter().partition(|f| harness::fleet::is_fleet_file(f));
-    for f in &fleets {
-        match harness::fleet::Fleet::load(f) {
-            Ok(fleet) => {
-                println!("ok   {} (fleet: {} nodes, {} steps)", f.display(), fleet.nodes.len(), fleet.steps.len())
-            }
-            Err(e) => return report_error(&e),
-        }
-    }
-    if scenarios.is_empty() && !fleets.is_empty() {
-        return EXIT_PASSED;
-    }
+    let scenarios = files;
     match load_all(&scenarios, &[], false, &asked_paths(paths)) {
         Ok(all) => {
             for (s, boards) in &all {
@@ -393,58 +354,6 @@ fn check(paths: &[PathBuf]) -> i32 {
         }
         Err(e) => report_error(&e),
     }
-}
-
-/// `devlab fleet`: each file in turn (a fleet uses both cores already).
-fn fleets(paths: &[PathBuf], mode: SnapshotMode) -> i32 {
-    let loaded: Result<Vec<_>, _> = paths.iter().map(|p| harness::fleet::Fleet::load(p)).collect();
-    let fleets = match loaded {
-        Ok(f) => f,
-        Err(e) => return report_error(&e),
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return report_error(&Error::infra(format!("tokio runtime: {e}"))),
-    };
-    let mut code = EXIT_PASSED;
-    for f in &fleets {
-        println!("RUN  {} ({} nodes)", f.header.name, f.nodes.len());
-        // Ctrl-C or SIGTERM drops the run: its machines, dnsmasq and
-        // network namespace are torn down on drop; the run directory stays.
-        let out = rt.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let root = harness::rundir::runs_root();
-            tokio::select! {
-                out = harness::fleet::run(f, &root) => Some(out),
-                _ = tokio::signal::ctrl_c() => None,
-                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => None,
-            }
-        });
-        let Some(out) = out else {
-            eprintln!("interrupted: {} stopped; its machines and lab network are gone", f.header.name);
-            return EXIT_INTERRUPTED;
-        };
-        let dir = out.run_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default();
-        let res = out.result.and_then(|()| {
-            let snaps = harness::snapshot::dir_for(&f.path);
-            harness::snapshot::check(&snaps, &f.snapshot_name(), &out.normalised, mode).map_err(|m| {
-                Error::Failed(Box::new(harness::error::Failure {
-                    step: "snapshot".into(),
-                    message: m,
-                    run_dir: out.run_dir.clone().unwrap_or_default(),
-                    last_lines: Vec::new(),
-                }))
-            })
-        });
-        match res {
-            Ok(()) => println!("PASS {} in {:.1}s ({dir})", f.header.name, out.duration.as_secs_f64()),
-            Err(e) => {
-                println!("FAIL {} in {:.1}s ({dir})", f.header.name, out.duration.as_secs_f64());
-                code = worse(code, report_error(&e));
-            }
-        }
-    }
-    code
 }
 
 fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i32 {

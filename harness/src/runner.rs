@@ -13,7 +13,7 @@ use crate::board::Board;
 use crate::console::{ConsoleError, ERROR_LINES};
 use crate::error::{Error, Failure, Result};
 use crate::machine::{Machine, MachineSpec};
-use crate::scenario::{Scenario, Step};
+use crate::scenario::{MachinePlan, Scenario, Step};
 use crate::ssh::Ssh;
 use crate::timeline::{console_marker, qmp_event, Entry, Event, Origin, Redactor, Timeline};
 use devlab_images::BuiltImage;
@@ -160,21 +160,29 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     };
     out.run_dir = Some(run_dir.clone());
     let mut runs = Vec::new();
-    for (name, b, image_name, image) in &machines {
-        let accel = accel::choose_async(b).await;
-        let dir = if name.is_empty() { run_dir.clone() } else { run_dir.join(name) };
-        let mut r = Run::new(scenario, b, (image_name.clone(), image.clone()), dir, accel);
-        r.name = name.clone();
+    for (plan, image) in &machines {
+        let accel = accel::choose_async(&plan.board).await;
+        let dir = if plan.name.is_empty() { run_dir.clone() } else { run_dir.join(&plan.name) };
+        let mut r = Run::new(scenario, plan, image.clone(), dir, accel);
+        r.name = plan.name.clone();
         r.lab_dir = run_dir.clone();
         r.on_step = opts.on_step.clone();
         r.checkpoints = opts.checkpoints;
         runs.push(r);
     }
     share_commits(&mut runs);
+    // Several machines share one time zero (the run's start), so their
+    // events merge on one time axis.
+    if runs.len() > 1 {
+        let zero = Instant::now();
+        for r in runs.iter_mut() {
+            r.t_first = Some(zero);
+        }
+    }
     let mut arches: Vec<devlab_images::Arch> = Vec::new();
-    for (_, b, ..) in &machines {
-        if !arches.contains(&b.arch) {
-            arches.push(b.arch);
+    for (plan, _) in &machines {
+        if !arches.contains(&plan.board.arch) {
+            arches.push(plan.board.arch);
         }
     }
     for r in runs.iter_mut() {
@@ -185,6 +193,9 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     let mut lab = Timeline::default();
     let bound = scenario.header.timeout.0;
     let steps = async {
+        if scenario.header.network == crate::scenario::Network::Lab {
+            lab_network(&mut runs, &arches).await?;
+        }
         match runs.as_mut_slice() {
             [one] => one.steps().await,
             several => machine_steps(several, &mut lab).await,
@@ -230,7 +241,8 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
             runs[failed].keep().await;
         }
     }
-    for r in runs.iter_mut() {
+    // The first machine's `Run` owns the lab: it goes last.
+    for r in runs.iter_mut().rev() {
         r.teardown().await;
     }
     if result.is_ok() && opts.snapshots != SnapshotMode::Skip {
@@ -295,16 +307,20 @@ fn write_run_json(
     let _ = std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&record).unwrap_or_default());
 }
 
-/// Each machine's name, board, image name and built image, and the run
-/// directory.
-type Prepared = (Vec<(String, Board, toml::Spanned<String>, BuiltImage)>, PathBuf);
+/// Each machine and its built image, and the run directory.
+type Prepared = (Vec<(MachinePlan, BuiltImage)>, PathBuf);
 
 fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<Prepared> {
     let mut machines = Vec::new();
-    for (name, b, image) in scenario.machines_for(board)? {
+    if scenario.header.network == crate::scenario::Network::Lab {
+        crate::labnet::LabNet::check_privileges()
+            .map_err(|e| crate::error::InputError::new(&scenario.path, e.to_string()))?;
+    }
+    for plan in scenario.machines_for(board)? {
+        let b = &plan.board;
         b.check_firmware()?;
         let root = crate::rundir::workspace_root();
-        let built = scenario.built_image(&root, &image, b.arch)?;
+        let built = scenario.built_image(&root, &plan.image, b.arch)?;
         // What the steps serve must be built too: say so before anything boots.
         for served in scenario.served_images() {
             scenario.built_image(&root, served, b.arch)?;
@@ -312,13 +328,14 @@ fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<Prep
         if scenario.provision.is_some() {
             crate::provision::mgmt_image(&scenario.path, scenario.text(), b.arch)?;
         }
-        machines.push((name, b, image, built));
+        machines.push((plan, built));
     }
     check_free_space(&opts.runs_root)?;
     let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &scenario.run_label(board))?;
-    for (name, ..) in &machines {
-        if !name.is_empty() {
-            std::fs::create_dir_all(dir.join(name)).map_err(|e| Error::infra(format!("{}: {e}", dir.display())))?;
+    for (plan, _) in &machines {
+        if !plan.name.is_empty() {
+            let d = dir.join(&plan.name);
+            std::fs::create_dir_all(&d).map_err(|e| Error::infra(format!("{}: {e}", d.display())))?;
         }
     }
     Ok((machines, dir))
@@ -340,6 +357,68 @@ fn share_commits(runs: &mut [Run<'_>]) {
             r.ostree.insert(name, commit);
         }
     }
+}
+
+/// `network = "lab"`: one lab network for every machine (a namespace, a
+/// bridge, a tap per machine, dnsmasq with a fixed address per MAC) and the
+/// provisioning service on its bridge, with a profile per arch; the first
+/// machine's `Run` owns both, every machine gets the service and its way
+/// into the namespace.
+async fn lab_network(runs: &mut [Run<'_>], arches: &[devlab_images::Arch]) -> Result<()> {
+    let (scenario, run_dir) = (runs[0].scenario, runs[0].lab_dir.clone());
+    let Some(spec) = &scenario.provision else {
+        return Err(Error::infra("a lab network needs [provision] (checked at load)"));
+    };
+    let tftp = run_dir.join("provision").join("tftp");
+    std::fs::create_dir_all(&tftp).map_err(|e| Error::infra(format!("{}: {e}", tftp.display())))?;
+    let mut cfg =
+        crate::labnet::LabNetConfig::new(run_dir.join("labnet"), &tftp, devlab_provision::pxelinux::BOOT_SCRIPT_NAME);
+    // iPXE gets `boot.ipxe`, everything else (U-Boot) `boot.scr.uimg`.
+    cfg.ipxe_boot = Some(crate::board::Pxe::Ipxe.bootfile().to_string());
+    cfg.hosts = runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.board.nic.mac.clone(), std::net::Ipv4Addr::new(10, 77, 0, 11 + i as u8)))
+        .collect();
+    let labnet_error = |e: crate::labnet::LabNetError| -> Error {
+        match e.exit_code() {
+            2 => crate::error::InputError::new(&scenario.path, e.to_string()).into(),
+            _ => Error::infra(format!("lab network: {e}")),
+        }
+    };
+    let mut net = blocking(move || crate::labnet::LabNet::create(cfg).map_err(labnet_error_infra)).await?;
+    for r in runs.iter_mut() {
+        let tap = net.add_tap(&r.name).map_err(labnet_error)?;
+        r.netns = Some((net.handle().map_err(labnet_error)?, tap));
+        r.per_arch_profiles = true;
+    }
+    let listener = net.bind_tcp(0).map_err(labnet_error)?;
+    listener.set_nonblocking(true).map_err(|e| Error::infra(format!("lab network listener: {e}")))?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| Error::infra(format!("lab network listener: {e}")))?;
+    let host = net.bridge_addr().to_string();
+    let setup = crate::provision::LabSetup {
+        run_dir: &run_dir,
+        file: &scenario.path,
+        text: scenario.text(),
+        profiles: &spec.profiles,
+        arches,
+        per_arch_profiles: true,
+        node_host: &host,
+    };
+    // Owned before the lab starts: a failure from here on still tears it down.
+    runs[0].net = Some(net);
+    let lab = crate::provision::Lab::start_with(&setup, listener).await?;
+    for r in runs.iter_mut() {
+        r.service = Some(lab.service.clone());
+    }
+    runs[0].lab = Some(lab);
+    Ok(())
+}
+
+/// A lab network that cannot be made (privileges are checked before the run).
+fn labnet_error_infra(e: crate::labnet::LabNetError) -> Error {
+    Error::infra(format!("lab network: {e}"))
 }
 
 /// The steps of a scenario with several machines, in order. A step runs on
@@ -375,6 +454,7 @@ async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
                 r.server.clone_from(&first.server);
                 r.rauc.clone_from(&first.rauc);
                 r.ostree.clone_from(&first.ostree);
+                r.service.clone_from(&first.service);
             }
             res
         } else {
@@ -491,14 +571,30 @@ pub(crate) enum CutAt {
     Request(Regex),
 }
 
-/// A fault armed on a console pattern: the console reader freezes QEMU
-/// the moment the pattern arrives; `wait_fault` then completes the fault.
+/// A fault armed on a trigger: when it fires, QEMU is frozen at once (the
+/// console reader itself for a console pattern; a watcher task for a
+/// server request or a time); `wait_fault` then completes the fault.
 pub(crate) struct Armed {
-    pub(crate) pattern: BytesRegex,
+    pub(crate) fault: crate::steps::arm_fault::ArmedFaultKind,
+    /// A console trigger's pattern; `None` for a request or a time, which
+    /// watch the machine running when armed and never follow it.
+    pub(crate) pattern: Option<BytesRegex>,
     /// What the scenario wrote (for messages).
     pub(crate) label: String,
-    /// Set once installed on a console: the offset just past the match.
+    /// Set once installed: the console offset just past the match
+    /// (`usize::MAX` for a trigger that is not a console line).
     pub(crate) fired: Option<tokio::sync::watch::Receiver<Option<usize>>>,
+    /// The task watching the server or the clock, aborted with this.
+    pub(crate) watcher: Option<AbortOnDrop>,
+}
+
+/// A spawned task that is aborted when dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A pattern refused (`refuse`) until an `allow` names it: armed as a bad
@@ -545,7 +641,7 @@ pub struct Run<'a> {
     /// Which step is running (for failure messages).
     pub(crate) current: String,
     /// The update server, started by the first `serve_release`/`serve_bundle`.
-    pub(crate) server: Option<std::rc::Rc<crate::update_server::UpdateServer>>,
+    pub(crate) server: Option<std::sync::Arc<crate::update_server::UpdateServer>>,
     /// The RAUC flavour: bundles served.
     pub(crate) rauc: crate::rauc::Bundles,
     /// Bad spots injected from the next power-on on (`disk_errors`).
@@ -563,6 +659,15 @@ pub struct Run<'a> {
     /// The provisioning service and its files (`[provision]`), started
     /// before the first power-on.
     pub(crate) lab: Option<crate::provision::Lab>,
+    /// The provisioning service (a handle; the lab itself is the first
+    /// machine's in a run with several, and this is every machine's).
+    pub(crate) service: Option<devlab_provision::Service>,
+    /// The service names its profiles `<name>-<arch>` (a lab network).
+    pub(crate) per_arch_profiles: bool,
+    /// The lab network (the first machine's `Run` owns it) ...
+    pub(crate) net: Option<crate::labnet::LabNet>,
+    /// ... and this machine's way into it: the namespace and its tap.
+    pub(crate) netns: Option<(crate::labnet::NetnsHandle, String)>,
     /// Faults armed on a console trigger (`arm_fault`), in order; each is
     /// installed on the console of the machine running when it is armed,
     /// or of the next one to start.
@@ -577,11 +682,12 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     fn new(
         scenario: &'a Scenario,
-        board: &'a Board,
-        (machine_image, image): (toml::Spanned<String>, BuiltImage),
+        plan: &'a MachinePlan,
+        image: BuiltImage,
         run_dir: PathBuf,
         accel: AccelChoice,
     ) -> Self {
+        let (board, machine_image) = (&plan.board, plan.image.clone());
         Run {
             scenario,
             board,
@@ -602,13 +708,17 @@ impl<'a> Run<'a> {
             current: "setup".into(),
             server: None,
             rauc: crate::rauc::Bundles::default(),
-            disk_errors: Vec::new(),
+            disk_errors: plan.disk_errors.clone(),
             on_step: StepHook::default(),
             checkpoints: true,
             callback_cursor: 0,
             syncs: 0,
             ostree: crate::ostree::Commits::default(),
             lab: None,
+            service: None,
+            per_arch_profiles: false,
+            net: None,
+            netns: None,
             armed: Vec::new(),
             refusals: Vec::new(),
             started: Instant::now(),
@@ -901,7 +1011,7 @@ impl<'a> Run<'a> {
             let server = crate::update_server::UpdateServer::start(self.lab_dir.join("http.log"))
                 .await
                 .map_err(|e| Error::infra(format!("starting the update server: {e}")))?;
-            self.server = Some(std::rc::Rc::new(server));
+            self.server = Some(std::sync::Arc::new(server));
         }
         Ok(())
     }
@@ -1036,10 +1146,44 @@ impl<'a> Run<'a> {
         self.lab.as_ref().ok_or_else(|| self.failure("the provisioning service is not running".into()))
     }
 
-    /// Start the provisioning lab if the scenario has one and it is not up.
+    /// Blocking work on the lab network (dnsmasq stop/start) on the
+    /// blocking pool, so the machines' console readers on this thread go
+    /// on; the network moves there and back.
+    pub(crate) async fn with_net(
+        &mut self,
+        f: impl FnOnce(&mut crate::labnet::LabNet) -> std::result::Result<(), crate::labnet::LabNetError> + Send + 'static,
+        doing: &str,
+    ) -> Result<()> {
+        let Some(mut net) = self.net.take() else {
+            return Err(self.failure(format!("{doing}: there is no lab network")));
+        };
+        let (net, res) = tokio::task::spawn_blocking(move || {
+            let res = f(&mut net);
+            (net, res)
+        })
+        .await
+        .map_err(|e| Error::infra(format!("{doing}: {e}")))?;
+        self.net = Some(net);
+        res.map_err(|e| Error::infra(format!("{doing}: {e}")))
+    }
+
+    /// The provisioning service (every machine's handle on it).
+    pub(crate) fn service(&self) -> Result<devlab_provision::Service> {
+        self.service.clone().ok_or_else(|| self.failure("the provisioning service is not running".into()))
+    }
+
+    /// The name the service knows profile `name` by (`<name>-<arch>` on a
+    /// lab network, whose service serves several arches).
+    pub(crate) fn profile_name(&self, name: &str) -> String {
+        crate::provision::profile_name(name, self.board.arch, self.per_arch_profiles)
+    }
+
+    /// Start the provisioning lab if the scenario has one and it is not up
+    /// (on a lab network it is started with the network, for all).
     pub(crate) async fn ensure_lab(&mut self) -> Result<()> {
-        if let (None, Some(spec)) = (&self.lab, &self.scenario.provision) {
+        if let (None, Some(spec)) = (&self.service, &self.scenario.provision) {
             let lab = crate::provision::Lab::start(&self.run_dir, self.scenario, spec, self.board.arch).await?;
+            self.service = Some(lab.service.clone());
             self.lab = Some(lab);
         }
         Ok(())
@@ -1076,7 +1220,10 @@ impl<'a> Run<'a> {
         let loadvm = restore.as_ref().map(|_| crate::checkpoint::TAG);
         self.ensure_lab().await?;
         let base_disk = self.base_disk()?;
-        let tftp = self.lab.as_ref().filter(|_| self.board.pxe.is_some()).map(|l| l.tftp.clone());
+        // On the user network QEMU's own TFTP serves the lab's files; on a
+        // lab network, dnsmasq does.
+        let tftp =
+            self.lab.as_ref().filter(|_| self.board.pxe.is_some() && self.netns.is_none()).map(|l| l.tftp.clone());
         let spec = MachineSpec {
             board: self.board,
             accel: self.accel.accel,
@@ -1087,7 +1234,7 @@ impl<'a> Run<'a> {
             loadvm,
             tftp: tftp.as_deref(),
             detect_zeroes: self.scenario.header.disk == crate::scenario::DiskStart::Blank,
-            lab_net: None,
+            lab_net: self.netns.as_ref().map(|(h, tap)| (h, tap.as_str())),
         };
         let machine = match (restore, self.machine.take()) {
             (Some(overlay), _) => Machine::start_on(spec, overlay).await?,
@@ -1123,9 +1270,17 @@ impl<'a> Run<'a> {
         }
         // Faults armed before this power-on, or armed on an earlier console
         // that went before they fired, watch this console from the start.
+        // A request or time trigger watched the machine that went: it is
+        // disarmed (its `wait_fault` says so).
         let pending = |a: &&mut Armed| a.fired.as_ref().is_none_or(|rx| rx.borrow().is_none());
         for armed in self.armed.iter_mut().filter(pending) {
-            armed.fired = Some(m.console.arm_trigger(armed.pattern.clone(), m.freeze_hook()));
+            match &armed.pattern {
+                Some(p) => armed.fired = Some(m.console.arm_trigger(p.clone(), m.freeze_hook())),
+                None => {
+                    armed.fired = None;
+                    armed.watcher = None;
+                }
+            }
         }
         Ok(())
     }
@@ -1240,13 +1395,6 @@ impl<'a> Run<'a> {
             ssh_key: self.image.ssh_key.clone(),
             failed_step: self.current.clone(),
         };
-        /// Stops the attach relay when the keeper lets go.
-        struct AbortOnDrop(tokio::task::JoinHandle<()>);
-        impl Drop for AbortOnDrop {
-            fn drop(&mut self) {
-                self.0.abort();
-            }
-        }
         /// Counts this run in `kept::HOLDING` while it holds the machine.
         struct Holding;
         impl Drop for Holding {
@@ -1287,6 +1435,11 @@ impl<'a> Run<'a> {
         }
         if let Some(lab) = self.lab.as_mut() {
             lab.stop().await;
+        }
+        if let Some(net) = self.net.as_mut() {
+            if let Err(e) = net.teardown() {
+                eprintln!("devlab: lab network teardown: {e}");
+            }
         }
     }
 }

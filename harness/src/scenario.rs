@@ -69,6 +69,52 @@ pub struct MachineDecl {
     /// The image its disk starts from; without one, the scenario's.
     #[serde(default)]
     pub image: Option<toml::Spanned<String>>,
+    /// Its own NIC MAC (else the board's): machines on one lab network
+    /// need their own.
+    #[serde(default)]
+    pub mac: Option<toml::Spanned<String>>,
+    /// Its own SMBIOS UUID (the provisioning service's node identity).
+    #[serde(default)]
+    pub uuid: Option<toml::Spanned<String>>,
+    /// Its own SMBIOS serial number.
+    #[serde(default)]
+    pub serial: Option<toml::Spanned<String>>,
+    /// Bad spots on its disk from power-on: writes there fail with EIO.
+    #[serde(default)]
+    pub disk_errors: Vec<MachineDiskError>,
+}
+
+/// A bad spot on a machine's disk: writes at `offset_mib` fail with EIO.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineDiskError {
+    pub offset_mib: u64,
+}
+
+/// One machine of a run, as resolved for a board: its name (empty for the
+/// one machine of a scenario without `[[machine]]`), its board with the
+/// machine's own identity applied, the image its disk starts from and the
+/// bad spots of its disk.
+#[derive(Debug, Clone)]
+pub struct MachinePlan {
+    pub name: String,
+    pub board: crate::board::Board,
+    pub image: toml::Spanned<String>,
+    pub disk_errors: Vec<crate::board::DiskError>,
+}
+
+/// `[scenario] network`: what the machines' NICs are on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Each machine its own QEMU user network; the lab (update server,
+    /// provisioning service) at 10.0.2.2.
+    #[default]
+    User,
+    /// One lab network for all: a namespace with a bridge, a tap per
+    /// machine, real dnsmasq for DHCP and TFTP, the provisioning service on
+    /// the bridge (needs root; `[provision]`).
+    Lab,
 }
 
 /// A step with where it was written.
@@ -107,6 +153,9 @@ pub struct Header {
     /// image is then what it ends up running).
     #[serde(default)]
     pub disk: DiskStart,
+    /// What the machines' NICs are on (`user`, the default, or `lab`).
+    #[serde(default)]
+    pub network: Network,
     /// Bound on the whole run.
     #[serde(default = "default_run_timeout")]
     pub timeout: Dur,
@@ -391,11 +440,11 @@ impl Scenario {
             let image = m.image.as_ref().unwrap_or(&self.header.image);
             self.check_machine_steps(raw, Some(m.name.get_ref()), image)?;
         }
-        if self.provision.is_some() {
+        if self.provision.is_some() && self.header.network != Network::Lab {
             let offset = crate::board::find_key(&self.text, "profiles").unwrap_or(0);
             return Err(InputError::new(
                 &self.path,
-                "[provision] with several machines needs the lab network, which runs fleet files (`devlab fleet`)",
+                "[provision] with several machines needs the lab network (`network = \"lab\"` in [scenario])",
             )
             .at(&self.text, offset)
             .field("provision")
@@ -442,7 +491,7 @@ impl Scenario {
             server: false,
             checkpoint_seen: false,
             disk_errors_seen: false,
-            armed: 0,
+            armed: None,
             refused: Vec::new(),
         };
         let mine = |p: &PlacedStep| machine.is_none_or(|m| p.on.is_empty() || p.on.contains(m));
@@ -453,7 +502,7 @@ impl Scenario {
             placed.step.check(&mut cx)?;
             last = spanned.span().start;
         }
-        if cx.armed > 0 {
+        if cx.armed.is_some() {
             let on = machine.map(|m| format!("on machine `{m}`: ")).unwrap_or_default();
             return Err(InputError::new(&self.path, format!("{on}a fault is armed but no wait_fault waits for it"))
                 .at(&self.text, last)
@@ -475,6 +524,10 @@ impl Scenario {
         let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
             InputError::new(path, msg).at(&self.text, offset).field(field).into()
         };
+        if self.header.network == Network::Lab && self.provision.is_none() {
+            let offset = crate::board::find_key(&self.text, "network").unwrap_or(0);
+            return Err(at(offset, "network", "a lab network needs a [provision] table (its service)".into()));
+        }
         if self.header.disk == DiskStart::Blank && self.provision.is_none() {
             let offset = crate::board::find_key(&self.text, "disk").unwrap_or(0);
             return Err(at(offset, "disk", "a blank disk needs a [provision] table to install it".into()));
@@ -542,33 +595,18 @@ impl Scenario {
         }
     }
 
-    /// Each machine of a run on `board`: its name (empty for the one
-    /// machine of a scenario without `[[machine]]`), its board (its own, or
-    /// `board`) and the image its disk starts from.
-    pub fn machines_for(
-        &self,
-        board: &crate::board::Board,
-    ) -> Result<Vec<(String, crate::board::Board, toml::Spanned<String>)>> {
+    /// Each machine of a run on `board` (see [`MachinePlan`]): its own
+    /// board or `board`, its own identity, checked against the steps that
+    /// run on it.
+    pub fn machines_for(&self, board: &crate::board::Board) -> Result<Vec<MachinePlan>> {
         if self.machines.is_empty() {
-            return Ok(vec![(String::new(), board.clone(), self.header.image.clone())]);
+            let image = self.header.image.clone();
+            return Ok(vec![MachinePlan { name: String::new(), board: board.clone(), image, disk_errors: Vec::new() }]);
         }
-        let machines: Vec<_> = self
-            .machines
-            .iter()
-            .map(|m| {
-                let name = m.name.get_ref().clone();
-                let b = match &m.board {
-                    Some(b) => self.resolve_board(b, "machine.board", Some(&name))?,
-                    None => {
-                        self.check_board_for(board, Some(&name))?;
-                        board.clone()
-                    }
-                };
-                Ok((name, b, m.image.clone().unwrap_or_else(|| self.header.image.clone())))
-            })
-            .collect::<Result<_>>()?;
+        let machines: Vec<MachinePlan> =
+            self.machines.iter().map(|m| self.machine_plan(m, board)).collect::<Result<_>>()?;
         // Releases are served per arch; bundles and OSTree commits not yet.
-        let mixed = machines.iter().any(|(_, b, _)| b.arch != machines[0].1.arch);
+        let mixed = machines.iter().any(|m| m.board.arch != machines[0].board.arch);
         let one_arch_only = |p: &&PlacedStep| matches!(p.step, Step::ServeBundle(_) | Step::ServeOstree(_));
         if let Some(p) = self.steps.iter().find(one_arch_only).filter(|_| mixed) {
             return Err(InputError::new(
@@ -580,6 +618,58 @@ impl Scenario {
             .into());
         }
         Ok(machines)
+    }
+
+    /// One `[[machine]]` on the run's `board`.
+    fn machine_plan(&self, m: &MachineDecl, board: &crate::board::Board) -> Result<MachinePlan> {
+        let name = m.name.get_ref().clone();
+        let mut b = match &m.board {
+            Some(b) => self.resolve_board(b, "machine.board", Some(&name))?,
+            None => {
+                self.check_board_for(board, Some(&name))?;
+                board.clone()
+            }
+        };
+        let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
+            InputError::new(&self.path, msg).at(&self.text, offset).field(field).into()
+        };
+        if let Some(mac) = &m.mac {
+            b.nic.mac = devlab_provision::node::canonical_mac(mac.get_ref()).expect("checked at parse");
+        }
+        for (value, field) in [(&m.uuid, "machine.uuid"), (&m.serial, "machine.serial")] {
+            let Some(v) = value else { continue };
+            let Some(smbios) = b.smbios.as_mut() else {
+                let msg = format!("machine `{name}`: board `{}` has no [smbios] to carry it", b.name);
+                return Err(at(v.span().start, field, msg));
+            };
+            match field {
+                "machine.uuid" => smbios.uuid = devlab_provision::node::canonical_uuid(v.get_ref()).expect("checked"),
+                _ => smbios.serial = v.get_ref().clone(),
+            }
+        }
+        if self.header.network == Network::Lab && b.pxe.is_none() && self.header.disk == DiskStart::Blank {
+            let offset = m.board.as_ref().map_or(m.name.span().start, |b| b.span().start);
+            return Err(at(
+                offset,
+                "machine.board",
+                format!("board `{}` does not boot from the network (no `pxe`)", b.name),
+            ));
+        }
+        let disk_errors = m
+            .disk_errors
+            .iter()
+            .map(|d| crate::board::DiskError {
+                offset: d.offset_mib << 20,
+                iotype: crate::board::IoType::Write,
+                errno: crate::board::Errno::EIO,
+            })
+            .collect();
+        Ok(MachinePlan {
+            name,
+            board: b,
+            image: m.image.clone().unwrap_or_else(|| self.header.image.clone()),
+            disk_errors,
+        })
     }
 
     fn resolve_board(
@@ -792,6 +882,46 @@ fn check_machines(path: &Path, text: &str, header: &Header, machines: &[MachineD
     if !header.boards.is_empty() && machines.iter().all(|m| m.board.is_some()) {
         return Err(at(boards_at, "boards", "every [[machine]] names its board: leave `boards` out".into()));
     }
+    check_identities(path, text, header, machines)
+}
+
+/// Machines' own MACs and UUIDs are well formed and not shared; on a lab
+/// network a machine's name also names its tap (1 to 10 characters).
+fn check_identities(path: &Path, text: &str, header: &Header, machines: &[MachineDecl]) -> Result<()> {
+    let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
+        InputError::new(path, msg).at(text, offset).field(field).into()
+    };
+    let mut macs: BTreeMap<String, &str> = BTreeMap::new();
+    let mut uuids: BTreeMap<String, &str> = BTreeMap::new();
+    for m in machines {
+        let name = m.name.get_ref().as_str();
+        if header.network == Network::Lab && name.len() > 10 {
+            return Err(at(
+                m.name.span().start,
+                "machine.name",
+                format!("machine `{name}`: at most 10 characters on a lab network (it names the machine's tap)"),
+            ));
+        }
+        if let Some(mac) = &m.mac {
+            let canonical = devlab_provision::node::canonical_mac(mac.get_ref())
+                .map_err(|e| at(mac.span().start, "machine.mac", format!("machine `{name}`: {e}")))?;
+            if let Some(other) = macs.insert(canonical.clone(), name) {
+                let msg = format!("machine `{name}` has MAC {canonical}, like machine `{other}`");
+                return Err(at(mac.span().start, "machine.mac", msg));
+            }
+        }
+        if let Some(uuid) = &m.uuid {
+            let canonical = devlab_provision::node::canonical_uuid(uuid.get_ref())
+                .map_err(|e| at(uuid.span().start, "machine.uuid", format!("machine `{name}`: {e}")))?;
+            if let Some(other) = uuids.insert(canonical.clone(), name) {
+                let msg = format!(
+                    "machine `{name}` has UUID {canonical}, like machine `{other}`: the provisioning service tells \
+                     nodes apart by UUID"
+                );
+                return Err(at(uuid.span().start, "machine.uuid", msg));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -890,6 +1020,68 @@ mod tests {
         // One machine: no machine names at all.
         let one = parse(&format!("{HEAD}[[step]]\naction = \"power_on\"\n")).unwrap();
         assert!(one.steps[0].on.is_empty() && one.machines.is_empty());
+    }
+
+    /// A lab-network scenario head with machines `a` and `b` (own MACs and
+    /// UUIDs as given).
+    fn lab_head(mac_b: &str, uuid_b: &str) -> String {
+        format!(
+            "[scenario]\nname = \"t\"\nnetwork = \"lab\"\ndisk = \"blank\"\n\
+             [provision]\nprofiles = [{{ name = \"ab\", image = \"base\" }}]\n\
+             [[machine]]\nname = \"a\"\nboard = \"qemu-x86_64-pxe\"\nmac = \"52:54:00:de:10:01\"\n\
+             uuid = \"6b1e4c2a-0d3f-4a51-9f0e-000000001001\"\nserial = \"S-a\"\n\
+             [[machine]]\nname = \"b\"\nboard = \"qemu-aarch64-pxe\"\nmac = \"{mac_b}\"\n\
+             uuid = \"{uuid_b}\"\nserial = \"S-b\"\ndisk_errors = [{{ offset_mib = 64 }}]\n"
+        )
+    }
+
+    #[test]
+    fn machines_get_their_own_identity_and_disk_errors() {
+        let text = format!(
+            "{}[[step]]\naction = \"power_on\"\non = \"b\"\n",
+            lab_head("52:54:00:DE:10:02", "6b1e4c2a-0d3f-4a51-9f0e-000000001002")
+        );
+        let s = parse(&text).unwrap();
+        let boards = s.resolve_boards().unwrap();
+        assert_eq!(boards.len(), 1, "machines with their own boards run once");
+        assert_eq!(s.run_label(&boards[0]), "machines");
+        let plans = s.machines_for(&boards[0]).unwrap();
+        let b = &plans[1];
+        assert_eq!(b.board.nic.mac, "52:54:00:de:10:02");
+        let smbios = b.board.smbios.as_ref().unwrap();
+        assert_eq!((smbios.uuid.as_str(), smbios.serial.as_str()), ("6b1e4c2a-0d3f-4a51-9f0e-000000001002", "S-b"));
+        assert_eq!(b.disk_errors.len(), 1);
+        assert_eq!(b.disk_errors[0].offset, 64 << 20);
+        assert!(plans[0].disk_errors.is_empty());
+    }
+
+    #[test]
+    fn a_shared_mac_or_uuid_is_refused_with_line_and_field() {
+        let text =
+            lab_head("52:54:00:de:10:01", "6b1e4c2a-0d3f-4a51-9f0e-000000001002") + "[[step]]\naction = \"power_on\"\n";
+        let err = parse(&text).unwrap_err().to_string();
+        let line = text.lines().enumerate().filter(|(_, l)| l.starts_with("mac")).nth(1).unwrap().0 + 1;
+        assert!(err.starts_with(&format!("s.toml:{line}:")), "{err}");
+        assert!(err.contains("field `machine.mac`") && err.contains("like machine `a`"), "{err}");
+        let text =
+            lab_head("52:54:00:de:10:02", "6b1e4c2a-0d3f-4a51-9f0e-000000001001") + "[[step]]\naction = \"power_on\"\n";
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("field `machine.uuid`") && err.contains("like machine `a`"), "{err}");
+    }
+
+    #[test]
+    fn the_lab_network_needs_its_service_and_its_steps_need_it() {
+        let err = parse("[scenario]\nname = \"t\"\nboards = [\"qemu-x86_64\"]\nnetwork = \"lab\"\n[[step]]\naction = \"power_on\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `network`: a lab network needs a [provision] table"), "{err}");
+        let err = parse(&format!("{HEAD}[[step]]\naction = \"dhcp_stop\"\n")).unwrap_err().to_string();
+        assert!(err.contains("dhcp_stop needs the lab network"), "{err}");
+        let long = lab_head("52:54:00:de:10:02", "6b1e4c2a-0d3f-4a51-9f0e-000000001002")
+            .replace("name = \"b\"", "name = \"b-is-too-long\"")
+            + "[[step]]\naction = \"power_on\"\n";
+        let err = parse(&long).unwrap_err().to_string();
+        assert!(err.contains("at most 10 characters on a lab network"), "{err}");
     }
 
     #[test]

@@ -217,11 +217,11 @@ fn an_empty_shard_of_a_real_selection_passes_with_empty_reports() {
 }
 
 #[test]
-fn check_accepts_fleet_files_and_boots_nothing() {
+fn check_accepts_scenarios_of_several_machines_and_boots_nothing() {
     let runs = tempfile::tempdir().unwrap();
-    let fleet = root().join("scenarios/fleet/pxe-fleet.toml");
+    let fleet = root().join("scenarios/pxe-fleet.toml");
     let (code, out, err) = devlab(&["check", fleet.to_str().unwrap()], &[("DEVLAB_RUNS", runs.path())]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("fleet: 4 nodes"), "{out}");
+    assert!(out.contains("machines: x86-1 on qemu-x86_64-pxe, x86-2 on qemu-x86_64-pxe, arm-1 on"), "{out}");
     assert_eq!(std::fs::read_dir(runs.path()).unwrap().count(), 0, "check made a run directory");
 }

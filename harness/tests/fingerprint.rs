@@ -2,7 +2,7 @@
 //! produces, taken without booting anything, so code can move between
 //! modules while these snapshots prove that nothing observable changed:
 //!
-//! - every shipped scenario file (each matrix variant; fleets too): its
+//! - every shipped scenario file (each matrix variant): its
 //!   parsed steps, with their lines;
 //! - every shipped board's QEMU arguments (plain, with injected disk
 //!   errors, from a checkpoint, network-booted over slirp and over a lab
@@ -56,16 +56,7 @@ fn scenario_steps() {
     for path in shipped_files() {
         let rel = path.strip_prefix(root().join("scenarios")).unwrap().display().to_string();
         let mut text = String::new();
-        if harness::fleet::is_fleet_file(&path) {
-            let f = harness::fleet::Fleet::load(&path).unwrap_or_else(|e| panic!("{e}"));
-            writeln!(text, "fleet {} timeout {:?}", f.header.name, f.header.timeout).unwrap();
-            for b in &f.boards {
-                writeln!(text, "node board {} mac {} smbios {:?}", b.name, b.nic.mac, b.smbios).unwrap();
-            }
-            for (step, line) in &f.steps {
-                writeln!(text, "line {line}: {step:?}").unwrap();
-            }
-        } else {
+        {
             for s in harness::scenario::Scenario::load_variants(&path).unwrap_or_else(|e| panic!("{e}")) {
                 let h = &s.header;
                 writeln!(
@@ -84,10 +75,25 @@ fn scenario_steps() {
                 if let Some(p) = &s.provision {
                     writeln!(text, "provision {p:?}").unwrap();
                 }
+                if s.header.network != harness::scenario::Network::User {
+                    writeln!(text, "network {:?}", s.header.network).unwrap();
+                }
                 for m in &s.machines {
                     let board = m.board.as_ref().map(|b| b.get_ref());
                     let image = m.image.as_ref().map(|i| i.get_ref());
                     writeln!(text, "machine {} board {board:?} image {image:?}", m.name.get_ref()).unwrap();
+                    let own = |v: &Option<toml::Spanned<String>>| v.as_ref().map(|x| x.get_ref().clone());
+                    if m.mac.is_some() || m.uuid.is_some() || m.serial.is_some() || !m.disk_errors.is_empty() {
+                        let offsets: Vec<u64> = m.disk_errors.iter().map(|d| d.offset_mib).collect();
+                        writeln!(
+                            text,
+                            "  mac {:?} uuid {:?} serial {:?} disk_errors_mib {offsets:?}",
+                            own(&m.mac),
+                            own(&m.uuid),
+                            own(&m.serial)
+                        )
+                        .unwrap();
+                    }
                 }
                 for p in &s.steps {
                     writeln!(text, "line {} {}: {:?}", p.line, p.step.action(), p.step).unwrap();

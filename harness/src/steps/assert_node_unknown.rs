@@ -17,7 +17,7 @@ impl StepKind for AssertNodeUnknown {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         r.ensure_lab().await?;
         let uuid = r.node_uuid()?;
-        let nodes = r.lab()?.service.nodes().map_err(|e| r.failure(format!("listing nodes: {e}")))?;
+        let nodes = r.service()?.nodes().map_err(|e| r.failure(format!("listing nodes: {e}")))?;
         if let Some(n) = nodes.iter().find(|n| n.uuid == uuid) {
             return Err(r.failure(format!("node {uuid} is known to the provisioning service (state {})", n.state)));
         }

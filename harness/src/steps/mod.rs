@@ -188,6 +188,9 @@ steps! {
     "refuse" => refuse::Refuse(Refuse),
     "allow" => allow::Allow(Allow),
     "assert_node_unknown" => assert_node_unknown::AssertNodeUnknown(AssertNodeUnknown),
+    "power_cycle" => power_cycle::PowerCycle(PowerCycle),
+    "dhcp_stop" => dhcp_stop::DhcpStop(DhcpStop),
+    "dhcp_start" => dhcp_start::DhcpStart(DhcpStart),
 }
 
 /// The longest duration a scenario may write (a day): anything longer is a
@@ -347,8 +350,8 @@ pub struct CheckCx<'a> {
     /// Has a step started the update server?
     pub server: bool,
     pub checkpoint_seen: bool,
-    /// Faults armed (`arm_fault`) and not yet waited for.
-    pub armed: usize,
+    /// The fault armed (`arm_fault`) and not yet waited for.
+    pub armed: Option<arm_fault::ArmedFaultKind>,
     /// Patterns refused (`refuse`) and not yet allowed, by name.
     pub refused: Vec<String>,
     pub disk_errors_seen: bool,
@@ -415,6 +418,14 @@ impl<'a> CheckCx<'a> {
             return Err(
                 self.at("action", format!("{} needs a [provision] table (the service and its profiles)", self.action))
             );
+        }
+        Ok(())
+    }
+
+    /// A step of the lab network: the scenario needs `network = "lab"`.
+    pub fn need_lab_network(&self) -> Result<()> {
+        if self.scenario.header.network != crate::scenario::Network::Lab {
+            return Err(self.at("action", format!("{} needs the lab network (`network = \"lab\"`)", self.action)));
         }
         Ok(())
     }

@@ -24,10 +24,9 @@ impl StepKind for ProvisionAssign {
         // A fault may be armed before the first power-on starts the lab.
         r.ensure_lab().await?;
         let uuid = r.node_uuid()?;
-        let lab = r.lab()?;
-        lab.service
-            .assign(&uuid, &a.profile)
-            .map_err(|e| r.failure(format!("assigning {}: {e}", a.profile)))?;
+        // On a lab network the service knows a profile per arch.
+        let profile = r.profile_name(&a.profile);
+        r.service()?.assign(&uuid, &profile).map_err(|e| r.failure(format!("assigning {profile}: {e}")))?;
         r.drain(None);
         r.record(Event::Provision { detail: format!("assigned profile {}", a.profile) });
         Ok(())

@@ -31,7 +31,10 @@ impl StepKind for ProvisionRestart {
         let st = self;
         r.ensure_lab().await?;
         r.lab()?;
-        r.lab.as_mut().expect("checked").restart(&st.remove_profiles).await?;
+        let lab = r.lab.as_mut().expect("checked");
+        lab.restart(&st.remove_profiles).await?;
+        // Every machine's handle is the restarted service's.
+        r.service = Some(lab.service.clone());
         r.drain(None);
         let detail = match st.remove_profiles.as_slice() {
             [] => "service restarted".to_string(),

@@ -45,7 +45,7 @@ impl StepKind for ProvisionWait {
         r.ensure_lab().await?;
         let uuid = r.node_uuid()?;
         let state = w.state;
-        let service = r.lab()?.service.clone();
+        let service = r.service()?;
         let wait = service.wait_state(&uuid, state, w.timeout.0);
         // Raced with the console (a panic, or the machine powering
         // off without reaching the state, ends the wait at once);

@@ -1,7 +1,9 @@
 //! `wait_fault`: wait until the fault `arm_fault` armed has fired (its
-//! console line arrived and the reader froze QEMU there), then complete
-//! it: a power cut kills the frozen QEMU. The timeline stops at the line
-//! that fired it: nothing the guest printed after that line is kept.
+//! console line arrived and the reader froze QEMU there, or its request or
+//! time came and the watcher froze it), then complete it: a power cut
+//! kills the frozen QEMU; a reset thaws it and resets it. For a console
+//! trigger the timeline stops at the line that fired it: nothing the
+//! guest printed after that line is kept.
 
 use super::prelude::*;
 
@@ -15,12 +17,16 @@ pub struct WaitFault {
 
 impl StepKind for WaitFault {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
-        if cx.armed == 0 {
+        let Some(fault) = cx.armed.take() else {
             return Err(cx.at("action", "no fault armed before this step (add an arm_fault step)"));
-        }
+        };
         cx.need_on()?;
-        cx.armed -= 1;
-        cx.power = Power::Off;
+        // A power cut leaves the machine off; a reset, on and rebooting
+        // (no SSH until a wait_ssh).
+        cx.power = match fault {
+            super::arm_fault::ArmedFaultKind::PowerCut => Power::Off,
+            super::arm_fault::ArmedFaultKind::Reset => Power::On,
+        };
         Ok(())
     }
 
@@ -30,10 +36,11 @@ impl StepKind for WaitFault {
         }
         let armed = r.armed.remove(0);
         let Some(mut fired) = armed.fired else {
-            return Err(r.failure(format!(
-                "the fault on `{}` was armed while the machine was off and it was never powered on again",
-                armed.label
-            )));
+            let why = match armed.pattern {
+                Some(_) => "was armed while the machine was off and it was never powered on again",
+                None => "watched a machine that went off before it fired",
+            };
+            return Err(r.failure(format!("the fault on `{}` {why}", armed.label)));
         };
         let waited = tokio::time::timeout(self.timeout.0, fired.wait_for(|f| f.is_some())).await;
         let end = match waited {
@@ -41,19 +48,40 @@ impl StepKind for WaitFault {
             _ => None,
         };
         let Some(end) = end else {
+            let what = match armed.pattern {
+                Some(_) => "did not appear on the console",
+                None => "did not come",
+            };
             return Err(r.failure(format!(
-                "`{}` did not appear on the console within {}",
+                "`{}` {what} within {}",
                 armed.label,
                 humantime::format_duration(self.timeout.0)
             )));
         };
+        // A console trigger's line is the last the timeline keeps; a
+        // request or a time: every line printed before the freeze.
+        let upto = (end != usize::MAX).then_some(end);
         let m = r.machine()?;
-        m.power_cut().await?;
+        match armed.fault {
+            super::arm_fault::ArmedFaultKind::PowerCut => {
+                m.power_cut().await?;
+            }
+            super::arm_fault::ArmedFaultKind::Reset => {
+                m.thaw();
+                m.qmp
+                    .execute_timeout("system_reset", None, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| Error::infra(format!("system_reset: {e}")))?;
+            }
+        }
         if let Some(s) = r.ssh.take() {
             s.disconnect();
         }
-        r.drain(Some(end));
-        r.record(Event::PowerCut);
+        r.drain(upto);
+        r.record(match armed.fault {
+            super::arm_fault::ArmedFaultKind::PowerCut => Event::PowerCut,
+            super::arm_fault::ArmedFaultKind::Reset => Event::Reset,
+        });
         Ok(())
     }
 }
