@@ -13,7 +13,7 @@ use crate::board::Board;
 use crate::console::{ConsoleError, ERROR_LINES};
 use crate::error::{Error, Failure, Result};
 use crate::machine::{Machine, MachineSpec};
-use crate::scenario::{MachinePlan, Scenario, Step};
+use crate::scenario::{MachinePlan, PlacedStep, Scenario, Step};
 use crate::ssh::Ssh;
 use crate::timeline::{console_marker, qmp_event, Entry, Event, Origin, Redactor, Timeline};
 use devlab_images::BuiltImage;
@@ -204,7 +204,9 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     let result = match tokio::time::timeout(bound, steps).await {
         Ok(res) => res,
         Err(_) => {
-            Err(runs[0].failure(format!("scenario exceeded its timeout of {}", humantime::format_duration(bound))))
+            // Told by a machine the step ran on (its console's last lines).
+            let on = runs.iter().position(|r| r.current.ends_with(&format!(" on {}", r.name))).unwrap_or(0);
+            Err(runs[on].failure(format!("scenario exceeded its timeout of {}", humantime::format_duration(bound))))
         }
     };
     for r in runs.iter_mut() {
@@ -429,27 +431,23 @@ fn labnet_error_infra(e: crate::labnet::LabNetError) -> Error {
 /// machine's, and its events are the lab's. The first failure ends the step.
 async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
     let scenario = runs[0].scenario;
-    let n = scenario.steps.len();
     for (i, placed) in scenario.steps.iter().enumerate() {
         let at = format!("step {} ({}, {}:{})", i + 1, placed.step.action(), scenario.path.display(), placed.line);
         for r in runs.iter_mut() {
-            r.current = if placed.on.is_empty() { at.clone() } else { format!("{at} on {}", r.name) };
+            let on_it = placed.on.contains(&r.name);
+            r.current = if on_it { format!("{at} on {}", r.name) } else { at.clone() };
         }
-        runs[0].on_step.tell(&format!("step {}/{n} {}", i + 1, placed.step.action()));
-        let start = runs[0].started.elapsed();
-        runs[0].step_times.push(StepTime {
-            index: i + 1,
-            action: placed.step.action(),
-            line: placed.line,
-            start_s: start.as_secs_f64(),
-            duration_s: 0.0,
-            passed: false,
-        });
+        let start = runs[0].begin_step(i, placed);
         let res = if placed.on.is_empty() {
             let (first, rest) = runs.split_first_mut().expect("several");
             let mark = first.timeline.entries.len();
             let res = placed.step.run(first, placed).await;
-            lab.entries.extend(first.timeline.entries.drain(mark..));
+            // The step's own events are the lab's; console and QMP events
+            // it drained stay the first machine's.
+            let (own, machine): (Vec<Entry>, Vec<Entry>) =
+                first.timeline.entries.drain(mark..).partition(|e| e.origin == Origin::Step);
+            lab.entries.extend(own);
+            first.timeline.entries.extend(machine);
             for r in rest {
                 r.server.clone_from(&first.server);
                 r.rauc.clone_from(&first.rauc);
@@ -461,9 +459,7 @@ async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
             let on = runs.iter_mut().filter(|r| placed.on.contains(&r.name));
             futures_util::future::try_join_all(on.map(|r| placed.step.run(r, placed))).await.map(|_| ())
         };
-        let last = runs[0].step_times.last_mut().expect("pushed");
-        last.duration_s = (runs[0].started.elapsed() - start).as_secs_f64();
-        last.passed = res.is_ok();
+        runs[0].end_step(start, res.is_ok());
         res?;
     }
     Ok(())
@@ -562,6 +558,13 @@ pub(crate) enum OutageEnd {
     /// This console pattern appeared.
     Console(BytesRegex),
     /// The outage's own length (the fault itself).
+    After(Duration),
+}
+
+/// What freezes a machine (see [`Run::arm_freeze`]).
+pub(crate) enum FreezeOn {
+    Console(BytesRegex),
+    Request(Regex),
     After(Duration),
 }
 
@@ -915,8 +918,32 @@ impl<'a> Run<'a> {
         p.filled(|k| self.placeholder(k))
     }
 
-    async fn steps(&mut self) -> Result<()> {
+    /// Step `i` starts: the live view hears it, and its time is recorded
+    /// before it runs, so a step cut off by the run's timeout still shows
+    /// (as not passed, timed to the end).
+    fn begin_step(&mut self, i: usize, placed: &PlacedStep) -> Duration {
         let n = self.scenario.steps.len();
+        self.on_step.tell(&format!("step {}/{n} {}", i + 1, placed.step.action()));
+        let start = self.started.elapsed();
+        self.step_times.push(StepTime {
+            index: i + 1,
+            action: placed.step.action(),
+            line: placed.line,
+            start_s: start.as_secs_f64(),
+            duration_s: 0.0,
+            passed: false,
+        });
+        start
+    }
+
+    /// The step that began at `start` ended.
+    fn end_step(&mut self, start: Duration, passed: bool) {
+        let last = self.step_times.last_mut().expect("pushed by begin_step");
+        last.duration_s = (self.started.elapsed() - start).as_secs_f64();
+        last.passed = passed;
+    }
+
+    async fn steps(&mut self) -> Result<()> {
         // A stored checkpoint for the steps up to the `checkpoint` step
         // replaces running them.
         let mut start = 0;
@@ -934,22 +961,9 @@ impl<'a> Run<'a> {
         for (i, placed) in self.scenario.steps.iter().enumerate().skip(start) {
             self.current =
                 format!("step {} ({}, {}:{})", i + 1, placed.step.action(), self.scenario.path.display(), placed.line);
-            self.on_step.tell(&format!("step {}/{n} {}", i + 1, placed.step.action()));
-            let start = self.started.elapsed();
-            // Pushed before the step runs, so a step cut off by the run's
-            // timeout still shows (as not passed, timed to the end).
-            self.step_times.push(StepTime {
-                index: i + 1,
-                action: placed.step.action(),
-                line: placed.line,
-                start_s: start.as_secs_f64(),
-                duration_s: 0.0,
-                passed: false,
-            });
+            let start = self.begin_step(i, placed);
             let res = placed.step.run(self, placed).await;
-            let last = self.step_times.last_mut().expect("pushed");
-            last.duration_s = (self.started.elapsed() - start).as_secs_f64();
-            last.passed = res.is_ok();
+            self.end_step(start, res.is_ok());
             res?;
         }
         Ok(())
@@ -957,52 +971,83 @@ impl<'a> Run<'a> {
 
     /// Run `command` over SSH and cut the power at `at` (a console pattern,
     /// or the update server starting to answer a matching request) while
-    /// it runs; the command ending first is a failure.
+    /// it runs; the command ending first is a failure. The cut is an armed
+    /// fault bound to the command (see `arm_fault`): the machine is frozen
+    /// the moment the trigger fires, then killed.
     pub(crate) async fn exec_until_power_cut(&mut self, command: &str, timeout: Duration, at: CutAt) -> Result<()> {
         self.ssh()?;
-        self.machine()?;
-        if matches!(at, CutAt::Request(_)) && self.server.is_none() {
-            return Err(self.failure("power_cut_on_request needs the update server (serve something first)".into()));
-        }
-        let from = self.server.as_ref().map_or(0, |s| s.requests());
-        let (ssh, machine, server) =
-            (self.ssh.as_ref().expect("checked"), self.machine.as_mut().expect("checked"), self.server.as_ref());
-        let what = match &at {
-            CutAt::Console(re) => format!("`{}` appeared on the console", re.as_str()),
-            CutAt::Request(re) => format!("a request for `{}` reached the server", re.as_str()),
-        };
-        let trigger = async {
-            match &at {
-                CutAt::Console(re) => machine
-                    .console
-                    .expect(std::slice::from_ref(re), timeout)
-                    .await
-                    .map(|m| Some(m.end))
-                    .map_err(|e| e.to_string()),
-                CutAt::Request(re) => {
-                    let server = server.expect("checked");
-                    match tokio::time::timeout(timeout, server.wait_request(re, from)).await {
-                        Ok(_) => Ok(None),
-                        Err(_) => Err(format!("no request for `{}` within {timeout:?}", re.as_str())),
-                    }
-                }
+        let (on, what) = match at {
+            CutAt::Console(re) => {
+                let what = format!("`{}` appeared on the console", re.as_str());
+                (FreezeOn::Console(re), what)
+            }
+            CutAt::Request(re) => {
+                let what = format!("a request for `{}` reached the server", re.as_str());
+                (FreezeOn::Request(re), what)
             }
         };
+        let (mut fired, _watcher) = self.arm_freeze(on)?;
+        let ssh = self.ssh.as_ref().expect("checked");
         let cut = tokio::select! {
+            // A fired trigger has frozen the guest: its command cannot end after that.
+            biased;
+            got = tokio::time::timeout(timeout, fired.wait_for(|f| f.is_some())) => match got {
+                Ok(Ok(end)) => Ok(end.expect("fired")),
+                _ => Err(format!("{what}: not within {}", humantime::format_duration(timeout))),
+            },
             out = ssh.exec(command, timeout) => Err(format!(
                 "`{command}` ended ({}) before {what}",
                 out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string())
             )),
-            m = trigger => m,
         };
         let end = cut.map_err(|e| self.failure(e))?;
-        self.machine.as_mut().expect("running").power_cut().await?;
+        self.machine()?.power_cut().await?;
         if let Some(s) = self.ssh.take() {
             s.disconnect();
         }
-        self.drain(end);
+        // A console trigger's line is the last the timeline keeps.
+        self.drain((end != usize::MAX).then_some(end));
         self.record(Event::PowerCut);
         Ok(())
+    }
+
+    /// Arm a freeze of the running machine: the console reader freezes it
+    /// the moment a pattern arrives, or a watcher task when the update
+    /// server starts answering a matching request or when a time has
+    /// passed. The receiver turns `Some(end)`: the console offset just past
+    /// the match, `usize::MAX` for a request or a time. The watcher (a
+    /// task) is aborted when dropped.
+    pub(crate) fn arm_freeze(
+        &mut self,
+        on: FreezeOn,
+    ) -> Result<(tokio::sync::watch::Receiver<Option<usize>>, Option<AbortOnDrop>)> {
+        let server = match &on {
+            FreezeOn::Request(_) => Some(self.server.clone().ok_or_else(|| {
+                self.failure("a fault on a request needs the update server (serve something first)".into())
+            })?),
+            _ => None,
+        };
+        let m = self.machine()?;
+        let freeze = m.freeze_hook();
+        if let FreezeOn::Console(re) = on {
+            return Ok((m.console.arm_trigger(re, freeze), None));
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        // Requests from now on: counted before the task first runs.
+        let from = server.as_ref().map_or(0, |s| s.requests());
+        let watcher = tokio::spawn(async move {
+            match (on, server) {
+                (FreezeOn::Request(re), Some(server)) => {
+                    server.wait_request(&re, from).await;
+                }
+                // The fault's own moment, not a wait for something.
+                (FreezeOn::After(d), _) => tokio::time::sleep(d).await,
+                _ => return,
+            }
+            freeze();
+            let _ = tx.send(Some(usize::MAX));
+        });
+        Ok((rx, Some(AbortOnDrop(watcher))))
     }
 
     /// Start the update server on first use.

@@ -24,7 +24,7 @@
 //! idea bound to one command.
 
 use super::prelude::*;
-use crate::runner::{AbortOnDrop, Armed};
+use crate::runner::{Armed, FreezeOn};
 
 /// Arm a fault on a console pattern, a server request or a time.
 #[derive(Clone, Deserialize)]
@@ -122,62 +122,30 @@ impl StepKind for ArmFault {
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let trigger = self.trigger().ok_or_else(|| r.failure("arm_fault: no single trigger".into()))?;
-        let (target, armed) = match trigger {
+        let (target, on, pattern, label) = match trigger {
             Trigger::Console(p) => {
-                let pattern = r.console_pattern(p);
-                let mut armed = Armed {
-                    fault: self.fault,
-                    pattern: Some(pattern.clone()),
-                    label: r.pattern_source(p),
-                    fired: None,
-                    watcher: None,
-                };
-                if r.machine_running() {
-                    let m = r.machine.as_mut().expect("running");
-                    armed.fired = Some(m.console.arm_trigger(pattern, m.freeze_hook()));
-                }
-                (format!("on console `{}`", armed.label), armed)
+                let label = r.pattern_source(p);
+                let re = r.console_pattern(p);
+                (format!("on console `{label}`"), FreezeOn::Console(re.clone()), Some(re), label)
             }
             Trigger::Request(p) => {
-                let re = r.text_pattern(p);
                 let label = r.pattern_source(p);
-                let server = r.server.clone().ok_or_else(|| r.failure("no update server yet".into()))?;
-                let from = server.requests();
-                let freeze = r.machine()?.freeze_hook();
-                let (tx, rx) = tokio::sync::watch::channel(None);
-                let watcher = tokio::spawn(async move {
-                    server.wait_request(&re, from).await;
-                    freeze();
-                    let _ = tx.send(Some(usize::MAX));
-                });
-                let target = format!("on request `{label}`");
-                (target, watched(self.fault, label, rx, watcher))
+                (format!("on request `{label}`"), FreezeOn::Request(r.text_pattern(p)), None, label)
             }
             Trigger::After(d) => {
-                let freeze = r.machine()?.freeze_hook();
-                let (tx, rx) = tokio::sync::watch::channel(None);
-                let watcher = tokio::spawn(async move {
-                    // The fault's own moment, not a wait for something.
-                    tokio::time::sleep(d).await;
-                    freeze();
-                    let _ = tx.send(Some(usize::MAX));
-                });
                 let label = format!("{} after arming", humantime::format_duration(d));
-                (label.clone(), watched(self.fault, label, rx, watcher))
+                (label.clone(), FreezeOn::After(d), None, label)
             }
         };
+        let mut armed = Armed { fault: self.fault, pattern, label, fired: None, watcher: None };
+        // A console fault armed while off waits for the next power-on.
+        if r.machine_running() || armed.pattern.is_none() {
+            let (fired, watcher) = r.arm_freeze(on)?;
+            armed.fired = Some(fired);
+            armed.watcher = watcher;
+        }
         r.armed.push(armed);
         r.record(Event::Fault { kind: format!("{} armed", self.fault.name()), target });
         Ok(())
     }
-}
-
-/// An armed fault that a task watches for (a request or a time).
-fn watched(
-    fault: ArmedFaultKind,
-    label: String,
-    rx: tokio::sync::watch::Receiver<Option<usize>>,
-    watcher: tokio::task::JoinHandle<()>,
-) -> Armed {
-    Armed { fault, pattern: None, label, fired: Some(rx), watcher: Some(AbortOnDrop(watcher)) }
 }
