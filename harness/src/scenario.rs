@@ -436,8 +436,10 @@ impl Scenario {
         if self.machines.is_empty() {
             return self.check_machine_steps(raw, None, &self.header.image);
         }
+        let root = crate::rundir::workspace_root();
         for m in &self.machines {
             let image = m.image.as_ref().unwrap_or(&self.header.image);
+            self.recipe_for(&root, image)?;
             self.check_machine_steps(raw, Some(m.name.get_ref()), image)?;
         }
         if self.provision.is_some() && self.header.network != Network::Lab {
