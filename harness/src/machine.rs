@@ -55,7 +55,9 @@ pub struct Machine {
     pub run_dir: PathBuf,
     pub overlay: PathBuf,
     pub console: Console,
-    pub qmp: Qmp,
+    /// Shared with tasks that act on the machine on their own (an armed
+    /// fault completed the moment it fires).
+    pub qmp: std::sync::Arc<Qmp>,
     /// Time zero of this machine's log and event times (see `MachineSpec::epoch`).
     pub t0: Instant,
     /// The machine's unix sockets live here, not in the run directory: a
@@ -231,7 +233,7 @@ impl Machine {
             run_dir: run.to_path_buf(),
             overlay,
             console,
-            qmp,
+            qmp: std::sync::Arc::new(qmp),
             t0,
             sockets,
             child,
@@ -296,6 +298,16 @@ impl Machine {
     /// Let a frozen QEMU (see [`Machine::freeze_hook`]) run again.
     pub fn thaw(&self) {
         self.signal(Signal::SIGCONT);
+    }
+
+    /// A signal to QEMU's process group that a task can send on its own
+    /// (SIGCONT to thaw, SIGKILL to cut the power); the exit is still
+    /// awaited by the machine's owner.
+    pub fn signal_hook(&self, sig: Signal) -> impl Fn() + Send + 'static {
+        let pgid = Pid::from_raw(self.child.id() as i32);
+        move || {
+            let _ = killpg(pgid, sig);
+        }
     }
 
     fn signal(&self, sig: Signal) {

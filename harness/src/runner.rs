@@ -589,6 +589,101 @@ pub(crate) struct Armed {
     pub(crate) fired: Option<tokio::sync::watch::Receiver<Option<usize>>>,
     /// The task watching the server or the clock, aborted with this.
     pub(crate) watcher: Option<AbortOnDrop>,
+    /// The task that completes the fault the moment it fires (kills,
+    /// resets, or sets the link of the frozen machine), and what it says.
+    pub(crate) completion: Option<AbortOnDrop>,
+    pub(crate) done: Option<tokio::sync::watch::Receiver<Option<std::result::Result<(), String>>>>,
+}
+
+impl Armed {
+    /// Watch the running machine `m` for this fault on `on` (see
+    /// [`freeze_on`]) and complete it the moment it fires.
+    pub(crate) fn install(&mut self, m: &Machine, on: FreezeOn, server: Option<ServerHandle>) {
+        let (fired, watcher) = freeze_on(m, on, server);
+        let (done, completion) = complete_on_fire(m, self.fault, fired.clone());
+        self.fired = Some(fired);
+        self.watcher = watcher;
+        self.done = Some(done);
+        self.completion = Some(completion);
+    }
+
+    /// Drop the watch (its machine went off before it fired).
+    fn disarm(&mut self) {
+        self.fired = None;
+        self.watcher = None;
+        self.done = None;
+        self.completion = None;
+    }
+}
+
+/// The update server as a task holds it.
+pub(crate) type ServerHandle = std::sync::Arc<crate::update_server::UpdateServer>;
+
+/// Arm a freeze of the running machine `m`: the console reader freezes it
+/// the moment a pattern arrives, or a watcher task when the update server
+/// (`server`) starts answering a matching request or when a time has
+/// passed. The receiver turns `Some(end)`: the console offset just past
+/// the match, `usize::MAX` for a request or a time. The watcher (a task)
+/// is aborted when dropped.
+pub(crate) fn freeze_on(
+    m: &Machine,
+    on: FreezeOn,
+    server: Option<ServerHandle>,
+) -> (tokio::sync::watch::Receiver<Option<usize>>, Option<AbortOnDrop>) {
+    let freeze = m.freeze_hook();
+    if let FreezeOn::Console(re) = on {
+        return (m.console.arm_trigger(re, freeze), None);
+    }
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    // Requests from now on: counted before the task first runs.
+    let from = server.as_ref().map_or(0, |s| s.requests());
+    let watcher = tokio::spawn(async move {
+        match (on, server) {
+            (FreezeOn::Request(re), Some(server)) => {
+                server.wait_request(&re, from).await;
+            }
+            // The fault's own moment, not a wait for something.
+            (FreezeOn::After(d), _) => tokio::time::sleep(d).await,
+            _ => return,
+        }
+        freeze();
+        let _ = tx.send(Some(usize::MAX));
+    });
+    (rx, Some(AbortOnDrop(watcher)))
+}
+
+/// A task that completes `fault` on `m` as soon as `fired` turns: a power
+/// cut kills the frozen QEMU (its owner reaps it); a reset or a link
+/// change thaws it and sends the QMP command, so the guest runs on at
+/// once, not when a `wait_fault` step comes.
+fn complete_on_fire(
+    m: &Machine,
+    fault: crate::steps::arm_fault::ArmedFaultKind,
+    mut fired: tokio::sync::watch::Receiver<Option<usize>>,
+) -> (tokio::sync::watch::Receiver<Option<std::result::Result<(), String>>>, AbortOnDrop) {
+    use crate::steps::arm_fault::ArmedFaultKind as K;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    let qmp = m.qmp.clone();
+    let kill = m.signal_hook(nix::sys::signal::Signal::SIGKILL);
+    let thaw = m.signal_hook(nix::sys::signal::Signal::SIGCONT);
+    let task = tokio::spawn(async move {
+        if fired.wait_for(|f| f.is_some()).await.is_err() {
+            return;
+        }
+        let (command, args) = match fault {
+            K::PowerCut => {
+                kill();
+                let _ = tx.send(Some(Ok(())));
+                return;
+            }
+            K::Reset => ("system_reset", None),
+            K::LinkDown | K::LinkUp => ("set_link", Some(json!({"name": "net0", "up": fault == K::LinkUp}))),
+        };
+        thaw();
+        let res = qmp.execute_timeout(command, args, Duration::from_secs(10)).await;
+        let _ = tx.send(Some(res.map(|_| ()).map_err(|e| format!("{command}: {e}"))));
+    });
+    (rx, AbortOnDrop(task))
 }
 
 /// A spawned task that is aborted when dropped.
@@ -1011,43 +1106,24 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Arm a freeze of the running machine: the console reader freezes it
-    /// the moment a pattern arrives, or a watcher task when the update
-    /// server starts answering a matching request or when a time has
-    /// passed. The receiver turns `Some(end)`: the console offset just past
-    /// the match, `usize::MAX` for a request or a time. The watcher (a
-    /// task) is aborted when dropped.
+    /// [`freeze_on`] the running machine (a request trigger needs the
+    /// update server).
     pub(crate) fn arm_freeze(
         &mut self,
         on: FreezeOn,
     ) -> Result<(tokio::sync::watch::Receiver<Option<usize>>, Option<AbortOnDrop>)> {
-        let server = match &on {
-            FreezeOn::Request(_) => Some(self.server.clone().ok_or_else(|| {
+        let server = self.server_for(&on)?;
+        Ok(freeze_on(self.machine()?, on, server))
+    }
+
+    /// The update server, when a trigger watches it.
+    pub(crate) fn server_for(&self, on: &FreezeOn) -> Result<Option<ServerHandle>> {
+        match on {
+            FreezeOn::Request(_) => Ok(Some(self.server.clone().ok_or_else(|| {
                 self.failure("a fault on a request needs the update server (serve something first)".into())
-            })?),
-            _ => None,
-        };
-        let m = self.machine()?;
-        let freeze = m.freeze_hook();
-        if let FreezeOn::Console(re) = on {
-            return Ok((m.console.arm_trigger(re, freeze), None));
+            })?)),
+            _ => Ok(None),
         }
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        // Requests from now on: counted before the task first runs.
-        let from = server.as_ref().map_or(0, |s| s.requests());
-        let watcher = tokio::spawn(async move {
-            match (on, server) {
-                (FreezeOn::Request(re), Some(server)) => {
-                    server.wait_request(&re, from).await;
-                }
-                // The fault's own moment, not a wait for something.
-                (FreezeOn::After(d), _) => tokio::time::sleep(d).await,
-                _ => return,
-            }
-            freeze();
-            let _ = tx.send(Some(usize::MAX));
-        });
-        Ok((rx, Some(AbortOnDrop(watcher))))
     }
 
     /// Start the update server on first use.
@@ -1319,12 +1395,9 @@ impl<'a> Run<'a> {
         // disarmed (its `wait_fault` says so).
         let pending = |a: &&mut Armed| a.fired.as_ref().is_none_or(|rx| rx.borrow().is_none());
         for armed in self.armed.iter_mut().filter(pending) {
-            match &armed.pattern {
-                Some(p) => armed.fired = Some(m.console.arm_trigger(p.clone(), m.freeze_hook())),
-                None => {
-                    armed.fired = None;
-                    armed.watcher = None;
-                }
+            match armed.pattern.clone() {
+                Some(p) => armed.install(m, FreezeOn::Console(p), None),
+                None => armed.disarm(),
             }
         }
         Ok(())

@@ -14,12 +14,17 @@
 //! - `after`: a time after this step (the fault's own moment, not a wait
 //!   for something).
 //!
+//! The fault is completed the moment it fires (a task kills, resets or
+//! sets the link of the frozen machine), so the guest never waits for the
+//! next step; `wait_fault` waits for that and records it.
+//!
 //! A request or time trigger watches the machine running when it is armed
 //! (so the machine must be on) and is disarmed if that machine goes off.
 //! The faults: `power_cut` (the frozen QEMU is killed: nothing after the
-//! trigger runs) and `reset` (QMP `system_reset`, then the machine runs
-//! on; QEMU cannot take QMP commands while frozen, so it is thawed first
-//! and the guest runs for that instant). `power_cut_at`,
+//! trigger runs), `reset` (QMP `system_reset`, then the machine runs on),
+//! `link_down` and `link_up` (QMP `set_link` on the NIC). QEMU cannot take
+//! QMP commands while frozen, so for all but the power cut it is thawed
+//! first and the guest runs for that instant. `power_cut_at`,
 //! `power_cut_on_request` and `link_drop` on `ssh`/`update` are the same
 //! idea bound to one command.
 
@@ -71,6 +76,10 @@ pub enum ArmedFaultKind {
     PowerCut,
     /// Reset the machine (QMP `system_reset`): it reboots, disk as it was.
     Reset,
+    /// Take the NIC's link down (QMP `set_link`); the machine runs on.
+    LinkDown,
+    /// Bring the NIC's link back up.
+    LinkUp,
 }
 
 impl ArmedFaultKind {
@@ -78,6 +87,8 @@ impl ArmedFaultKind {
         match self {
             ArmedFaultKind::PowerCut => "power_cut",
             ArmedFaultKind::Reset => "reset",
+            ArmedFaultKind::LinkDown => "link_down",
+            ArmedFaultKind::LinkUp => "link_up",
         }
     }
 }
@@ -137,12 +148,12 @@ impl StepKind for ArmFault {
                 (label.clone(), FreezeOn::After(d), None, label)
             }
         };
-        let mut armed = Armed { fault: self.fault, pattern, label, fired: None, watcher: None };
+        let mut armed =
+            Armed { fault: self.fault, pattern, label, fired: None, watcher: None, completion: None, done: None };
         // A console fault armed while off waits for the next power-on.
         if r.machine_running() || armed.pattern.is_none() {
-            let (fired, watcher) = r.arm_freeze(on)?;
-            armed.fired = Some(fired);
-            armed.watcher = watcher;
+            let server = r.server_for(&on)?;
+            armed.install(r.machine()?, on, server);
         }
         r.armed.push(armed);
         r.record(Event::Fault { kind: format!("{} armed", self.fault.name()), target });

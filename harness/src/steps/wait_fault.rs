@@ -1,10 +1,12 @@
 //! `wait_fault`: wait until the fault `arm_fault` armed has fired (its
 //! console line arrived and the reader froze QEMU there, or its request or
-//! time came and the watcher froze it), then complete it: a power cut
-//! kills the frozen QEMU; a reset thaws it and resets it. For a console
-//! trigger the timeline stops at the line that fired it: nothing the
-//! guest printed after that line is kept.
+//! time came and the watcher froze it) and was completed (a power cut
+//! killed the frozen QEMU, which this step reaps; a reset or a link change
+//! was sent and the guest runs on), and record it. For a console trigger
+//! of a power cut the timeline stops at the line that fired it: nothing
+//! the guest printed after that line is kept.
 
+use super::arm_fault::ArmedFaultKind;
 use super::prelude::*;
 
 /// Wait for the armed fault and complete it.
@@ -24,8 +26,10 @@ impl StepKind for WaitFault {
         // A power cut leaves the machine off; a reset, on and rebooting
         // (no SSH until a wait_ssh).
         cx.power = match fault {
-            super::arm_fault::ArmedFaultKind::PowerCut => Power::Off,
-            super::arm_fault::ArmedFaultKind::Reset => Power::On,
+            ArmedFaultKind::PowerCut => Power::Off,
+            ArmedFaultKind::Reset => Power::On,
+            // The machine runs on (an SSH session waits for the link).
+            ArmedFaultKind::LinkDown | ArmedFaultKind::LinkUp => cx.power,
         };
         Ok(())
     }
@@ -61,27 +65,35 @@ impl StepKind for WaitFault {
         // A console trigger's line is the last the timeline keeps; a
         // request or a time: every line printed before the freeze.
         let upto = (end != usize::MAX).then_some(end);
-        let m = r.machine()?;
-        match armed.fault {
-            super::arm_fault::ArmedFaultKind::PowerCut => {
-                m.power_cut().await?;
-            }
-            super::arm_fault::ArmedFaultKind::Reset => {
-                m.thaw();
-                m.qmp
-                    .execute_timeout("system_reset", None, Duration::from_secs(10))
-                    .await
-                    .map_err(|e| Error::infra(format!("system_reset: {e}")))?;
-            }
+        // The fault was completed as it fired (see `Armed::install`).
+        let mut done = armed.done.expect("installed with its trigger");
+        let completed = tokio::time::timeout(Duration::from_secs(15), done.wait_for(|d| d.is_some())).await;
+        match completed.ok().and_then(|d| d.ok().map(|d| d.clone())).flatten() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(Error::infra(format!("completing {}: {e}", armed.fault.name()))),
+            None => return Err(Error::infra(format!("{} fired but was not completed", armed.fault.name()))),
         }
-        if let Some(s) = r.ssh.take() {
-            s.disconnect();
+        let event = match armed.fault {
+            ArmedFaultKind::PowerCut => {
+                // Killed already: reap it.
+                if let Some(m) = r.machine.as_mut() {
+                    m.power_cut().await?;
+                }
+                Event::PowerCut
+            }
+            ArmedFaultKind::Reset => Event::Reset,
+            ArmedFaultKind::LinkDown => Event::Link { up: false },
+            ArmedFaultKind::LinkUp => Event::Link { up: true },
+        };
+        // The session is gone with the machine or its boot; a link fault
+        // leaves it to wait for the link.
+        if matches!(armed.fault, ArmedFaultKind::PowerCut | ArmedFaultKind::Reset) {
+            if let Some(s) = r.ssh.take() {
+                s.disconnect();
+            }
         }
         r.drain(upto);
-        r.record(match armed.fault {
-            super::arm_fault::ArmedFaultKind::PowerCut => Event::PowerCut,
-            super::arm_fault::ArmedFaultKind::Reset => Event::Reset,
-        });
+        r.record(event);
         Ok(())
     }
 }
