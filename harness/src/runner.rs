@@ -566,6 +566,7 @@ pub(crate) enum FreezeOn {
     Console(BytesRegex),
     Request(Regex),
     After(Duration),
+    Qmp(String),
 }
 
 /// Where `exec_until_power_cut` cuts.
@@ -621,8 +622,8 @@ pub(crate) type ServerHandle = std::sync::Arc<crate::update_server::UpdateServer
 
 /// Arm a freeze of the running machine `m`: the console reader freezes it
 /// the moment a pattern arrives, or a watcher task when the update server
-/// (`server`) starts answering a matching request or when a time has
-/// passed. The receiver turns `Some(end)`: the console offset just past
+/// (`server`) starts answering a matching request, when a QMP event
+/// arrives, or when a time has passed. The receiver turns `Some(end)`: the console offset just past
 /// the match, `usize::MAX` for a request or a time. The watcher (a task)
 /// is aborted when dropped.
 pub(crate) fn freeze_on(
@@ -635,12 +636,19 @@ pub(crate) fn freeze_on(
         return (m.console.arm_trigger(re, freeze), None);
     }
     let (tx, rx) = tokio::sync::watch::channel(None);
-    // Requests from now on: counted before the task first runs.
+    // Requests and events from now on: counted before the task first runs.
     let from = server.as_ref().map_or(0, |s| s.requests());
+    let (qmp, events_from) = (m.qmp.clone(), m.qmp.events().len());
     let watcher = tokio::spawn(async move {
         match (on, server) {
             (FreezeOn::Request(re), Some(server)) => {
                 server.wait_request(&re, from).await;
+            }
+            (FreezeOn::Qmp(name), _) => {
+                // Until it comes (the run's own bound ends the wait).
+                if qmp.wait_event(&[name.as_str()], events_from, crate::steps::MAX_DURATION).await.is_err() {
+                    return;
+                }
             }
             // The fault's own moment, not a wait for something.
             (FreezeOn::After(d), _) => tokio::time::sleep(d).await,

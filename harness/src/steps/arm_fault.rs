@@ -11,6 +11,9 @@
 //!   path matches (e.g. the release download); QEMU is frozen as the
 //!   request arrives, so the guest takes in nothing of the answer (the
 //!   server may still write some of it into the host's socket buffers).
+//! - `on_qmp`: a QMP event (`RESET`, `WATCHDOG`, `BLOCK_IO_ERROR`, ...)
+//!   arriving from now on; QEMU has acted on it already (a reset has
+//!   begun) when the watcher freezes it.
 //! - `after`: a time after this step (the fault's own moment, not a wait
 //!   for something).
 //!
@@ -47,6 +50,10 @@ pub struct ArmFault {
     /// Fire this long after the step.
     #[serde(default)]
     pub after: Option<Dur>,
+    /// The QMP event (`RESET`, `WATCHDOG`, `BLOCK_IO_ERROR`, ...) whose
+    /// arrival fires it.
+    #[serde(default)]
+    pub on_qmp: Option<String>,
 }
 
 /// Only the trigger that is set (the parse fingerprint of older files
@@ -63,6 +70,9 @@ impl std::fmt::Debug for ArmFault {
         }
         if let Some(a) = &self.after {
             d.field("after", a);
+        }
+        if let Some(q) = &self.on_qmp {
+            d.field("on_qmp", q);
         }
         d.finish()
     }
@@ -98,14 +108,16 @@ enum Trigger<'a> {
     Console(&'a Pattern),
     Request(&'a Pattern),
     After(Duration),
+    Qmp(&'a str),
 }
 
 impl ArmFault {
     fn trigger(&self) -> Option<Trigger<'_>> {
-        match (&self.on_console, &self.on_request, &self.after) {
-            (Some(p), None, None) => Some(Trigger::Console(p)),
-            (None, Some(p), None) => Some(Trigger::Request(p)),
-            (None, None, Some(d)) => Some(Trigger::After(d.0)),
+        match (&self.on_console, &self.on_request, &self.after, &self.on_qmp) {
+            (Some(p), None, None, None) => Some(Trigger::Console(p)),
+            (None, Some(p), None, None) => Some(Trigger::Request(p)),
+            (None, None, Some(d), None) => Some(Trigger::After(d.0)),
+            (None, None, None, Some(q)) => Some(Trigger::Qmp(q)),
             _ => None,
         }
     }
@@ -117,11 +129,17 @@ impl StepKind for ArmFault {
             return Err(cx.at("action", "a fault is armed already: add its wait_fault first"));
         }
         match self.trigger() {
-            None => return Err(cx.at("fault", "name exactly one trigger: on_console, on_request or after")),
+            None => {
+                return Err(cx.at("fault", "name exactly one trigger: on_console, on_request, on_qmp or after"))
+            }
+            Some(Trigger::Qmp(name)) if !super::wait_qmp::QMP_EVENTS.contains(&name) => {
+                let known = super::wait_qmp::QMP_EVENTS.join(", ");
+                return Err(cx.at("on_qmp", format!("unknown QMP event `{name}` (one of {known})")));
+            }
             Some(Trigger::Request(_)) if !cx.server => {
                 return Err(cx.at("on_request", "on_request needs the update server (serve something first)"))
             }
-            Some(Trigger::Request(_) | Trigger::After(_)) => {
+            Some(Trigger::Request(_) | Trigger::After(_) | Trigger::Qmp(_)) => {
                 // It watches the machine running now.
                 cx.need_on()?;
             }
@@ -147,6 +165,7 @@ impl StepKind for ArmFault {
                 let label = format!("{} after arming", humantime::format_duration(d));
                 (label.clone(), FreezeOn::After(d), None, label)
             }
+            Trigger::Qmp(name) => (format!("on QMP `{name}`"), FreezeOn::Qmp(name.to_string()), None, name.to_string()),
         };
         let mut armed =
             Armed { fault: self.fault, pattern, label, fired: None, watcher: None, completion: None, done: None };
