@@ -364,12 +364,11 @@ async fn handle(mut conn: TcpStream, state: Arc<Mutex<State>>) {
         let n = s.requests.len();
         s.request_count.send_replace(n);
     }
-    let sent = send(&mut conn, &reply, &state).await;
+    let (sent, total) = send(&mut conn, &reply, &state).await;
     let mut s = state.lock().unwrap();
     s.log(&format!(
-        "{method} {target} -> {} ({sent} of {} bytes){}",
+        "{method} {target} -> {} ({sent} of {total} bytes){}",
         reply.status,
-        reply.body.len(),
         reply.fault.as_ref().map(|f| format!(" [fault: {}]", f.name())).unwrap_or_default()
     ));
 }
@@ -480,8 +479,9 @@ fn ostree_file(s: &mut State, rel: &str) -> Reply {
     Reply { status: 200, body: Arc::new(bytes), fault, release: rel.starts_with("objects/") }
 }
 
-/// Write the reply, applying a body fault; returns the body bytes sent.
-async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) -> usize {
+/// Write the reply, applying a body fault; returns the body bytes sent and
+/// the body's length (an API answer's, with the port filled in).
+async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) -> (usize, usize) {
     let port = conn.local_addr().map_or(0, |a| a.port());
     let mut body: std::borrow::Cow<[u8]> = std::borrow::Cow::Borrowed(&reply.body[..]);
     if reply.status == 200 && body.starts_with(b"version=") {
@@ -522,7 +522,7 @@ async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) ->
         reply.status
     );
     if conn.write_all(head.as_bytes()).await.is_err() {
-        return 0;
+        return (0, len);
     }
     let mut sent = 0;
     let block = 64 * 1024;
@@ -536,7 +536,7 @@ async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) ->
             stall = None;
         }
         if conn.write_all(&body[sent..end]).await.is_err() {
-            return sent;
+            return (sent, len);
         }
         if reply.release {
             let n = (end - sent) as u64;
@@ -551,7 +551,7 @@ async fn send(conn: &mut TcpStream, reply: &Reply, state: &Arc<Mutex<State>>) ->
     }
     let _ = conn.flush().await;
     let _ = conn.shutdown().await;
-    sent
+    (sent, len)
 }
 
 /// A release package: the slot image, gzip'ed and encrypted the way the
@@ -696,6 +696,12 @@ mod tests {
         assert_eq!(get(s.port(), "/api/releases/9").await.0, 404);
         let log = std::fs::read_to_string(d.path().join("http.log")).unwrap();
         assert!(log.contains("GET /api/releases/2 -> 200"), "{log}");
+        // The API answer was sent whole: its length counts the port as
+        // filled in, not the `{port}` of the template.
+        let api = log.lines().find(|l| l.contains("GET /api/releases/2 -> 200")).unwrap();
+        let counts = api.split_once('(').unwrap().1.split_once(" bytes)").unwrap().0;
+        let (sent, total) = counts.split_once(" of ").unwrap();
+        assert_eq!(sent, total, "{api}");
     }
 
     #[tokio::test]
