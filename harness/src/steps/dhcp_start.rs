@@ -25,6 +25,7 @@ impl StepKind for DhcpStart {
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         if let Some(after) = &self.after {
+            // The fault's own length: the rest of the DHCP outage.
             tokio::time::sleep(after.0).await;
         }
         r.with_net(|net| net.start_dhcp(), "starting the lab's DHCP/TFTP server").await?;
