@@ -153,7 +153,19 @@ pub struct QemuPaths<'a> {
     pub detect_zeroes: bool,
     /// A lab network tap for the NIC, instead of the user network.
     pub tap: Option<&'a str>,
+    /// Faults may change the disk while the machine runs (an armed
+    /// `disk_errors` or `corrupt_disk`): see [`DISK_NODE`].
+    pub disk_armable: bool,
 }
+
+/// With `QemuPaths::disk_armable` the disk is a `raw` node named `disk0`
+/// over the overlay (node `disk0-layer0`, the overlay's qcow2 or the
+/// blkdebug node above it), and the device is `disk0-dev`: an armed fault
+/// adds a blkdebug node above the current layer and points `disk0` at it
+/// (QMP `blockdev-reopen`), or writes through the device (`qemu-io`).
+pub const DISK_NODE: &str = "disk0";
+/// The disk device's qdev id when the disk is armable.
+pub const DISK_DEVICE: &str = "disk0-dev";
 
 /// Which requests a disk error hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -195,6 +207,21 @@ pub struct DiskError {
 /// `none` event, which blkdebug fires itself when it opens, because no
 /// format driver above it ever sends events.
 fn blkdebug_blockdev(disk: &Path, errors: &[DiskError]) -> String {
+    blkdebug_node("disk0", qcow2_node(None, disk), errors).to_string()
+}
+
+/// The overlay's qcow2 node (named, or QEMU names it).
+fn qcow2_node(name: Option<&str>, disk: &Path) -> serde_json::Value {
+    let mut node =
+        serde_json::json!({"driver": "qcow2", "file": {"driver": "file", "filename": disk.to_string_lossy()}});
+    if let Some(name) = name {
+        node["node-name"] = name.into();
+    }
+    node
+}
+
+/// A blkdebug node named `name` over `image` (a node, or a node's name).
+pub(crate) fn blkdebug_node(name: &str, image: serde_json::Value, errors: &[DiskError]) -> serde_json::Value {
     let rules: Vec<serde_json::Value> = errors
         .iter()
         .map(|e| {
@@ -210,11 +237,24 @@ fn blkdebug_blockdev(disk: &Path, errors: &[DiskError]) -> String {
         .collect();
     serde_json::json!({
         "driver": "blkdebug",
-        "node-name": "disk0",
-        "image": {"driver": "qcow2", "file": {"driver": "file", "filename": disk.to_string_lossy()}},
+        "node-name": name,
+        "image": image,
         "inject-error": rules,
     })
-    .to_string()
+}
+
+/// The armable disk's top node (see [`DISK_NODE`]) over `file`.
+pub(crate) fn armable_top(file: serde_json::Value, detect_zeroes: bool) -> serde_json::Value {
+    let mut top = serde_json::json!({"driver": "raw", "node-name": DISK_NODE, "file": file});
+    if detect_zeroes {
+        top["detect-zeroes"] = "on".into();
+    }
+    top
+}
+
+/// Layer `n` of the armable disk.
+pub(crate) fn disk_layer(n: usize) -> String {
+    format!("{DISK_NODE}-layer{n}")
 }
 
 impl Board {
@@ -334,7 +374,20 @@ impl Board {
         // Network boot first, then the disk (the NIC's ROM `exit`s to it).
         let disk_boot = if self.pxe.is_some() { ",bootindex=2" } else { "" };
         let zeroes = if paths.detect_zeroes { ",detect-zeroes=on" } else { "" };
-        if paths.disk_errors.is_empty() {
+        if paths.disk_armable {
+            let layer0 = match paths.disk_errors {
+                [] => qcow2_node(Some(&disk_layer(0)), paths.disk),
+                errors => blkdebug_node(&disk_layer(0), qcow2_node(None, paths.disk), errors),
+            };
+            push(&["-blockdev", &armable_top(layer0, paths.detect_zeroes).to_string()]);
+            push(&[
+                "-device",
+                &format!(
+                    "{},drive={DISK_NODE},id={DISK_DEVICE},werror=report,rerror=report{disk_boot}",
+                    self.disk.model
+                ),
+            ]);
+        } else if paths.disk_errors.is_empty() {
             push(&["-drive", &format!("if=none,id=disk0,file={},format=qcow2{zeroes}", paths.disk.display())]);
             push(&["-device", &format!("{},drive=disk0{disk_boot}", self.disk.model)]);
         } else {
@@ -432,6 +485,15 @@ pub(crate) fn find_key(text: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// Where `key = ` is inside an inline table (`{ ..., key = ... }`).
+pub(crate) fn find_inline_key(text: &str, key: &str) -> Option<usize> {
+    text.match_indices(key).map(|(i, _)| i).find(|&i| {
+        let before = text[..i].trim_end();
+        let after = text[i + key.len()..].trim_start();
+        (before.ends_with('{') || before.ends_with(',')) && after.starts_with('=')
+    })
+}
+
 /// Where a field of a profile is: `key = ` (in its table for a dotted
 /// `table.key`), else the table's header (a `kind` left to its default, the
 /// `[uboot]` table).
@@ -518,6 +580,7 @@ mod tests {
             loadvm: None,
             tftp: None,
             detect_zeroes: false,
+            disk_armable: false,
             tap: None,
         }
     }

@@ -47,6 +47,18 @@ pub struct MachineSpec<'a> {
     /// A lab network: QEMU starts inside its namespace, its NIC on `tap`
     /// (instead of the user network).
     pub lab_net: Option<(&'a crate::labnet::NetnsHandle, &'a str)>,
+    /// Faults may change the disk while it runs (see [`crate::board::DISK_NODE`]).
+    pub disk_armable: bool,
+}
+
+/// What a task needs to change a running machine's armable disk.
+#[derive(Clone)]
+pub struct DiskSeam {
+    /// Layers added since power-on (see [`crate::board::disk_layer`]).
+    pub layers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub detect_zeroes: bool,
+    /// The qdev path `qemu-io -d` writes through: the device's block backend.
+    pub backend: String,
 }
 
 /// A running (or stopped) QEMU machine.
@@ -60,6 +72,8 @@ pub struct Machine {
     pub qmp: std::sync::Arc<Qmp>,
     /// Time zero of this machine's log and event times (see `MachineSpec::epoch`).
     pub t0: Instant,
+    /// The armable disk (`None`: the disk is as it was at power-on).
+    pub disk: Option<DiskSeam>,
     /// The machine's unix sockets live here, not in the run directory: a
     /// socket path must fit in 108 bytes, and run directories can be deep.
     /// Removed when the machine drops.
@@ -145,6 +159,7 @@ impl Machine {
                 tftp: spec.tftp,
                 detect_zeroes: spec.detect_zeroes,
                 tap: spec.lab_net.map(|(_, tap)| tap),
+                disk_armable: spec.disk_armable,
             },
         );
         let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())
@@ -235,6 +250,16 @@ impl Machine {
             console,
             qmp: std::sync::Arc::new(qmp),
             t0,
+            disk: spec.disk_armable.then(|| DiskSeam {
+                layers: Default::default(),
+                detect_zeroes: spec.detect_zeroes,
+                // A virtio PCI device keeps its block backend on its inner
+                // virtio device.
+                backend: match board.disk.model.starts_with("virtio") && board.disk.model.ends_with("-pci") {
+                    true => format!("{}/virtio-backend", crate::board::DISK_DEVICE),
+                    false => crate::board::DISK_DEVICE.to_string(),
+                },
+            }),
             sockets,
             child,
             pidfd,

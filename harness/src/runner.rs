@@ -565,6 +565,8 @@ pub(crate) enum OutageEnd {
 pub(crate) enum FreezeOn {
     Console(BytesRegex),
     Request(Regex),
+    /// The update server has sent this many bytes of releases in all.
+    Downloaded(u64),
     After(Duration),
     Qmp(String),
 }
@@ -580,6 +582,10 @@ pub(crate) enum CutAt {
 /// server request or a time); `wait_fault` then completes the fault.
 pub(crate) struct Armed {
     pub(crate) fault: crate::steps::arm_fault::ArmedFaultKind,
+    /// What completes it (resolved when armed).
+    pub(crate) action: FireAction,
+    /// What the timeline records when it has fired.
+    pub(crate) event: Event,
     /// A console trigger's pattern; `None` for a request or a time, which
     /// watch the machine running when armed and never follow it.
     pub(crate) pattern: Option<BytesRegex>,
@@ -601,7 +607,7 @@ impl Armed {
     /// [`freeze_on`]) and complete it the moment it fires.
     pub(crate) fn install(&mut self, m: &Machine, on: FreezeOn, server: Option<ServerHandle>) {
         let (fired, watcher) = freeze_on(m, on, server);
-        let (done, completion) = complete_on_fire(m, self.fault, fired.clone());
+        let (done, completion) = complete_on_fire(m, self.action.clone(), fired.clone());
         self.fired = Some(fired);
         self.watcher = watcher;
         self.done = Some(done);
@@ -644,6 +650,7 @@ pub(crate) fn freeze_on(
             (FreezeOn::Request(re), Some(server)) => {
                 server.wait_request(&re, from).await;
             }
+            (FreezeOn::Downloaded(n), Some(server)) => server.wait_downloaded(n).await,
             (FreezeOn::Qmp(name), _) => {
                 // Until it comes (the run's own bound ends the wait).
                 if qmp.wait_event(&[name.as_str()], events_from, crate::steps::MAX_DURATION).await.is_err() {
@@ -660,38 +667,129 @@ pub(crate) fn freeze_on(
     (rx, Some(AbortOnDrop(watcher)))
 }
 
-/// A task that completes `fault` on `m` as soon as `fired` turns: a power
-/// cut kills the frozen QEMU (its owner reaps it); a reset or a link
-/// change thaws it and sends the QMP command, so the guest runs on at
-/// once, not when a `wait_fault` step comes.
+/// How an armed fault is completed once it has fired (and frozen the
+/// machine).
+#[derive(Clone)]
+pub(crate) enum FireAction {
+    /// Cut the power: kill the frozen QEMU (its owner reaps it).
+    Kill,
+    /// Thaw and send one QMP command (`system_reset`, `set_link`).
+    Qmp(&'static str, Option<serde_json::Value>),
+    /// Add these bad spots above the disk's current layer.
+    DiskErrors(Vec<crate::board::DiskError>),
+    /// Overwrite `length` bytes at disk offset `offset` with `byte`.
+    Corrupt { offset: u64, length: u64, byte: u8 },
+    /// The update server's next `count` answers fail.
+    Http(ServerHandle, crate::update_server::Fault, u32),
+    /// The provisioning service's next answers on an endpoint fail.
+    Provision(devlab_provision::Service, devlab_provision::Endpoint, devlab_provision::Fault),
+}
+
+/// A task that completes `action` on `m` as soon as `fired` turns: a
+/// power cut kills the frozen QEMU; anything else is done and the machine
+/// thawed, so the guest runs on at once, not when a `wait_fault` step
+/// comes.
 fn complete_on_fire(
     m: &Machine,
-    fault: crate::steps::arm_fault::ArmedFaultKind,
+    action: FireAction,
     mut fired: tokio::sync::watch::Receiver<Option<usize>>,
 ) -> (tokio::sync::watch::Receiver<Option<std::result::Result<(), String>>>, AbortOnDrop) {
-    use crate::steps::arm_fault::ArmedFaultKind as K;
     let (tx, rx) = tokio::sync::watch::channel(None);
     let qmp = m.qmp.clone();
+    let disk = m.disk.clone();
     let kill = m.signal_hook(nix::sys::signal::Signal::SIGKILL);
     let thaw = m.signal_hook(nix::sys::signal::Signal::SIGCONT);
     let task = tokio::spawn(async move {
         if fired.wait_for(|f| f.is_some()).await.is_err() {
             return;
         }
-        let (command, args) = match fault {
-            K::PowerCut => {
+        let res = match action {
+            FireAction::Kill => {
                 kill();
-                let _ = tx.send(Some(Ok(())));
-                return;
+                Ok(())
             }
-            K::Reset => ("system_reset", None),
-            K::LinkDown | K::LinkUp => ("set_link", Some(json!({"name": "net0", "up": fault == K::LinkUp}))),
+            FireAction::Http(server, fault, count) => {
+                server.add_fault(fault, count);
+                thaw();
+                Ok(())
+            }
+            FireAction::Provision(service, endpoint, fault) => {
+                service.fault(endpoint, fault);
+                thaw();
+                Ok(())
+            }
+            FireAction::Qmp(command, args) => {
+                thaw();
+                let res = qmp.execute_timeout(command, args, Duration::from_secs(10)).await;
+                res.map(|_| ()).map_err(|e| format!("{command}: {e}"))
+            }
+            FireAction::DiskErrors(_) | FireAction::Corrupt { .. } => {
+                thaw();
+                match disk {
+                    Some(disk) => change_disk(&qmp, &disk, &action).await,
+                    None => Err("the machine was started without the disk seam".into()),
+                }
+            }
         };
-        thaw();
-        let res = qmp.execute_timeout(command, args, Duration::from_secs(10)).await;
-        let _ = tx.send(Some(res.map(|_| ()).map_err(|e| format!("{command}: {e}"))));
+        let _ = tx.send(Some(res));
     });
     (rx, AbortOnDrop(task))
+}
+
+/// Change a running machine's disk with its guest paused (QMP `stop` ..
+/// `cont`): add a blkdebug layer and point the disk's top node at it, or
+/// write bytes through the device.
+async fn change_disk(
+    qmp: &crate::qmp::Qmp,
+    disk: &crate::machine::DiskSeam,
+    action: &FireAction,
+) -> std::result::Result<(), String> {
+    let t = Duration::from_secs(10);
+    let run = |command: &'static str, args: serde_json::Value| async move {
+        qmp.execute_timeout(command, Some(args), t).await.map_err(|e| format!("{command}: {e}"))
+    };
+    qmp.execute_timeout("stop", None, t).await.map_err(|e| format!("stop: {e}"))?;
+    let res = match action {
+        FireAction::DiskErrors(errors) => {
+            let n = disk.layers.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let (below, layer) = (crate::board::disk_layer(n - 1), crate::board::disk_layer(n));
+            let node = crate::board::blkdebug_node(&layer, below.into(), errors);
+            match run("blockdev-add", node).await {
+                Ok(_) => {
+                    let top = crate::board::armable_top(layer.into(), disk.detect_zeroes);
+                    run("blockdev-reopen", json!({"options": [top]})).await.map(|_| ())
+                }
+                Err(e) => Err(e),
+            }
+        }
+        FireAction::Corrupt { offset, length, byte } => {
+            // qemu-io prints its own report on QEMU's stdout; what comes
+            // back is the monitor's error, if any.
+            let line = format!("qemu-io -d {} \"write -P {byte} {offset} {length}\"", disk.backend);
+            match run("human-monitor-command", json!({"command-line": line})).await {
+                Ok(out) if out.as_str().is_some_and(|o| !o.trim().is_empty()) => Err(format!("qemu-io: {out}")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Ok(()),
+    };
+    // The guest runs on whatever happened.
+    qmp.execute_timeout("cont", None, t).await.map_err(|e| format!("cont: {e}"))?;
+    res
+}
+
+/// Wait (at most 15 s) for a fired fault's completion task.
+pub(crate) async fn completed(
+    done: &mut tokio::sync::watch::Receiver<Option<std::result::Result<(), String>>>,
+    what: &str,
+) -> Result<()> {
+    let res = tokio::time::timeout(Duration::from_secs(15), done.wait_for(|d| d.is_some())).await;
+    match res.ok().and_then(|d| d.ok().map(|d| d.clone())).flatten() {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(Error::infra(format!("completing {what}: {e}"))),
+        None => Err(Error::infra(format!("{what} fired but was not completed"))),
+    }
 }
 
 /// A spawned task that is aborted when dropped.
@@ -752,6 +850,9 @@ pub struct Run<'a> {
     pub(crate) rauc: crate::rauc::Bundles,
     /// Bad spots injected from the next power-on on (`disk_errors`).
     pub(crate) disk_errors: Vec<crate::board::DiskError>,
+    /// The scenario arms a fault that changes a running machine's disk:
+    /// its machines boot with the disk seam ([`crate::board::DISK_NODE`]).
+    pub(crate) disk_armable: bool,
     /// Told as each step starts.
     pub(crate) on_step: StepHook,
     /// Use checkpoints (`RunOptions::checkpoints`).
@@ -815,6 +916,7 @@ impl<'a> Run<'a> {
             server: None,
             rauc: crate::rauc::Bundles::default(),
             disk_errors: plan.disk_errors.clone(),
+            disk_armable: scenario.steps.iter().any(|p| p.step.changes_running_disk()),
             on_step: StepHook::default(),
             checkpoints: true,
             callback_cursor: 0,
@@ -1127,7 +1229,7 @@ impl<'a> Run<'a> {
     /// The update server, when a trigger watches it.
     pub(crate) fn server_for(&self, on: &FreezeOn) -> Result<Option<ServerHandle>> {
         match on {
-            FreezeOn::Request(_) => Ok(Some(self.server.clone().ok_or_else(|| {
+            FreezeOn::Request(_) | FreezeOn::Downloaded(_) => Ok(Some(self.server.clone().ok_or_else(|| {
                 self.failure("a fault on a request needs the update server (serve something first)".into())
             })?)),
             _ => Ok(None),
@@ -1185,53 +1287,57 @@ impl<'a> Run<'a> {
         if self.server.is_none() {
             return Err(self.failure("a link drop mid-transfer needs the update server (serve something first)".into()));
         }
-        let (out, reported, t_down, t_up) = {
-            let server = self.server.as_ref().expect("checked");
-            let (bytes, requests) = (server.downloaded(), server.requests());
+        let (out, console_end, t_down, t_up) = {
+            let server = self.server.clone().expect("checked");
+            let bytes = server.downloaded();
             let ssh = self.ssh.as_ref().expect("checked");
-            let machine = self.machine.as_mut().expect("checked");
+            let machine = self.machine.as_ref().expect("checked");
             let exec = ssh.exec(command, timeout);
             tokio::pin!(exec);
-            let what = match &start {
-                OutageStart::Downloaded => "1 MiB was downloaded".to_string(),
-                OutageStart::Request(re) => format!("a request for `{}` reached the server", re.as_str()),
-            };
-            let trigger = async {
-                match &start {
-                    OutageStart::Downloaded => server.wait_downloaded(bytes + (1 << 20)).await,
-                    OutageStart::Request(re) => {
-                        server.wait_request(re, requests).await;
-                    }
+            let (what, on) = match &start {
+                OutageStart::Downloaded => {
+                    ("1 MiB was downloaded".to_string(), FreezeOn::Downloaded(bytes + (1 << 20)))
+                }
+                OutageStart::Request(re) => {
+                    (format!("a request for `{}` reached the server", re.as_str()), FreezeOn::Request(re.clone()))
                 }
             };
+            // The outage is an armed fault bound to this command: a
+            // link_down on the trigger, a link_up on its end.
+            let set_link = |up: bool| FireAction::Qmp("set_link", Some(json!({"name": "net0", "up": up})));
+            let arm = |on: FreezeOn, action: FireAction, server: Option<ServerHandle>| {
+                let (fired, watcher) = freeze_on(machine, on, server);
+                let (done, completion) = complete_on_fire(machine, action, fired.clone());
+                (fired, done, (watcher, completion))
+            };
+            let (mut fired, mut done, _tasks) = arm(on, set_link(false), Some(server));
             let early = tokio::select! {
                 out = &mut exec => Some(out),
-                _ = trigger => None,
+                _ = fired.wait_for(|f| f.is_some()) => None,
             };
             if let Some(out) = early {
                 let detail = out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string());
                 return Err(self.failure(format!("`{command}` ended ({detail}) before {what}")));
             }
-            let set_link = |up: bool| json!({"name": "net0", "up": up});
-            let down = machine.qmp.execute_timeout("set_link", Some(set_link(false)), Duration::from_secs(10)).await;
-            down.map_err(|e| Error::infra(format!("set_link: {e}")))?;
+            completed(&mut done, "set_link").await?;
             let t_down = machine.now();
-            let reported = match &end {
-                OutageEnd::Console(re) => Some(machine.console.expect(std::slice::from_ref(re), timeout).await),
-                OutageEnd::After(d) => {
-                    // The fault itself: the outage lasts `d`.
-                    tokio::time::sleep(*d).await;
-                    None
+            let end_on = match &end {
+                OutageEnd::Console(re) => FreezeOn::Console(re.clone()),
+                OutageEnd::After(d) => FreezeOn::After(*d),
+            };
+            let (mut fired, mut done, _tasks) = arm(end_on, set_link(true), None);
+            let console_end = match tokio::time::timeout(timeout, fired.wait_for(|f| f.is_some())).await {
+                Ok(Ok(end)) => end.filter(|e| *e != usize::MAX),
+                _ => {
+                    let OutageEnd::Console(re) = &end else { unreachable!("a time trigger fires") };
+                    let waited = humantime::format_duration(timeout);
+                    return Err(self
+                        .failure(format!("`{}` did not appear within {waited} of the link going down", re.as_str())));
                 }
             };
-            let up = machine.qmp.execute_timeout("set_link", Some(set_link(true)), Duration::from_secs(10)).await;
+            completed(&mut done, "set_link").await?;
             let t_up = machine.now();
-            up.map_err(|e| Error::infra(format!("set_link: {e}")))?;
-            (exec.await, reported, t_down, t_up)
-        };
-        let console_end = match reported {
-            Some(r) => Some(r.map_err(|e| self.console_failure(e))?.end),
-            None => None,
+            (exec.await, console_end, t_down, t_up)
         };
         let mark = self.timeline.entries.len();
         if console_end.is_some() {
@@ -1364,6 +1470,7 @@ impl<'a> Run<'a> {
             tftp: tftp.as_deref(),
             detect_zeroes: self.scenario.header.disk == crate::scenario::DiskStart::Blank,
             lab_net: self.netns.as_ref().map(|(h, tap)| (h, tap.as_str())),
+            disk_armable: self.disk_armable,
         };
         let machine = match (restore, self.machine.take()) {
             (Some(overlay), _) => Machine::start_on(spec, overlay).await?,

@@ -126,6 +126,7 @@ fn board_qemu_args() {
         tftp: None,
         detect_zeroes: false,
         tap: None,
+        disk_armable: false,
     };
     let mut names = harness::board::list_names(&harness::board::boards_dir());
     names.sort();
@@ -147,6 +148,12 @@ fn board_qemu_args() {
                 QemuPaths { tftp: Some(Path::new("/r/tftp")), detect_zeroes: true, ..base },
             ),
             ("lab tap", Accel::Tcg, QemuPaths { tap: Some("dl-tap0"), detect_zeroes: true, ..base }),
+            ("armable disk", Accel::Tcg, QemuPaths { disk_armable: true, ..base }),
+            (
+                "armable disk, errors from power-on, blank disk",
+                Accel::Tcg,
+                QemuPaths { disk_armable: true, disk_errors: &errors, detect_zeroes: true, ..base },
+            ),
         ];
         for (shape, accel, paths) in shapes {
             writeln!(text, "{shape}:").unwrap();

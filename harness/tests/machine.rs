@@ -182,6 +182,7 @@ fn a_panic_while_a_machine_runs_leaves_no_qemu() {
                 tftp: None,
                 detect_zeroes: false,
                 lab_net: None,
+                disk_armable: false,
             };
             let m = Machine::start(spec).await.unwrap();
             std::fs::write(run_dir.join("pid"), m.pid().to_string()).unwrap();

@@ -28,14 +28,7 @@ fn ff() -> u8 {
 impl StepKind for CorruptDisk {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_off()?;
-        if !cx.disk_labels.contains(&self.partition.as_str()) {
-            let labels = cx.disk_labels.join(", ");
-            return Err(cx.at("partition", format!("no partition `{}` (the disk has: {labels})", self.partition)));
-        }
-        if self.length == 0 {
-            return Err(cx.at("length", "length must be at least 1 byte"));
-        }
-        Ok(())
+        self.check_args(cx)
     }
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
@@ -49,7 +42,39 @@ impl StepKind for CorruptDisk {
         let (manifest, partition, offset, length, byte) =
             (r.image.manifest.clone(), c.partition.clone(), c.offset, c.length, c.byte);
         blocking(move || crate::disk::corrupt(&overlay, &manifest, &partition, offset, length, byte)).await?;
-        r.record(Event::Fault { kind: "corrupt_disk".into(), target: c.partition.clone() });
+        r.record(self.event());
         Ok(())
+    }
+}
+
+impl CorruptDisk {
+    /// The arguments' check (the step's, and an armed fault's).
+    pub(crate) fn check_args(&self, cx: &mut CheckCx<'_>) -> Result<()> {
+        cx.partition("partition", &self.partition)?;
+        if self.length == 0 {
+            return Err(cx.at("length", "length must be at least 1 byte"));
+        }
+        Ok(())
+    }
+
+    /// The disk offset the bytes start at on this run's disk (a running
+    /// machine's: an armed fault writes through its device).
+    pub(crate) fn disk_offset(&self, r: &Run<'_>) -> Result<u64> {
+        let part = r.image.manifest.partitions.iter().find(|p| p.label == self.partition);
+        let Some(part) = part else {
+            return Err(r.failure(format!("no partition `{}` on this disk", self.partition)));
+        };
+        if self.offset.saturating_add(self.length) > part.size {
+            return Err(r.failure(format!(
+                "{} bytes at {} run past partition `{}` ({} bytes)",
+                self.length, self.offset, self.partition, part.size
+            )));
+        }
+        Ok(part.start + self.offset)
+    }
+
+    /// What the timeline records.
+    pub(crate) fn event(&self) -> Event {
+        Event::Fault { kind: "corrupt_disk".into(), target: self.partition.clone() }
     }
 }

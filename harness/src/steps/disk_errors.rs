@@ -32,19 +32,31 @@ fn eio() -> crate::board::Errno {
 impl StepKind for DiskErrors {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need(&[Power::Never, Power::Off], "configures the disk for the next power-on, so it needs the machine off")?;
-        if !cx.disk_labels.contains(&self.partition.as_str()) {
-            let labels = cx.disk_labels.join(", ");
-            return Err(cx.at("partition", format!("no partition `{}` (the disk has: {labels})", self.partition)));
+        self.check_args(cx)
+    }
+
+    async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
+        if r.machine_running() {
+            return Err(r.failure("disk_errors needs the machine off (power it off first)".into()));
         }
+        let spot = self.resolve(r)?;
+        r.disk_errors.push(spot);
+        r.record(self.event());
+        Ok(())
+    }
+}
+
+impl DiskErrors {
+    /// The arguments' check (the step's, and an armed fault's).
+    pub(crate) fn check_args(&self, cx: &mut CheckCx<'_>) -> Result<()> {
+        cx.partition("partition", &self.partition)?;
         cx.disk_errors_seen = true;
         Ok(())
     }
 
-    async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
+    /// The bad spot on this run's disk.
+    pub(crate) fn resolve(&self, r: &Run<'_>) -> Result<crate::board::DiskError> {
         let d = self;
-        if r.machine_running() {
-            return Err(r.failure("disk_errors needs the machine off (power it off first)".into()));
-        }
         let part = r.image.manifest.partitions.iter().find(|p| p.label == d.partition);
         let Some(part) = part else {
             let labels: Vec<&str> = r.image.manifest.partitions.iter().map(|p| p.label.as_str()).collect();
@@ -60,16 +72,12 @@ impl StepKind for DiskErrors {
                 d.offset, d.partition, part.size
             )));
         }
-        r.disk_errors.push(crate::board::DiskError {
-            offset: part.start + d.offset,
-            iotype: d.iotype,
-            errno: d.errno,
-        });
-        let io = if d.iotype == crate::board::IoType::Read { "read" } else { "write" };
-        r.record(Event::Fault {
-            kind: format!("disk {io} errors ({:?})", d.errno),
-            target: d.partition.clone(),
-        });
-        Ok(())
+        Ok(crate::board::DiskError { offset: part.start + d.offset, iotype: d.iotype, errno: d.errno })
+    }
+
+    /// What the timeline records.
+    pub(crate) fn event(&self) -> Event {
+        let io = if self.iotype == crate::board::IoType::Read { "read" } else { "write" };
+        Event::Fault { kind: format!("disk {io} errors ({:?})", self.errno), target: self.partition.clone() }
     }
 }

@@ -52,6 +52,12 @@ pub(crate) trait StepKind {
         false
     }
 
+    /// Will it change the disk of a running machine (so the run boots its
+    /// machines with the disk seam, [`crate::board::DISK_NODE`])?
+    fn changes_running_disk(&self) -> bool {
+        false
+    }
+
     /// The `image` field naming a recipe this step serves, if any.
     fn image(&self) -> Option<&toml::Spanned<String>> {
         None
@@ -59,6 +65,15 @@ pub(crate) trait StepKind {
 
     fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
         None
+    }
+
+    /// Read the step from its `[[step]]` table's text (header and `action`
+    /// blanked, so spans point into the file).
+    fn parse(text: &str) -> std::result::Result<Self, toml::de::Error>
+    where
+        Self: Sized + serde::de::DeserializeOwned,
+    {
+        toml::from_str(text)
     }
 
     /// Do the step.
@@ -106,7 +121,7 @@ macro_rules! steps {
             /// unknown action.
             pub(crate) fn parse(action: &str, text: &str) -> std::result::Result<Option<Step>, toml::de::Error> {
                 Ok(Some(match action {
-                    $($action => Step::$variant(toml::from_str(text)?),)*
+                    $($action => Step::$variant(<$module::$ty as StepKind>::parse(text)?),)*
                     _ => return Ok(None),
                 }))
             }
@@ -115,6 +130,13 @@ macro_rules! steps {
             pub fn lab(&self) -> bool {
                 match self {
                     $(Step::$variant(s) => StepKind::lab(s),)*
+                }
+            }
+
+            /// Will it change a running machine's disk?
+            pub fn changes_running_disk(&self) -> bool {
+                match self {
+                    $(Step::$variant(s) => StepKind::changes_running_disk(s),)*
                 }
             }
 
@@ -371,7 +393,8 @@ impl<'a> CheckCx<'a> {
     pub fn at(&self, key: &str, msg: impl Into<String>) -> crate::error::Error {
         let text = self.text();
         let step_text = &text[self.span.clone()];
-        let offset = self.span.start + crate::board::find_key(step_text, key).unwrap_or(0);
+        let found = crate::board::find_key(step_text, key).or_else(|| crate::board::find_inline_key(step_text, key));
+        let offset = self.span.start + found.unwrap_or(0);
         InputError::new(self.path(), msg).at(text, offset).field(key).into()
     }
 
@@ -431,6 +454,15 @@ impl<'a> CheckCx<'a> {
     }
 
     /// A count of at least 1 and at most `max`.
+    /// `name` (at field `key`) must be a partition of the scenario's disk.
+    pub fn partition(&self, key: &str, name: &str) -> Result<()> {
+        if self.disk_labels.contains(&name) {
+            return Ok(());
+        }
+        let labels = self.disk_labels.join(", ");
+        Err(self.at(key, format!("no partition `{name}` (the disk has: {labels})")))
+    }
+
     pub fn count(&self, key: &str, n: u32, max: u32) -> Result<()> {
         if n == 0 || n > max {
             return Err(self.at(key, format!("{key} must be from 1 to {max}, not {n}")));

@@ -41,6 +41,20 @@ impl StepKind for ProvisionFault {
     }
 
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
+        self.check_args(cx)
+    }
+
+    async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
+        r.ensure_lab().await?;
+        r.lab()?.service.fault(self.endpoint, self.service_fault());
+        r.record(self.event());
+        Ok(())
+    }
+}
+
+impl ProvisionFault {
+    /// The arguments' check (the step's, and an armed fault's).
+    pub(crate) fn check_args(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_provision()?;
         match self.fault {
             ProvisionFaultKind::Hang if self.seconds == 0 => {
@@ -55,18 +69,19 @@ impl StepKind for ProvisionFault {
         cx.count("count", self.count, 1000)
     }
 
-    async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
-        let f = self;
-        r.ensure_lab().await?;
-        let fault = match f.fault {
-            ProvisionFaultKind::Hang => devlab_provision::Fault::Hang { count: f.count, seconds: f.seconds },
-            ProvisionFaultKind::Error500 => devlab_provision::Fault::Error500 { count: f.count },
-        };
-        r.lab()?.service.fault(f.endpoint, fault);
-        r.record(Event::Fault {
-            kind: format!("provision {} x{}", f.fault.as_str(), f.count),
-            target: f.endpoint.as_str().to_string(),
-        });
-        Ok(())
+    /// The fault as the service takes it.
+    pub(crate) fn service_fault(&self) -> devlab_provision::Fault {
+        match self.fault {
+            ProvisionFaultKind::Hang => devlab_provision::Fault::Hang { count: self.count, seconds: self.seconds },
+            ProvisionFaultKind::Error500 => devlab_provision::Fault::Error500 { count: self.count },
+        }
+    }
+
+    /// What the timeline records.
+    pub(crate) fn event(&self) -> Event {
+        Event::Fault {
+            kind: format!("provision {} x{}", self.fault.as_str(), self.count),
+            target: self.endpoint.as_str().to_string(),
+        }
     }
 }

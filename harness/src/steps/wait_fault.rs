@@ -28,8 +28,9 @@ impl StepKind for WaitFault {
         cx.power = match fault {
             ArmedFaultKind::PowerCut => Power::Off,
             ArmedFaultKind::Reset => Power::On,
-            // The machine runs on (an SSH session waits for the link).
-            ArmedFaultKind::LinkDown | ArmedFaultKind::LinkUp => cx.power,
+            // The machine runs on (an SSH session waits for the link; a
+            // disk or server fault is for the guest to meet).
+            _ => cx.power,
         };
         Ok(())
     }
@@ -67,24 +68,13 @@ impl StepKind for WaitFault {
         let upto = (end != usize::MAX).then_some(end);
         // The fault was completed as it fired (see `Armed::install`).
         let mut done = armed.done.expect("installed with its trigger");
-        let completed = tokio::time::timeout(Duration::from_secs(15), done.wait_for(|d| d.is_some())).await;
-        match completed.ok().and_then(|d| d.ok().map(|d| d.clone())).flatten() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => return Err(Error::infra(format!("completing {}: {e}", armed.fault.name()))),
-            None => return Err(Error::infra(format!("{} fired but was not completed", armed.fault.name()))),
-        }
-        let event = match armed.fault {
-            ArmedFaultKind::PowerCut => {
-                // Killed already: reap it.
-                if let Some(m) = r.machine.as_mut() {
-                    m.power_cut().await?;
-                }
-                Event::PowerCut
+        crate::runner::completed(&mut done, armed.fault.name()).await?;
+        if armed.fault == ArmedFaultKind::PowerCut {
+            // Killed already: reap it.
+            if let Some(m) = r.machine.as_mut() {
+                m.power_cut().await?;
             }
-            ArmedFaultKind::Reset => Event::Reset,
-            ArmedFaultKind::LinkDown => Event::Link { up: false },
-            ArmedFaultKind::LinkUp => Event::Link { up: true },
-        };
+        }
         // The session is gone with the machine or its boot; a link fault
         // leaves it to wait for the link.
         if matches!(armed.fault, ArmedFaultKind::PowerCut | ArmedFaultKind::Reset) {
@@ -93,7 +83,7 @@ impl StepKind for WaitFault {
             }
         }
         r.drain(upto);
-        r.record(event);
+        r.record(armed.event);
         Ok(())
     }
 }
