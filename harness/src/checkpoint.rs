@@ -46,6 +46,9 @@ pub struct KeyInputs<'a> {
     pub accel: &'a str,
     /// Canonical text of the steps up to and including the checkpoint.
     pub steps: &'a [String],
+    /// A machine of several: its identity (MAC, SMBIOS, disk errors),
+    /// which its saved RAM has seen; empty for the one machine.
+    pub identity: &'a str,
 }
 
 /// The cache key (hex sha256).
@@ -57,6 +60,10 @@ pub fn key(k: &KeyInputs<'_>) -> std::io::Result<String> {
     for s in k.steps {
         h.update((s.len() as u64).to_le_bytes());
         h.update(s.as_bytes());
+    }
+    // Only when set: one-machine keys stay as they were.
+    if !k.identity.is_empty() {
+        h.update(format!("machine {}\n", k.identity));
     }
     Ok(hex::encode(h.finalize()))
 }
@@ -162,7 +169,7 @@ mod tests {
         std::fs::write(&board, "name = \"b\"").unwrap();
         std::fs::write(&fw, b"firmware").unwrap();
         let steps = vec!["{\"action\":\"power_on\"}".to_string()];
-        let k = |image: &str, accel: &str, steps: &[String]| {
+        let ki = |image: &str, accel: &str, steps: &[String], identity: &str| {
             key(&KeyInputs {
                 image_key: image,
                 board_profile: &board,
@@ -170,10 +177,16 @@ mod tests {
                 qemu_version: "QEMU emulator version 10.0.2",
                 accel,
                 steps,
+                identity,
             })
             .unwrap()
         };
+        let k = |image: &str, accel: &str, steps: &[String]| ki(image, accel, steps, "");
         let base = k("img", "tcg", &steps);
+        // A machine of several: its identity (MAC, SMBIOS) is in its key.
+        let a = ki("img", "tcg", &steps, "52:54:00:00:00:01");
+        assert_ne!(base, a);
+        assert_ne!(a, ki("img", "tcg", &steps, "52:54:00:00:00:02"));
         assert_eq!(base, k("img", "tcg", &steps));
         assert_ne!(base, k("img2", "tcg", &steps));
         assert_ne!(base, k("img", "kvm", &steps));

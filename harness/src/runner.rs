@@ -431,7 +431,18 @@ fn labnet_error_infra(e: crate::labnet::LabNetError) -> Error {
 /// machine's, and its events are the lab's. The first failure ends the step.
 async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
     let scenario = runs[0].scenario;
-    for (i, placed) in scenario.steps.iter().enumerate() {
+    // Every machine's stored state for the checkpoint (the plan puts no lab
+    // step before it), or none: the steps before it run.
+    let mut start = 0;
+    let stored: Vec<_> = runs.iter().map(|r| r.stored_checkpoint()).collect::<Result<_>>()?;
+    if stored.iter().all(Option::is_some) {
+        if let Some(Some((i, _))) = stored.first() {
+            start = i + 1;
+            let restores = runs.iter_mut().zip(stored).map(|(r, s)| r.restore_named(s.expect("all stored").1));
+            futures_util::future::try_join_all(restores).await?;
+        }
+    }
+    for (i, placed) in scenario.steps.iter().enumerate().skip(start) {
         let at = format!("step {} ({}, {}:{})", i + 1, placed.step.action(), scenario.path.display(), placed.line);
         for r in runs.iter_mut() {
             let on_it = placed.on.contains(&r.name);
@@ -853,6 +864,8 @@ pub struct Run<'a> {
     /// The scenario arms a fault that changes a running machine's disk:
     /// its machines boot with the disk seam ([`crate::board::DISK_NODE`]).
     pub(crate) disk_armable: bool,
+    /// What the disk holds at the first power-on (the machine's plan).
+    pub(crate) disk: crate::scenario::DiskStart,
     /// Told as each step starts.
     pub(crate) on_step: StepHook,
     /// Use checkpoints (`RunOptions::checkpoints`).
@@ -917,6 +930,7 @@ impl<'a> Run<'a> {
             rauc: crate::rauc::Bundles::default(),
             disk_errors: plan.disk_errors.clone(),
             disk_armable: scenario.steps.iter().any(|p| p.step.changes_running_disk()),
+            disk: plan.disk,
             on_step: StepHook::default(),
             checkpoints: true,
             callback_cursor: 0,
@@ -1148,20 +1162,30 @@ impl<'a> Run<'a> {
         last.passed = passed;
     }
 
+    /// The scenario's `checkpoint` step (its index) and this machine's
+    /// stored state for it, if checkpoints are on and one is stored.
+    fn stored_checkpoint(&self) -> Result<Option<(usize, crate::checkpoint::Found)>> {
+        let checkpoint = self.scenario.steps.iter().position(|p| matches!(p.step, Step::Checkpoint(_)));
+        let Some(i) = checkpoint.filter(|_| self.checkpoints) else { return Ok(None) };
+        let Step::Checkpoint(c) = &self.scenario.steps[i].step else { unreachable!() };
+        let key = self.checkpoint_key(i)?;
+        Ok(crate::checkpoint::find(&crate::checkpoint::root(), &c.name, &key).map(|found| (i, found)))
+    }
+
+    /// Start from a stored checkpoint (see [`Run::restore`]), saying so.
+    async fn restore_named(&mut self, found: crate::checkpoint::Found) -> Result<()> {
+        self.current = format!("restoring checkpoint {}", found.meta.name);
+        self.on_step.tell(&format!("restoring checkpoint {}", found.meta.name));
+        self.restore(found).await
+    }
+
     async fn steps(&mut self) -> Result<()> {
         // A stored checkpoint for the steps up to the `checkpoint` step
         // replaces running them.
         let mut start = 0;
-        let checkpoint = self.scenario.steps.iter().position(|p| matches!(p.step, Step::Checkpoint(_)));
-        if let Some(i) = checkpoint.filter(|_| self.checkpoints) {
-            let Step::Checkpoint(c) = &self.scenario.steps[i].step else { unreachable!() };
-            let key = self.checkpoint_key(i)?;
-            if let Some(found) = crate::checkpoint::find(&crate::checkpoint::root(), &c.name, &key) {
-                self.current = format!("restoring checkpoint {}", c.name);
-                self.on_step.tell(&format!("restoring checkpoint {}", c.name));
-                self.restore(found).await?;
-                start = i + 1;
-            }
+        if let Some((i, found)) = self.stored_checkpoint()? {
+            self.restore_named(found).await?;
+            start = i + 1;
         }
         for (i, placed) in self.scenario.steps.iter().enumerate().skip(start) {
             self.current =
@@ -1427,7 +1451,7 @@ impl<'a> Run<'a> {
     /// The disk the first power-on starts from: the image's, or a blank one
     /// (sparse, in the run directory) at least twice the image's size.
     fn base_disk(&self) -> Result<PathBuf> {
-        if self.scenario.header.disk != crate::scenario::DiskStart::Blank {
+        if self.disk != crate::scenario::DiskStart::Blank {
             return Ok(self.image.disk.clone());
         }
         let path = self.run_dir.join("blank.raw");
@@ -1468,7 +1492,7 @@ impl<'a> Run<'a> {
             disk_errors: &self.disk_errors,
             loadvm,
             tftp: tftp.as_deref(),
-            detect_zeroes: self.scenario.header.disk == crate::scenario::DiskStart::Blank,
+            detect_zeroes: self.disk == crate::scenario::DiskStart::Blank,
             lab_net: self.netns.as_ref().map(|(h, tap)| (h, tap.as_str())),
             disk_armable: self.disk_armable,
         };
@@ -1524,6 +1548,10 @@ impl<'a> Run<'a> {
             .map_err(|_| Error::infra(format!("{} not found (cargo xtask setup)", self.board.arch.qemu_binary())))?;
         let steps: Vec<String> = self.scenario.steps[..=i].iter().map(|p| p.canonical.clone()).collect();
         let version = crate::checkpoint::qemu_version(&binary);
+        let identity = match self.name.as_str() {
+            "" => String::new(),
+            _ => format!("{} {:?} {:?}", self.board.nic.mac, self.board.smbios, self.disk_errors),
+        };
         crate::checkpoint::key(&crate::checkpoint::KeyInputs {
             image_key: &self.image.manifest.key,
             board_profile: &self.board.path,
@@ -1531,6 +1559,7 @@ impl<'a> Run<'a> {
             qemu_version: &version,
             accel: self.accel.accel.as_str(),
             steps: &steps,
+            identity: &identity,
         })
         .map_err(|e| Error::infra(format!("checkpoint key: {e}")))
     }

@@ -82,6 +82,9 @@ pub struct MachineDecl {
     /// Bad spots on its disk from power-on: writes there fail with EIO.
     #[serde(default)]
     pub disk_errors: Vec<MachineDiskError>,
+    /// What its disk holds at the first power-on (else `[scenario] disk`).
+    #[serde(default)]
+    pub disk: Option<toml::Spanned<DiskStart>>,
 }
 
 /// A bad spot on a machine's disk: writes at `offset_mib` fail with EIO.
@@ -101,6 +104,8 @@ pub struct MachinePlan {
     pub board: crate::board::Board,
     pub image: toml::Spanned<String>,
     pub disk_errors: Vec<crate::board::DiskError>,
+    /// What its disk holds at the first power-on.
+    pub disk: DiskStart,
 }
 
 /// `[scenario] network`: what the machines' NICs are on.
@@ -452,13 +457,25 @@ impl Scenario {
             .field("provision")
             .into());
         }
-        if let Some((placed, spanned)) = self.steps.iter().zip(raw).find(|(p, _)| matches!(p.step, Step::Checkpoint(_)))
-        {
-            let _ = placed;
-            return Err(InputError::new(&self.path, "a checkpoint saves one machine, and this scenario has several")
-                .at(&self.text, spanned.span().start)
-                .field("action")
-                .into());
+        // A checkpoint saves every machine; the lab's state is not saved, so
+        // nothing may have changed it before.
+        if let Some(at) = self.steps.iter().position(|p| matches!(p.step, Step::Checkpoint(_))) {
+            let refuse = |why: String| -> crate::error::Error {
+                InputError::new(&self.path, why).at(&self.text, raw[at].span().start).field("action").into()
+            };
+            if self.header.network == Network::Lab {
+                return Err(refuse("a checkpoint cannot save a lab network (its leases and service)".into()));
+            }
+            if self.steps[at].on.len() != self.machines.len() {
+                return Err(refuse("a checkpoint with several machines saves them all: drop its `on`".into()));
+            }
+            if let Some(lab) = self.steps[..at].iter().find(|p| p.step.lab()) {
+                return Err(refuse(format!(
+                    "a checkpoint with several machines saves the machines, not the lab: move `{}` (line {}) after it",
+                    lab.step.action(),
+                    lab.line
+                )));
+            }
         }
         Ok(())
     }
@@ -530,7 +547,7 @@ impl Scenario {
             let offset = crate::board::find_key(&self.text, "network").unwrap_or(0);
             return Err(at(offset, "network", "a lab network needs a [provision] table (its service)".into()));
         }
-        if self.header.disk == DiskStart::Blank && self.provision.is_none() {
+        if self.any_blank_disk() && self.provision.is_none() {
             let offset = crate::board::find_key(&self.text, "disk").unwrap_or(0);
             return Err(at(offset, "disk", "a blank disk needs a [provision] table to install it".into()));
         }
@@ -603,7 +620,14 @@ impl Scenario {
     pub fn machines_for(&self, board: &crate::board::Board) -> Result<Vec<MachinePlan>> {
         if self.machines.is_empty() {
             let image = self.header.image.clone();
-            return Ok(vec![MachinePlan { name: String::new(), board: board.clone(), image, disk_errors: Vec::new() }]);
+            let disk = self.header.disk;
+            return Ok(vec![MachinePlan {
+                name: String::new(),
+                board: board.clone(),
+                image,
+                disk_errors: Vec::new(),
+                disk,
+            }]);
         }
         let machines: Vec<MachinePlan> =
             self.machines.iter().map(|m| self.machine_plan(m, board)).collect::<Result<_>>()?;
@@ -649,7 +673,7 @@ impl Scenario {
                 _ => smbios.serial = v.get_ref().clone(),
             }
         }
-        if self.header.network == Network::Lab && b.pxe.is_none() && self.header.disk == DiskStart::Blank {
+        if self.header.network == Network::Lab && b.pxe.is_none() && self.disk_of(Some(&name)).0 == DiskStart::Blank {
             let offset = m.board.as_ref().map_or(m.name.span().start, |b| b.span().start);
             return Err(at(
                 offset,
@@ -666,12 +690,32 @@ impl Scenario {
                 errno: crate::board::Errno::EIO,
             })
             .collect();
+        let disk = self.disk_of(Some(&name)).0;
         Ok(MachinePlan {
             name,
             board: b,
             image: m.image.clone().unwrap_or_else(|| self.header.image.clone()),
             disk_errors,
+            disk,
         })
+    }
+
+    /// What machine `machine`'s disk (or the one machine's) holds at the
+    /// first power-on, and where the file says so (its `disk`, else the
+    /// header's, else 0).
+    fn disk_of(&self, machine: Option<&str>) -> (DiskStart, usize) {
+        let own =
+            self.machines.iter().find(|m| Some(m.name.get_ref().as_str()) == machine).and_then(|m| m.disk.as_ref());
+        match own {
+            Some(d) => (*d.get_ref(), d.span().start),
+            None => (self.header.disk, crate::board::find_key(&self.text, "disk").unwrap_or(0)),
+        }
+    }
+
+    /// Does any machine start from a blank disk?
+    fn any_blank_disk(&self) -> bool {
+        self.header.disk == DiskStart::Blank
+            || self.machines.iter().any(|m| m.disk.as_ref().is_some_and(|d| *d.get_ref() == DiskStart::Blank))
     }
 
     fn resolve_board(
@@ -706,15 +750,14 @@ impl Scenario {
     /// [`Scenario::check_board`] for one machine's board (the steps that
     /// run on it), or for every machine.
     fn check_board_for(&self, board: &crate::board::Board, machine: Option<&str>) -> Result<()> {
-        let refuse = |key: &str, msg: String| -> crate::error::Error {
-            let offset = crate::board::find_key(&self.text, key).unwrap_or(0);
-            InputError::new(&self.path, msg).at(&self.text, offset).field(key).into()
-        };
-        if self.header.disk == DiskStart::Blank && board.pxe.is_none() {
-            return Err(refuse(
-                "disk",
-                format!("a blank disk needs a board that boots from the network; `{}` does not (no `pxe`)", board.name),
-            ));
+        let (disk, offset) = self.disk_of(machine);
+        if disk == DiskStart::Blank && board.pxe.is_none() {
+            let on = machine.map(|m| format!("machine `{m}`: ")).unwrap_or_default();
+            let msg = format!(
+                "{on}a blank disk needs a board that boots from the network; `{}` does not (no `pxe`)",
+                board.name
+            );
+            return Err(InputError::new(&self.path, msg).at(&self.text, offset).field("disk").into());
         }
         if board.uboot().is_none() {
             let on_it = |p: &&PlacedStep| machine.is_none_or(|m| p.on.iter().any(|o| o == m));
@@ -1055,6 +1098,25 @@ mod tests {
         assert_eq!(b.disk_errors.len(), 1);
         assert_eq!(b.disk_errors[0].offset, 64 << 20);
         assert!(plans[0].disk_errors.is_empty());
+    }
+
+    #[test]
+    fn a_machine_may_start_from_its_own_disk() {
+        // `a` starts from the image (its own `disk`), `b` blank as the header says.
+        let text = lab_head("52:54:00:de:10:02", "6b1e4c2a-0d3f-4a51-9f0e-000000001002")
+            .replace("serial = \"S-a\"\n", "serial = \"S-a\"\ndisk = \"image\"\n")
+            + "[[step]]\naction = \"power_on\"\n";
+        let s = parse(&text).unwrap();
+        let plans = s.machines_for(&s.resolve_boards().unwrap()[0]).unwrap();
+        assert_eq!((plans[0].disk, plans[1].disk), (DiskStart::Image, DiskStart::Blank));
+        // A blank disk on a board that cannot boot from the network names the machine's `disk`.
+        let text = format!(
+            "{HEAD}network = \"lab\"\n[[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\ndisk = \"blank\"\n\
+             [provision]\nprofiles = [{{ name = \"ab\", image = \"base\" }}]\n[[step]]\naction = \"power_on\"\n"
+        );
+        let err = parse(&text).and_then(|s| s.machines_for(&s.resolve_boards()?[0])).unwrap_err().to_string();
+        let line = text.lines().position(|l| l.starts_with("disk")).unwrap() + 1;
+        assert!(err.starts_with(&format!("s.toml:{line}:8: field `disk`: machine `b`: a blank disk")), "{err}");
     }
 
     #[test]
