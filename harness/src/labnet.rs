@@ -628,6 +628,28 @@ impl Drop for Dnsmasq {
     }
 }
 
+/// The lab network's dnsmasq, shared: [`DhcpSwitch::stop`] from a task (an
+/// armed DHCP outage) stops what the network runs; the network starts it
+/// again. Teardown takes it out, so a switch used afterwards stops nothing.
+#[derive(Clone, Default)]
+pub struct DhcpSwitch(std::sync::Arc<std::sync::Mutex<Option<Dnsmasq>>>);
+
+impl DhcpSwitch {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Dnsmasq>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stop dnsmasq (SIGTERM, reaped; blocking for up to its grace). A
+    /// no-op when it is not running.
+    pub fn stop(&self) -> Result<()> {
+        let taken = self.lock().take();
+        match taken {
+            Some(mut d) => d.stop().map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Enters a lab network's namespace in a child (see [`LabNet::handle`]).
 #[derive(Clone, Debug)]
 pub struct NetnsHandle(std::sync::Arc<OwnedFd>);
@@ -655,7 +677,8 @@ pub struct LabNet {
     fd: Option<OwnedFd>,
     /// The namespace still has to be deleted.
     exists: bool,
-    dnsmasq: Option<Dnsmasq>,
+    /// Shared with [`DhcpSwitch`]es (an outage armed on a trigger).
+    dnsmasq: DhcpSwitch,
     taps: Vec<String>,
     stale_removed: Vec<String>,
 }
@@ -666,7 +689,7 @@ impl fmt::Debug for LabNet {
             .field("name", &self.name)
             .field("subnet", &self.cfg.subnet)
             .field("taps", &self.taps)
-            .field("dnsmasq_pid", &self.dnsmasq.as_ref().map(Dnsmasq::pid))
+            .field("dnsmasq_pid", &self.dnsmasq.lock().as_ref().map(Dnsmasq::pid))
             .field("up", &self.fd.is_some())
             .finish()
     }
@@ -704,8 +727,17 @@ impl LabNet {
         let name = format!("{NAME_PREFIX}{}-{}", std::process::id(), NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed));
         run(&tools.ip, &["netns", "add", &name])?;
         // From here on, dropping `net` undoes what was made.
-        let mut net =
-            LabNet { name, cfg, files, tools, fd: None, exists: true, dnsmasq: None, taps: Vec::new(), stale_removed };
+        let mut net = LabNet {
+            name,
+            cfg,
+            files,
+            tools,
+            fd: None,
+            exists: true,
+            dnsmasq: DhcpSwitch::default(),
+            taps: Vec::new(),
+            stale_removed,
+        };
         net.set_up()?;
         Ok(net)
     }
@@ -878,18 +910,21 @@ impl LabNet {
 
     /// dnsmasq's pid while it runs.
     pub fn dnsmasq_pid(&mut self) -> Option<u32> {
-        let d = self.dnsmasq.as_mut()?;
+        let mut d = self.dnsmasq.lock();
+        let d = d.as_mut()?;
         d.running().then(|| d.pid())
+    }
+
+    /// A handle that stops this network's dnsmasq from elsewhere (a task).
+    pub fn dhcp_switch(&self) -> DhcpSwitch {
+        self.dnsmasq.clone()
     }
 
     /// Fault injection: stop dnsmasq (SIGTERM, reaped): DHCP, TFTP and router
     /// advertisements vanish; leases already handed out stay on the nodes and
     /// in the lease file. A no-op when it is not running.
     pub fn stop_dhcp(&mut self) -> Result<()> {
-        match self.dnsmasq.take() {
-            Some(mut d) => d.stop().map(|_| ()),
-            None => Ok(()),
-        }
+        self.dnsmasq.stop()
     }
 
     /// Start dnsmasq (again) with the same configuration and lease file, and
@@ -900,11 +935,12 @@ impl LabNet {
     /// *thread* ends (a `spawn_blocking` thread, say); a dnsmasq left by a
     /// harness killed outright goes with its namespace at the next `create`.
     pub fn start_dhcp(&mut self) -> Result<()> {
-        if let Some(d) = self.dnsmasq.as_mut() {
-            if d.running() {
+        {
+            let mut running = self.dnsmasq.lock();
+            if running.as_mut().is_some_and(Dnsmasq::running) {
                 return Ok(());
             }
-            self.dnsmasq = None;
+            *running = None;
         }
         let hook = self.pre_exec_hook()?;
         let files = &self.files;
@@ -970,7 +1006,7 @@ impl LabNet {
             }
             watch.drain();
         }
-        self.dnsmasq = Some(d);
+        *self.dnsmasq.lock() = Some(d);
         Ok(())
     }
 
@@ -989,10 +1025,8 @@ impl LabNet {
     /// namespace fail with [`LabNetError::TornDown`].
     pub fn teardown(&mut self) -> Result<()> {
         let mut first_err = None;
-        if let Some(mut d) = self.dnsmasq.take() {
-            if let Err(e) = d.stop() {
-                first_err.get_or_insert(e);
-            }
+        if let Err(e) = self.dnsmasq.stop() {
+            first_err.get_or_insert(e);
         }
         self.fd = None;
         if self.exists {

@@ -408,6 +408,9 @@ async fn lab_network(runs: &mut [Run<'_>], arches: &[devlab_images::Arch]) -> Re
         per_arch_profiles: true,
         node_host: &host,
     };
+    for r in runs.iter_mut() {
+        r.dhcp = Some(net.dhcp_switch());
+    }
     // Owned before the lab starts: a failure from here on still tears it down.
     runs[0].net = Some(net);
     let lab = crate::provision::Lab::start_with(&setup, listener).await?;
@@ -694,6 +697,8 @@ pub(crate) enum FireAction {
     Http(ServerHandle, crate::update_server::Fault, u32),
     /// The provisioning service's next answers on an endpoint fail.
     Provision(devlab_provision::Service, devlab_provision::Endpoint, devlab_provision::Fault),
+    /// The lab network's dnsmasq stops.
+    DhcpStop(crate::labnet::DhcpSwitch),
 }
 
 /// A task that completes `action` on `m` as soon as `fired` turns: a
@@ -728,6 +733,14 @@ fn complete_on_fire(
                 service.fault(endpoint, fault);
                 thaw();
                 Ok(())
+            }
+            FireAction::DhcpStop(switch) => {
+                let stopped = tokio::task::spawn_blocking(move || switch.stop()).await;
+                thaw();
+                match stopped {
+                    Ok(res) => res.map_err(|e| format!("stopping the lab's DHCP/TFTP server: {e}")),
+                    Err(e) => Err(format!("stopping the lab's DHCP/TFTP server: {e}")),
+                }
             }
             FireAction::Qmp(command, args) => {
                 thaw();
@@ -866,6 +879,8 @@ pub struct Run<'a> {
     pub(crate) disk_armable: bool,
     /// What the disk holds at the first power-on (the machine's plan).
     pub(crate) disk: crate::scenario::DiskStart,
+    /// The lab network's dnsmasq, for an armed DHCP outage (every machine's).
+    pub(crate) dhcp: Option<crate::labnet::DhcpSwitch>,
     /// Told as each step starts.
     pub(crate) on_step: StepHook,
     /// Use checkpoints (`RunOptions::checkpoints`).
@@ -931,6 +946,7 @@ impl<'a> Run<'a> {
             disk_errors: plan.disk_errors.clone(),
             disk_armable: scenario.steps.iter().any(|p| p.step.changes_running_disk()),
             disk: plan.disk,
+            dhcp: None,
             on_step: StepHook::default(),
             checkpoints: true,
             callback_cursor: 0,

@@ -43,11 +43,14 @@
 //! `power_cut_at`, `power_cut_on_request` and `link_drop` on
 //! `ssh`/`update` are the same idea bound to one command.
 //!
-//! DHCP outages (`dhcp_stop`) and the watchdog are not armable: dnsmasq is
-//! the lab network's, owned by the run between steps, and a watchdog bites
-//! only a guest that stops feeding it (a QEMU frozen from the host stops
-//! the watchdog's clock too); the shipped watchdog scenarios hang the
-//! guest itself (image `v2-hang`) and wait for QMP `WATCHDOG`.
+//! - `dhcp_stop` (no fields): the lab network's dnsmasq is stopped (DHCP,
+//!   TFTP, router advertisements gone) from the trigger on; a `dhcp_start`
+//!   step ends the outage.
+//!
+//! The watchdog is not armable: a watchdog bites only a guest that stops
+//! feeding it (a QEMU frozen from the host stops the watchdog's clock too);
+//! the shipped watchdog scenarios hang the guest itself (image `v2-hang`)
+//! and wait for QMP `WATCHDOG`.
 
 use super::prelude::*;
 use super::{corrupt_disk::CorruptDisk, disk_errors::DiskErrors, http_fault::HttpFault};
@@ -139,6 +142,8 @@ pub enum ArmedFaultKind {
     /// The provisioning service's next answers fail (`with` =
     /// `provision_fault`'s fields).
     ProvisionFault,
+    /// The lab network's DHCP/TFTP server stops.
+    DhcpStop,
 }
 
 impl ArmedFaultKind {
@@ -152,6 +157,7 @@ impl ArmedFaultKind {
             ArmedFaultKind::CorruptDisk => "corrupt_disk",
             ArmedFaultKind::HttpFault => "http_fault",
             ArmedFaultKind::ProvisionFault => "provision_fault",
+            ArmedFaultKind::DhcpStop => "dhcp_stop",
         }
     }
 
@@ -163,7 +169,14 @@ impl ArmedFaultKind {
 
     /// Does it take arguments (`with`)?
     fn takes_args(self) -> bool {
-        !matches!(self, ArmedFaultKind::PowerCut | ArmedFaultKind::Reset | ArmedFaultKind::LinkDown | ArmedFaultKind::LinkUp)
+        !matches!(
+            self,
+            ArmedFaultKind::PowerCut
+                | ArmedFaultKind::Reset
+                | ArmedFaultKind::LinkDown
+                | ArmedFaultKind::LinkUp
+                | ArmedFaultKind::DhcpStop
+        )
     }
 }
 
@@ -223,6 +236,9 @@ impl ArmFault {
             (_, k @ (ArmedFaultKind::LinkDown | ArmedFaultKind::LinkUp)) => {
                 FireAction::Qmp("set_link", Some(serde_json::json!({"name": "net0", "up": k == ArmedFaultKind::LinkUp})))
             }
+            (_, ArmedFaultKind::DhcpStop) => {
+                FireAction::DhcpStop(r.dhcp.clone().ok_or_else(|| r.failure("there is no lab network".into()))?)
+            }
             (FaultArgs::DiskErrors(d), _) => FireAction::DiskErrors(vec![d.resolve(r)?]),
             (FaultArgs::CorruptDisk(c), _) => {
                 FireAction::Corrupt { offset: c.disk_offset(r)?, length: c.length, byte: c.byte }
@@ -246,6 +262,7 @@ impl ArmFault {
             (_, ArmedFaultKind::Reset) => Event::Reset,
             (_, ArmedFaultKind::LinkDown) => Event::Link { up: false },
             (_, ArmedFaultKind::LinkUp) => Event::Link { up: true },
+            (_, ArmedFaultKind::DhcpStop) => super::dhcp_stop::DhcpStop::event(),
             (FaultArgs::DiskErrors(d), _) => d.event(),
             (FaultArgs::CorruptDisk(c), _) => c.event(),
             (FaultArgs::HttpFault(h), _) => h.event(),
@@ -308,6 +325,9 @@ impl StepKind for ArmFault {
             }
             (false, Some(_)) => return Err(cx.at("with", format!("`{name}` takes no arguments"))),
             _ => {}
+        }
+        if self.fault == ArmedFaultKind::DhcpStop {
+            cx.need_lab_network()?;
         }
         match &self.args {
             FaultArgs::None => {}

@@ -20,7 +20,14 @@ impl StepKind for DhcpStop {
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         r.with_net(|net| net.stop_dhcp(), "stopping the lab's DHCP/TFTP server").await?;
-        r.record(Event::Fault { kind: "dhcp_stop".into(), target: "lab network".into() });
+        r.record(DhcpStop::event());
         Ok(())
+    }
+}
+
+impl DhcpStop {
+    /// What the timeline records (the step's, and an armed outage's).
+    pub(crate) fn event() -> Event {
+        Event::Fault { kind: "dhcp_stop".into(), target: "lab network".into() }
     }
 }
