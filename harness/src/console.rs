@@ -441,6 +441,9 @@ async fn read_loop(
 /// where they were armed).
 fn check_triggers(shared: &Shared, bytes: &[u8], new_from: usize) {
     let mut triggers = shared.triggers.lock().unwrap();
+    // A trigger nobody waits for any more (its step ended, its fault was
+    // disarmed) must not freeze the machine.
+    triggers.retain(|t| !t.fired.is_closed());
     if triggers.is_empty() {
         return;
     }
@@ -597,6 +600,25 @@ mod tests {
         let end = fired.borrow().unwrap();
         assert_eq!(end, 27 + "U-Boot> virtio write: device".len());
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1, "fires once");
+    }
+
+    #[tokio::test]
+    async fn a_trigger_nobody_waits_for_never_fires() {
+        let (c, mut peer, _d) = pair();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let fired = c.arm_trigger(
+            re("link back"),
+            Box::new(move || {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }),
+        );
+        drop(fired);
+        // A live trigger after it proves the bytes were checked.
+        let mut later = c.arm_trigger(re("link back"), Box::new(|| {}));
+        peer.write_all(b"link back\n").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), later.wait_for(|f| f.is_some())).await.unwrap().unwrap();
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the abandoned trigger did not run its hook");
     }
 
     #[tokio::test]
