@@ -17,9 +17,10 @@
 //! - `after`: a time after this step (the fault's own moment, not a wait
 //!   for something).
 //!
-//! The fault is completed the moment it fires (a task kills, resets or
-//! sets the link of the frozen machine), so the guest never waits for the
-//! next step; `wait_fault` waits for that and records it.
+//! The fault is completed the moment it fires (a task kills, resets,
+//! sets the link of, changes the disk of the frozen machine, or installs
+//! the server's or the lab's fault and thaws it), so the guest never waits
+//! for the next step; `wait_fault` waits for that and records it.
 //!
 //! A request or time trigger watches the machine running when it is armed
 //! (so the machine must be on) and is disarmed if that machine goes off.
@@ -35,17 +36,16 @@
 //! - `corrupt_disk`: the bytes are overwritten through the disk device
 //!   (`qemu-io`), as a torn or stray write would leave them;
 //! - `http_fault` and `provision_fault`: the update server's or the
-//!   provisioning service's next answers fail, from the trigger on.
+//!   provisioning service's next answers fail, from the trigger on;
+//! - `dhcp_stop` (no fields): the lab network's dnsmasq is stopped (DHCP,
+//!   TFTP, router advertisements gone) from the trigger on; a `dhcp_start`
+//!   step ends the outage.
 //!
 //! QEMU cannot take QMP commands while frozen, so for all but the power
 //! cut it is thawed first; the disk faults pause the guest (QMP `stop`)
 //! around their commands, so the guest runs for that instant only.
 //! `power_cut_at`, `power_cut_on_request` and `link_drop` on
 //! `ssh`/`update` are the same idea bound to one command.
-//!
-//! - `dhcp_stop` (no fields): the lab network's dnsmasq is stopped (DHCP,
-//!   TFTP, router advertisements gone) from the trigger on; a `dhcp_start`
-//!   step ends the outage.
 //!
 //! The watchdog is not armable: a watchdog bites only a guest that stops
 //! feeding it (a QEMU frozen from the host stops the watchdog's clock too);
