@@ -1110,10 +1110,9 @@ mod tests {
         let plans = s.machines_for(&s.resolve_boards().unwrap()[0]).unwrap();
         assert_eq!((plans[0].disk, plans[1].disk), (DiskStart::Image, DiskStart::Blank));
         // A blank disk on a board that cannot boot from the network names the machine's `disk`.
-        let text = format!(
-            "{HEAD}network = \"lab\"\n[[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\ndisk = \"blank\"\n\
-             [provision]\nprofiles = [{{ name = \"ab\", image = \"base\" }}]\n[[step]]\naction = \"power_on\"\n"
-        );
+        let machines = "network = \"lab\"\n[[machine]]\nname = \"a\"\n[[machine]]\nname = \"b\"\ndisk = \"blank\"\n";
+        let provision = "[provision]\nprofiles = [ { name = \"ab\", image = \"base\" } ]\n";
+        let text = [HEAD, machines, provision, "[[step]]\naction = \"power_on\"\n"].concat();
         let err = parse(&text).and_then(|s| s.machines_for(&s.resolve_boards()?[0])).unwrap_err().to_string();
         let line = text.lines().position(|l| l.starts_with("disk")).unwrap() + 1;
         assert!(err.starts_with(&format!("s.toml:{line}:8: field `disk`: machine `b`: a blank disk")), "{err}");
