@@ -37,6 +37,9 @@ pub struct Board {
     pub watchdog: Option<String>,
     /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
+    /// The guest port SSH is forwarded to (22; a device profile may say
+    /// otherwise).
+    pub ssh_guest_port: u16,
     /// Where the profile was read from.
     pub path: PathBuf,
 }
@@ -303,6 +306,7 @@ impl Board {
             pxe: file.pxe,
             watchdog: file.watchdog,
             extra_args: file.extra_args,
+            ssh_guest_port: 22,
             path: path.to_path_buf(),
         })
     }
@@ -395,7 +399,7 @@ impl Board {
             // Report every error to the guest (never pause the VM).
             push(&["-device", &format!("{},drive=disk0,werror=report,rerror=report{disk_boot}", self.disk.model)]);
         }
-        let mut netdev = "user,id=net0,hostfwd=tcp:127.0.0.1:0-:22".to_string();
+        let mut netdev = format!("user,id=net0,hostfwd=tcp:127.0.0.1:0-:{}", self.ssh_guest_port);
         if let (Some(dir), Some(pxe)) = (paths.tftp, self.pxe) {
             netdev += &format!(",tftp={},bootfile={}", dir.display(), pxe.bootfile());
         }

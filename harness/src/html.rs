@@ -91,6 +91,8 @@ fn kind(event: &Event) -> (Colour, bool) {
         | Event::SshUp
         | Event::UbootBanner
         | Event::BootDecision { .. }
+        | Event::Mark { .. }
+        | Event::LoggedIn { .. }
         | Event::Firmware { .. } => (Boot, true),
         Event::PowerOn
         | Event::AutobootInterrupted
@@ -114,6 +116,7 @@ fn kind(event: &Event) -> (Colour, bool) {
         Event::ProvisionTable { .. } => (Provision, false),
         Event::Checkpoint { .. } | Event::Refuse { .. } => (Harness, true),
         Event::Expected { .. }
+        | Event::Fact { .. }
         | Event::Command { .. }
         | Event::Env { .. }
         | Event::File { .. }

@@ -102,11 +102,17 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
-/// Create the qcow2 overlay `overlay` on the read-only `base`.
+/// Create the qcow2 overlay `overlay` on the read-only `base` (raw, or a
+/// device's qcow2 image: told by its magic, never guessed by QEMU).
 pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
     let qemu_img = crate::disk::tool("qemu-img", "qemu-utils")?;
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::fs::File::open(base)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == b"QFI\xfb");
+    let format = if is_qcow2 { "qcow2" } else { "raw" };
     crate::disk::run_tool(
-        Command::new(qemu_img).args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"]).arg(base).arg(overlay),
+        Command::new(qemu_img).args(["create", "-q", "-f", "qcow2", "-F", format, "-b"]).arg(base).arg(overlay),
         &format!("qemu-img create {}", overlay.display()),
     )?;
     Ok(())

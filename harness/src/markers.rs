@@ -47,9 +47,10 @@ struct MarkerFile {
     marker: Vec<MarkerSpec>,
 }
 
+/// One `[[marker]]` as written (also read from a device profile).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MarkerSpec {
+pub(crate) struct MarkerSpec {
     #[serde(rename = "match")]
     pattern: Spanned<String>,
     event: Spanned<String>,
@@ -150,9 +151,16 @@ pub fn builtin() -> &'static Markers {
 pub fn load(file: &str, text: &str) -> Result<Vec<Marker>> {
     let path = Path::new(file);
     let parsed: MarkerFile = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
+    load_specs(file, text, parsed.marker)
+}
+
+/// Check markers already read from `text` (spans into it), e.g. a device
+/// profile's `[[marker]]` tables.
+pub(crate) fn load_specs(file: &str, text: &str, specs: Vec<MarkerSpec>) -> Result<Vec<Marker>> {
+    let path = Path::new(file);
     let err = |offset: usize, field: &str, msg: String| InputError::new(path, msg).at(text, offset).field(field);
     let mut out = Vec::new();
-    for spec in parsed.marker {
+    for spec in specs {
         let pattern = spec.pattern.get_ref();
         let pattern_at = spec.pattern.span().start;
         let re = Regex::new(pattern).map_err(|e| err(pattern_at, "match", format!("not a regex: {e}")))?;

@@ -11,11 +11,12 @@
 use crate::accel::{self, AccelChoice};
 use crate::board::Board;
 use crate::console::{ConsoleError, ERROR_LINES};
+use crate::device::Via;
 use crate::error::{Error, Failure, Result};
 use crate::machine::{Machine, MachineSpec};
 use crate::scenario::{MachinePlan, PlacedStep, Scenario, Step};
 use crate::ssh::Ssh;
-use crate::timeline::{console_marker, qmp_event, Entry, Event, Origin, Redactor, Timeline};
+use crate::timeline::{qmp_event, Entry, Event, Origin, Redactor, Timeline};
 use devlab_images::BuiltImage;
 use regex::bytes::Regex as BytesRegex;
 use regex::Regex;
@@ -160,10 +161,11 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     };
     out.run_dir = Some(run_dir.clone());
     let mut runs = Vec::new();
-    for (plan, image) in &machines {
+    for (plan, image, device_image) in &machines {
         let accel = accel::choose_async(&plan.board).await;
         let dir = if plan.name.is_empty() { run_dir.clone() } else { run_dir.join(&plan.name) };
         let mut r = Run::new(scenario, plan, image.clone(), dir, accel);
+        r.device_image.clone_from(device_image);
         r.name = plan.name.clone();
         r.lab_dir = run_dir.clone();
         r.on_step = opts.on_step.clone();
@@ -180,7 +182,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         }
     }
     let mut arches: Vec<devlab_images::Arch> = Vec::new();
-    for (plan, _) in &machines {
+    for (plan, ..) in &machines {
         if !arches.contains(&plan.board.arch) {
             arches.push(plan.board.arch);
         }
@@ -296,6 +298,11 @@ fn write_run_json(
         "steps": out.steps,
         "disk_removed": disk_removed,
     });
+    if let (Some(d), Some(p)) = (&scenario.device, &runs[0].device_image) {
+        // The user's image, named and hashed: which release this run tested.
+        record["device"] = json!({"name": d.name, "profile": d.path, "image": p.source, "sha256": p.sha256,
+                                  "format": p.format, "partition_table": p.table, "booted_from": p.disk});
+    }
     if runs.len() > 1 {
         let machines: Vec<serde_json::Value> = runs
             .iter()
@@ -309,8 +316,9 @@ fn write_run_json(
     let _ = std::fs::write(run_dir.join("run.json"), serde_json::to_string_pretty(&record).unwrap_or_default());
 }
 
-/// Each machine and its built image, and the run directory.
-type Prepared = (Vec<(MachinePlan, BuiltImage)>, PathBuf);
+/// Each machine, its built image (and, for a device, what its image is),
+/// and the run directory.
+type Prepared = (Vec<(MachinePlan, BuiltImage, Option<crate::device_image::Prepared>)>, PathBuf);
 
 fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<Prepared> {
     let mut machines = Vec::new();
@@ -322,6 +330,11 @@ fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<Prep
         let b = &plan.board;
         b.check_firmware()?;
         let root = crate::rundir::workspace_root();
+        if let Some(d) = &scenario.device {
+            let (built, prepared) = crate::device_image::built_image(d, b.arch)?;
+            machines.push((plan, built, Some(prepared)));
+            continue;
+        }
         let built = scenario.built_image(&root, &plan.image, b.arch)?;
         // What the steps serve must be built too: say so before anything boots.
         for served in scenario.served_images() {
@@ -330,11 +343,11 @@ fn prepare(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Result<Prep
         if scenario.provision.is_some() {
             crate::provision::mgmt_image(&scenario.path, scenario.text(), b.arch)?;
         }
-        machines.push((plan, built));
+        machines.push((plan, built, None));
     }
     check_free_space(&opts.runs_root)?;
     let dir = crate::rundir::create(&opts.runs_root, scenario.name(), &scenario.run_label(board))?;
-    for (plan, _) in &machines {
+    for (plan, ..) in &machines {
         if !plan.name.is_empty() {
             let d = dir.join(&plan.name);
             std::fs::create_dir_all(&d).map_err(|e| Error::infra(format!("{}: {e}", d.display())))?;
@@ -842,6 +855,8 @@ pub struct Run<'a> {
     pub(crate) scenario: &'a Scenario,
     pub(crate) board: &'a Board,
     pub(crate) image: BuiltImage,
+    /// A device's image: the user's file, its hash, format and partitions.
+    pub(crate) device_image: Option<crate::device_image::Prepared>,
     /// This machine's folder: the run directory, or a folder in it named
     /// after the machine in a scenario with several.
     pub(crate) run_dir: PathBuf,
@@ -857,6 +872,8 @@ pub struct Run<'a> {
     pub(crate) accel: AccelChoice,
     pub(crate) machine: Option<Machine>,
     pub(crate) ssh: Option<Ssh>,
+    /// A shell logged in on the serial console (a device's `login`).
+    pub(crate) serial: Option<crate::serial_shell::SerialShell>,
     pub(crate) timeline: Timeline,
     /// Time zero of the run: the first power-on.
     pub(crate) t_first: Option<Instant>,
@@ -927,6 +944,7 @@ impl<'a> Run<'a> {
             scenario,
             board,
             image,
+            device_image: None,
             lab_dir: run_dir.clone(),
             run_dir,
             name: String::new(),
@@ -935,6 +953,7 @@ impl<'a> Run<'a> {
             accel,
             machine: None,
             ssh: None,
+            serial: None,
             timeline: Timeline::default(),
             t_first: None,
             marker_offset: 0,
@@ -1045,6 +1064,47 @@ impl<'a> Run<'a> {
         err
     }
 
+    /// A console error as a failure that says first what it means (`why`:
+    /// which profile field to look at), then what the console showed.
+    pub(crate) fn console_failure_because(&self, e: ConsoleError, why: &str) -> Error {
+        let mut err = self.console_failure(e);
+        if let Error::Failed(f) = &mut err {
+            f.message = format!("{why}: {}", f.message);
+        }
+        err
+    }
+
+    /// Read a device fact: run its command over the device's command
+    /// transport and pick its value; a command that fails or prints nothing
+    /// the fact's regex matches is a failure naming the fact in the profile.
+    pub(crate) async fn read_fact(&mut self, fact: &crate::device::Fact) -> Result<String> {
+        let Some(command) = fact.command() else {
+            return Err(
+                self.failure(format!("fact `{}` is a console line, not a command ({})", fact.name, fact.origin))
+            );
+        };
+        let via = self.via(None);
+        let out = self.exec_via(command, Duration::from_secs(60), via).await?;
+        if out.status != 0 {
+            return Err(self.failure(format!(
+                "fact `{}`: `{command}` exited {} ({}); output: {:?}",
+                fact.name,
+                out.status,
+                fact.origin,
+                out.stdout.trim()
+            )));
+        }
+        fact.value(&out.stdout).ok_or_else(|| {
+            let pattern = fact.pattern.as_ref().map(|p| p.as_str()).unwrap_or_default();
+            self.failure(format!(
+                "fact `{}`: `{command}` printed {:?}, which `{pattern}` does not match ({})",
+                fact.name,
+                out.stdout.trim(),
+                fact.origin
+            ))
+        })
+    }
+
     pub(crate) fn machine(&mut self) -> Result<&mut Machine> {
         if !self.machine_running() {
             return Err(self.failure("the machine is not running (add a power_on step)".into()));
@@ -1060,10 +1120,11 @@ impl<'a> Run<'a> {
     /// new QMP events into the timeline, merged by arrival time.
     pub(crate) fn drain(&mut self, upto: Option<usize>) {
         let offset = self.machine_offset();
+        let markers = self.markers();
         let Some(m) = self.machine.as_ref() else { return };
         let mut batch = Vec::new();
         let mut push_marker = |line: &str, t: f64| {
-            if let Some(event) = console_marker(line) {
+            if let Some(event) = markers.event(line) {
                 batch.push(Entry { t: offset + t, origin: Origin::Console, event, node: None });
             }
         };
@@ -1105,8 +1166,64 @@ impl<'a> Run<'a> {
     pub(crate) async fn settle_line(&mut self, end: usize) {
         let Some(m) = self.machine.as_ref() else { return };
         let Some((_, line, _)) = m.console.line_at(end) else { return };
-        if console_marker(&line).is_some() {
+        if self.markers().event(&line).is_some() {
             m.console.wait_line_end(end, Duration::from_secs(5)).await;
+        }
+    }
+
+    /// The machine rebooted, was cut or went off: its SSH session and its
+    /// serial login are gone.
+    pub(crate) fn forget_sessions(&mut self) {
+        if let Some(s) = self.ssh.take() {
+            s.disconnect();
+        }
+        self.serial = None;
+    }
+
+    /// The transport a command step uses: the step's own choice, else the
+    /// device's default, else SSH.
+    pub(crate) fn via(&self, chosen: Option<Via>) -> Via {
+        chosen.or(self.scenario.device.as_ref().map(|d| d.default_via)).unwrap_or(Via::Ssh)
+    }
+
+    /// Run `command` on the machine over `via` (SSH, or the serial shell).
+    pub(crate) async fn exec_via(&mut self, command: &str, timeout: Duration, via: Via) -> Result<crate::ssh::Output> {
+        match via {
+            Via::Ssh => self.ssh()?.exec(command, timeout).await.map_err(|e| self.failure(e.to_string())),
+            Via::Serial => {
+                let (Some(shell), Some(m)) = (self.serial.as_mut(), self.machine.as_mut()) else {
+                    return Err(self.failure("no serial login (add a login step with via = \"serial\")".into()));
+                };
+                let out = shell.exec(&mut m.console, command, timeout).await;
+                out.map_err(|e| self.serial_failure(e))
+            }
+        }
+    }
+
+    /// A serial-shell error as a failure, with the console's last lines.
+    pub(crate) fn serial_failure(&self, e: crate::serial_shell::ShellError) -> Error {
+        match e {
+            crate::serial_shell::ShellError::Console(c) => self.console_failure(c),
+            other => self.failure(other.to_string()),
+        }
+    }
+
+    /// An SSH client for this machine on host `port`: the device's login
+    /// (user, key or password), else root with the image's key.
+    pub(crate) fn new_ssh(&self, port: u16, t0: Instant) -> Ssh {
+        let ssh = Ssh::new(port, &self.image.ssh_key, self.run_dir.join("ssh.log"), t0);
+        match self.scenario.device.as_ref().and_then(|d| d.ssh_login(self.board.arch)) {
+            Some(login) => ssh.with_login(&login.user, login.auth),
+            None => ssh,
+        }
+    }
+
+    /// Which console lines are timeline markers: the device's (its profile's
+    /// `[[marker]]`s), else the shipped ones.
+    pub(crate) fn markers(&self) -> &'a crate::markers::Markers {
+        match &self.scenario.device {
+            Some(d) => &d.markers,
+            None => crate::markers::builtin(),
         }
     }
 
@@ -1247,9 +1364,7 @@ impl<'a> Run<'a> {
         };
         let end = cut.map_err(|e| self.failure(e))?;
         self.machine()?.power_cut().await?;
-        if let Some(s) = self.ssh.take() {
-            s.disconnect();
-        }
+        self.forget_sessions();
         // A console trigger's line is the last the timeline keeps.
         self.drain((end != usize::MAX).then_some(end));
         self.record(Event::PowerCut);
@@ -1599,7 +1714,7 @@ impl<'a> Run<'a> {
         if found.meta.ssh_up {
             let t0 = self.machine()?.t0;
             let port = self.machine()?.ssh_port().await?;
-            let ssh = Ssh::new(port, &self.image.ssh_key, self.run_dir.join("ssh.log"), t0);
+            let ssh = self.new_ssh(port, t0);
             ssh.wait_up(Duration::from_secs(60)).await.map_err(|e| self.failure(format!("after restore: {e}")))?;
             self.ssh = Some(ssh);
         }

@@ -153,6 +153,11 @@ pub struct Header {
     /// The image recipe (`images/recipes/<image>.toml`).
     #[serde(default = "base")]
     pub image: toml::Spanned<String>,
+    /// A device profile instead of an image recipe: `NAME` is
+    /// `devices/NAME.toml`; a path (with `/` or ending `.toml`) is relative
+    /// to the scenario file.
+    #[serde(default)]
+    pub device: Option<toml::Spanned<String>>,
     /// What the disk holds at the first power-on: the image, or nothing
     /// (`blank`: a bare node the scenario provisions over the network; the
     /// image is then what it ends up running).
@@ -216,6 +221,8 @@ pub struct Scenario {
     pub steps: Vec<PlacedStep>,
     /// The matrix values this variant runs with (`param` -> value name).
     pub variant: Vec<(String, String)>,
+    /// The device profile named by `device` (none: a devlab image).
+    pub device: Option<std::sync::Arc<crate::device::Device>>,
     text: String,
 }
 
@@ -416,6 +423,7 @@ impl Scenario {
         for (placed, spanned) in steps.iter_mut().zip(&raw.step) {
             placed.on = machines_on(path, &text, spanned, &placed.step, &names)?;
         }
+        let device = load_device(path, &text, &raw.scenario, &raw.machine)?;
         let scenario = Scenario {
             path: path.to_path_buf(),
             header: raw.scenario,
@@ -423,6 +431,7 @@ impl Scenario {
             machines: raw.machine,
             steps,
             variant: Vec::new(),
+            device,
             text,
         };
         scenario.check_provision(path)?;
@@ -495,8 +504,14 @@ impl Scenario {
             .ok()
             .and_then(|r| devlab_images::Recipe::load(&r).ok())
             .is_some_and(|(r, _)| r.ostree.is_some());
-        let disk_labels: &'static [&'static str] =
-            if is_ostree { &devlab_images::disk::OSTREE_LABELS } else { &devlab_images::disk::LABELS };
+        // A device's partitions are known once its image is read (before the run).
+        let disk_labels: &'static [&'static str] = if self.device.is_some() {
+            &[]
+        } else if is_ostree {
+            &devlab_images::disk::OSTREE_LABELS
+        } else {
+            &devlab_images::disk::LABELS
+        };
         let mut cx = crate::steps::CheckCx {
             scenario: self,
             machine: machine.cloned(),
@@ -623,14 +638,17 @@ impl Scenario {
             let disk = self.header.disk;
             return Ok(vec![MachinePlan {
                 name: String::new(),
-                board: board.clone(),
+                board: self.device_board(board.clone()),
                 image,
                 disk_errors: Vec::new(),
                 disk,
             }]);
         }
-        let machines: Vec<MachinePlan> =
+        let mut machines: Vec<MachinePlan> =
             self.machines.iter().map(|m| self.machine_plan(m, board)).collect::<Result<_>>()?;
+        for m in &mut machines {
+            m.board = self.device_board(m.board.clone());
+        }
         // Releases are served per arch; bundles and OSTree commits not yet.
         let mixed = machines.iter().any(|m| m.board.arch != machines[0].board.arch);
         let one_arch_only = |p: &&PlacedStep| matches!(p.step, Step::ServeBundle(_) | Step::ServeOstree(_));
@@ -644,6 +662,23 @@ impl Scenario {
             .into());
         }
         Ok(machines)
+    }
+
+    /// `board` as the device needs it: its memory, its own U-Boot, its SSH
+    /// port (unchanged without a device).
+    fn device_board(&self, mut b: crate::board::Board) -> crate::board::Board {
+        let Some(d) = &self.device else { return b };
+        if let Some(m) = d.memory_mib {
+            b.memory_mib = m;
+        }
+        if let Some(u) = d.uboot(b.arch) {
+            b.firmware.path = u;
+            b.firmware.package = format!("the device `{}` (its profile's [firmware])", d.name);
+        }
+        if let Some(s) = &d.ssh {
+            b.ssh_guest_port = s.port;
+        }
+        b
     }
 
     /// One `[[machine]]` on the run's `board`.
@@ -750,6 +785,9 @@ impl Scenario {
     /// [`Scenario::check_board`] for one machine's board (the steps that
     /// run on it), or for every machine.
     fn check_board_for(&self, board: &crate::board::Board, machine: Option<&str>) -> Result<()> {
+        if let Some(d) = &self.device {
+            d.check_arch(board.arch)?;
+        }
         let (disk, offset) = self.disk_of(machine);
         if disk == DiskStart::Blank && board.pxe.is_none() {
             let on = machine.map(|m| format!("machine `{m}`: ")).unwrap_or_default();
@@ -885,6 +923,36 @@ pub fn locate_image(
         }
         other => other.into(),
     })
+}
+
+/// The device profile `device =` names, loaded and checked (its files are
+/// checked per arch before a run: [`crate::device::Device::check_files`]).
+fn load_device(
+    path: &Path,
+    text: &str,
+    header: &Header,
+    machines: &[MachineDecl],
+) -> Result<Option<std::sync::Arc<crate::device::Device>>> {
+    let Some(name) = &header.device else { return Ok(None) };
+    let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
+        InputError::new(path, msg).at(text, offset).field(field).into()
+    };
+    if header.image.span() != (0..0) {
+        return Err(at(header.image.span().start, "image", "give `image` or `device`, not both".into()));
+    }
+    if let Some(m) = machines.iter().find_map(|m| m.image.as_ref()) {
+        return Err(at(m.span().start, "machine.image", "a device scenario's machines all run the device".into()));
+    }
+    let n = name.get_ref();
+    let file = if n.contains('/') || n.ends_with(".toml") {
+        path.parent().unwrap_or(Path::new(".")).join(n)
+    } else {
+        crate::rundir::workspace_root().join("devices").join(format!("{n}.toml"))
+    };
+    if !file.is_file() {
+        return Err(at(name.span().start, "device", format!("no device profile {}", file.display())));
+    }
+    Ok(Some(std::sync::Arc::new(crate::device::Device::load(&file)?)))
 }
 
 /// Is `path` a scenario file? (`*.toml`, but not a crate's `Cargo.toml`.)

@@ -44,7 +44,7 @@ pub struct Output {
 pub struct Ssh {
     port: u16,
     user: String,
-    key: PathBuf,
+    auth: crate::device::SshAuth,
     transcript: PathBuf,
     t0: Instant,
     session: Arc<Mutex<Option<ssh2::Session>>>,
@@ -52,7 +52,16 @@ pub struct Ssh {
 
 impl Ssh {
     pub fn new(port: u16, key: &Path, transcript: PathBuf, t0: Instant) -> Ssh {
-        Ssh { port, user: "root".into(), key: key.to_path_buf(), transcript, t0, session: Arc::new(Mutex::new(None)) }
+        let auth = crate::device::SshAuth::Key(key.to_path_buf());
+        Ssh { port, user: "root".into(), auth, transcript, t0, session: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Log in as `user` with `auth` (a device profile's) instead of root
+    /// with devlab's key.
+    pub fn with_login(mut self, user: &str, auth: crate::device::SshAuth) -> Ssh {
+        self.user = user.to_string();
+        self.auth = auth;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -97,14 +106,15 @@ impl Ssh {
         attempts.abort_all();
         let std_stream = stream.into_std().map_err(|e| SshError::Session(e.to_string()))?;
         std_stream.set_nonblocking(false).map_err(|e| SshError::Session(e.to_string()))?;
-        let key = self.key.clone();
+        let auth = self.auth.clone();
         let user = self.user.clone();
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(5));
-        let session = tokio::task::spawn_blocking(move || login(std_stream, &user, &key, remaining))
+        let session = tokio::task::spawn_blocking(move || login(std_stream, &user, &auth, remaining))
             .await
             .map_err(|e| SshError::Session(e.to_string()))??;
         *self.session.lock().unwrap() = Some(session);
-        self.note(&format!("# logged in as root on 127.0.0.1:{port} after {:.3}s", started.elapsed().as_secs_f64()));
+        let user = &self.user;
+        self.note(&format!("# logged in as {user} on 127.0.0.1:{port} after {:.3}s", started.elapsed().as_secs_f64()));
         Ok(())
     }
 
@@ -192,14 +202,26 @@ async fn banner_attempt(port: u16) -> Result<TcpStream, String> {
     tokio::time::timeout(ATTEMPT_PATIENCE, attempt).await.map_err(|_| "no banner within 0.5 s".to_string())?
 }
 
-fn login(stream: StdTcpStream, user: &str, key: &Path, timeout: Duration) -> Result<ssh2::Session, SshError> {
+fn login(
+    stream: StdTcpStream,
+    user: &str,
+    auth: &crate::device::SshAuth,
+    timeout: Duration,
+) -> Result<ssh2::Session, SshError> {
     let err = |what: &str, e: ssh2::Error| SshError::Session(format!("{what}: {e}"));
     let mut sess = ssh2::Session::new().map_err(|e| err("session", e))?;
     sess.set_timeout(timeout.as_millis() as u32);
     sess.set_tcp_stream(stream);
     sess.handshake().map_err(|e| err("handshake", e))?;
-    sess.userauth_pubkey_file(user, None, key, None)
-        .map_err(|e| err(&format!("public key login as {user} with {}", key.display()), e))?;
+    match auth {
+        crate::device::SshAuth::Key(key) => sess
+            .userauth_pubkey_file(user, None, key, None)
+            .map_err(|e| err(&format!("public key login as {user} with {}", key.display()), e))?,
+        // The password itself is never part of a message.
+        crate::device::SshAuth::Password(p) => {
+            sess.userauth_password(user, p).map_err(|e| err(&format!("password login as {user}"), e))?
+        }
+    }
     if !sess.authenticated() {
         return Err(SshError::Session("not authenticated".into()));
     }

@@ -14,6 +14,23 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     PowerOn,
+    /// A device's own console line, named by its profile's marker
+    /// (`event = "mark"`, `fields = { name = "..." }`, an optional
+    /// `detail` capture).
+    Mark {
+        name: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
+    },
+    /// A device fact read through its profile (`ready`, `slot`, ...).
+    Fact {
+        name: String,
+        value: String,
+    },
+    /// Logged in to a device over `ssh` or `serial`.
+    LoggedIn {
+        via: String,
+    },
     UbootBanner,
     AutobootInterrupted,
     UbootCommand {

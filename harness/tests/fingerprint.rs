@@ -224,6 +224,10 @@ fn samples() -> Vec<Event> {
         Event::NetConfigFailed { firmware: "iPXE".into() },
         Event::Refuse { name: "second-try".into(), active: true },
         Event::Failed { step: "step 3 (expect)".into() },
+        Event::Mark { name: "rauc_good".into(), detail: "A".into() },
+        Event::Mark { name: "getty".into(), detail: String::new() },
+        Event::Fact { name: "slot".into(), value: "B".into() },
+        Event::LoggedIn { via: "serial".into() },
     ];
     for e in &all {
         match e {
@@ -277,6 +281,9 @@ fn samples() -> Vec<Event> {
             | Event::Firmware { .. }
             | Event::NetConfigFailed { .. }
             | Event::Refuse { .. }
+            | Event::Mark { .. }
+            | Event::Fact { .. }
+            | Event::LoggedIn { .. }
             | Event::Failed { .. } => {}
         }
     }

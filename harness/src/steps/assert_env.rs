@@ -16,6 +16,9 @@ impl StepKind for AssertEnv {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         match self.source {
             Source::Guest => cx.need_ssh(),
+            Source::Disk if cx.scenario.device.is_some() => {
+                Err(cx.at("source", "a device's U-Boot env is read in the guest (its `env` fact), not from the disk"))
+            }
             Source::Disk => cx.need(&[Power::Off, Power::On, Power::Ssh], "reads the machine's disk"),
         }
     }
@@ -23,6 +26,17 @@ impl StepKind for AssertEnv {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let a = self;
         let actual: BTreeMap<String, String> = match a.source {
+            Source::Guest if r.scenario.device.is_some() => {
+                // The device's own tool (its `env` fact), else fw_printenv.
+                let fact = r.scenario.device.as_ref().and_then(|d| d.facts.env.clone());
+                let command = fact.as_ref().and_then(|f| f.command()).unwrap_or("fw_printenv").to_string();
+                let via = r.via(None);
+                let out = r.exec_via(&command, Duration::from_secs(30), via).await?;
+                if out.status != 0 {
+                    return Err(r.failure(format!("`{command}` exited {}: {}", out.status, out.stdout.trim())));
+                }
+                crate::device::env_lines(&out.stdout)
+            }
             Source::Guest => {
                 let out = r
                     .ssh()?

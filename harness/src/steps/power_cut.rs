@@ -17,9 +17,7 @@ impl StepKind for PowerCut {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let m = r.machine()?;
         m.power_cut().await?;
-        if let Some(s) = r.ssh.take() {
-            s.disconnect();
-        }
+        r.forget_sessions();
         r.drain(None);
         r.record(Event::PowerCut);
         Ok(())

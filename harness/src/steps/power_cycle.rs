@@ -18,9 +18,7 @@ impl StepKind for PowerCycle {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         if r.machine_running() {
             r.machine()?.power_cut().await?;
-            if let Some(s) = r.ssh.take() {
-                s.disconnect();
-            }
+            r.forget_sessions();
             r.drain(None);
             r.record(Event::PowerCut);
         }

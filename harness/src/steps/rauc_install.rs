@@ -83,9 +83,7 @@ impl StepKind for RaucInstall {
         });
         if got == RaucOutcome::Installed && i.reboot {
             let _ = r.ssh()?.exec("reboot", Duration::from_secs(10)).await;
-            if let Some(s) = r.ssh.take() {
-                s.disconnect();
-            }
+            r.forget_sessions();
         }
         Ok(())
     }

@@ -20,9 +20,7 @@ impl StepKind for Reset {
             .execute_timeout("system_reset", None, Duration::from_secs(10))
             .await
             .map_err(|e| Error::infra(format!("system_reset: {e}")))?;
-        if let Some(s) = r.ssh.take() {
-            s.disconnect();
-        }
+        r.forget_sessions();
         r.drain(None);
         r.record(Event::Reset);
         Ok(())

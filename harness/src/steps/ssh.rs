@@ -1,13 +1,18 @@
-//! `ssh`: Run a command over SSH and check its status and output.
+//! `ssh`: Run a command on the machine (over SSH, or a device's serial shell) and check its status and output.
 
 use super::prelude::*;
 use crate::runner::{CutAt, OutageEnd, OutageStart};
 
-/// Run a command over SSH and check its status and output.
+/// Run a command on the machine and check its status and output: over
+/// SSH, or over the serial shell (`via = "serial"`, or a device whose
+/// profile makes it the default).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshRun {
     pub command: String,
+    /// `ssh` or `serial` (default: the device's `[login] default`, else SSH).
+    #[serde(default)]
+    pub via: Option<crate::device::Via>,
     #[serde(default)]
     pub expect_status: i32,
     /// Regex the trimmed stdout must match; its match is recorded.
@@ -43,6 +48,15 @@ pub struct LinkDrop {
 impl StepKind for SshRun {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_ssh()?;
+        let default = cx.scenario.device.as_ref().map(|d| d.default_via);
+        if self.via.or(default) == Some(crate::device::Via::Serial) {
+            if cx.scenario.device.as_ref().is_none_or(|d| d.serial.is_none()) {
+                return Err(cx.at("via", "a serial shell needs a device profile with [login.serial]"));
+            }
+            if self.power_cut_at.is_some() || self.power_cut_on_request.is_some() || self.link_drop.is_some() {
+                return Err(cx.at("via", "power_cut_at, power_cut_on_request and link_drop run the command over SSH"));
+            }
+        }
         let set = [self.power_cut_at.is_some(), self.power_cut_on_request.is_some(), self.link_drop.is_some()];
         if set.iter().filter(|x| **x).count() > 1 {
             let key = if self.link_drop.is_some() { "link_drop" } else { "power_cut_on_request" };
@@ -86,7 +100,10 @@ impl StepKind for SshRun {
                 let end = OutageEnd::After(Duration::from_secs(drop.seconds));
                 r.exec_with_link_outage(&command, s.timeout.0, OutageStart::Request(re), end).await?
             }
-            None => r.ssh()?.exec(&command, s.timeout.0).await.map_err(|e| r.failure(e.to_string()))?,
+            None => {
+                let via = r.via(s.via);
+                r.exec_via(&command, s.timeout.0, via).await?
+            }
         };
         if out.status != s.expect_status {
             return Err(r.failure(format!(

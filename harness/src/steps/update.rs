@@ -136,9 +136,7 @@ impl StepKind for Update {
         });
         if u.expect == UpdateOutcome::Installed && u.reboot {
             let _ = r.ssh()?.exec("reboot", Duration::from_secs(10)).await;
-            if let Some(s) = r.ssh.take() {
-                s.disconnect();
-            }
+            r.forget_sessions();
         }
         Ok(())
     }

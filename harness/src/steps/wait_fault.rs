@@ -78,9 +78,7 @@ impl StepKind for WaitFault {
         // The session is gone with the machine or its boot; a link fault
         // leaves it to wait for the link.
         if matches!(armed.fault, ArmedFaultKind::PowerCut | ArmedFaultKind::Reset) {
-            if let Some(s) = r.ssh.take() {
-                s.disconnect();
-            }
+            r.forget_sessions();
         }
         r.drain(upto);
         r.record(armed.event);

@@ -31,9 +31,7 @@ impl StepKind for WaitPoweroff {
                 humantime::format_duration(timeout)
             )));
         }
-        if let Some(s) = r.ssh.take() {
-            s.disconnect();
-        }
+        r.forget_sessions();
         r.qmp_read_to_end().await;
         r.drain(None);
         r.record(Event::PoweredOff);

@@ -1,7 +1,6 @@
 //! `wait_ssh`: 
 
 use super::prelude::*;
-use crate::ssh::Ssh;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +24,7 @@ impl StepKind for WaitSsh {
         let w = self;
         let t0 = r.machine()?.t0;
         let port = r.machine()?.ssh_port().await?;
-        let ssh = Ssh::new(port, &r.image.ssh_key, r.run_dir.join("ssh.log"), t0);
+        let ssh = r.new_ssh(port, t0);
         let m = r.machine()?;
         tokio::select! {
             up = ssh.wait_up(w.timeout.0) => up.map_err(|e| r.failure(e.to_string()))?,

@@ -1,0 +1,696 @@
+//! Device profiles: a team's own product as data (`devices/<name>.toml`, or
+//! a profile beside the team's build), used by a scenario with `device =`
+//! instead of `image =`. A profile says what the product is and how to talk
+//! to it, so no step needs devlab's own guest:
+//!
+//! - the disk image (raw, qcow2, `.wic`/`.img`, optionally `.gz`/`.xz`/
+//!   `.zst`), per arch through `{arch}`; never written (see
+//!   [`crate::device_image`]);
+//! - firmware: the board's, or the device's own U-Boot binary (and on
+//!   aarch64 `virt` a pflash image holding U-Boot's environment);
+//! - login: SSH (user, key or password, port) and/or the serial console
+//!   (login prompt, user, password, shell prompt), and which of them the
+//!   command steps use by default;
+//! - facts, each a command (or a console line) and a regex: `ready`,
+//!   `slot`, `version`, `env`, `update_state`;
+//! - console markers (`[[marker]]`, the format of [`crate::markers`]) that
+//!   turn the device's own U-Boot, kernel and init lines into timeline
+//!   events;
+//! - the device's own update tool (`[update]`: its install command and the
+//!   team's artifacts).
+//!
+//! Everything is checked when the profile loads: unknown fields, a regex
+//! that does not compile, a transport without its login table, firmware or
+//! artifacts that do not exist: an input error (exit 2) naming the profile
+//! file, line, column and field. Passwords and key paths are never put in
+//! an event, a log line or a report. Nothing here boots or writes.
+
+use crate::error::{InputError, Result};
+use crate::markers::{Marker, MarkerSpec, Markers};
+use devlab_images::Arch;
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// How command steps reach the device's shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Ssh,
+    Serial,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Ssh => "ssh",
+            Via::Serial => "serial",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    device: DeviceTable,
+    #[serde(default)]
+    firmware: Option<FirmwareTable>,
+    login: LoginTable,
+    #[serde(default)]
+    facts: FactsTable,
+    #[serde(default)]
+    update: Option<UpdateTable>,
+    #[serde(default)]
+    markers: MarkersTable,
+    #[serde(default)]
+    marker: Vec<MarkerSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceTable {
+    name: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    arches: Spanned<Vec<Spanned<Arch>>>,
+    image: Spanned<String>,
+    #[serde(default)]
+    memory_mib: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirmwareTable {
+    uboot: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginTable {
+    default: Spanned<Via>,
+    #[serde(default)]
+    ssh: Option<SshTable>,
+    #[serde(default)]
+    serial: Option<SerialTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SshTable {
+    #[serde(default = "root")]
+    user: String,
+    #[serde(default)]
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    password: Option<Spanned<String>>,
+    #[serde(default = "ssh_port")]
+    port: u16,
+}
+
+fn root() -> String {
+    "root".into()
+}
+
+fn ssh_port() -> u16 {
+    22
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SerialTable {
+    login_prompt: Spanned<String>,
+    #[serde(default = "root")]
+    user: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_prompt: Option<Spanned<String>>,
+    shell_prompt: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FactsTable {
+    #[serde(default)]
+    ready: Option<Spanned<FactTable>>,
+    #[serde(default)]
+    slot: Option<Spanned<FactTable>>,
+    #[serde(default)]
+    version: Option<Spanned<FactTable>>,
+    #[serde(default)]
+    env: Option<Spanned<FactTable>>,
+    #[serde(default)]
+    update_state: Option<Spanned<FactTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FactTable {
+    #[serde(default)]
+    command: Option<String>,
+    #[serde(default)]
+    console: Option<Spanned<String>>,
+    #[serde(default, rename = "match")]
+    pattern: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateTable {
+    install: Spanned<String>,
+    #[serde(default)]
+    artifacts: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    good_version: Option<String>,
+    #[serde(default)]
+    boot_limit: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MarkersTable {
+    /// Shipped marker files to try after the device's own (`uboot`).
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
+}
+
+/// The SSH login of a device.
+#[derive(Debug, Clone)]
+pub struct SshLogin {
+    pub user: String,
+    pub auth: SshAuth,
+    /// The guest port sshd listens on (QEMU forwards a host port to it).
+    pub port: u16,
+}
+
+/// How SSH proves who we are. Never printed (`Debug` hides the secret).
+#[derive(Clone)]
+pub enum SshAuth {
+    Key(PathBuf),
+    Password(String),
+}
+
+impl std::fmt::Debug for SshAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SshAuth::Key(_) => f.write_str("Key(..)"),
+            SshAuth::Password(_) => f.write_str("Password(..)"),
+        }
+    }
+}
+
+/// A serial-console login.
+#[derive(Clone)]
+pub struct SerialLogin {
+    pub login_prompt: Regex,
+    pub user: String,
+    pub password: Option<String>,
+    pub password_prompt: Regex,
+    pub shell_prompt: Regex,
+}
+
+impl std::fmt::Debug for SerialLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialLogin")
+            .field("login_prompt", &self.login_prompt.as_str())
+            .field("user", &self.user)
+            .field("shell_prompt", &self.shell_prompt.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a fact is read.
+#[derive(Debug, Clone)]
+pub enum FactSource {
+    /// A command's standard output.
+    Command(String),
+    /// A console line (`ready` only: "the device is up").
+    Console(Regex),
+}
+
+/// A fact of the device: where it is read and the regex that picks the
+/// value (its named capture of the fact's name, else its first group,
+/// else the whole match; no regex: the whole trimmed output).
+#[derive(Debug, Clone)]
+pub struct Fact {
+    pub name: &'static str,
+    pub source: FactSource,
+    pub pattern: Option<Regex>,
+    /// `file:line` of the fact in the profile, for failure messages.
+    pub origin: String,
+}
+
+impl Fact {
+    /// The fact's value in `text` (a command's output or a console line).
+    pub fn value(&self, text: &str) -> Option<String> {
+        let Some(re) = &self.pattern else { return Some(text.trim().to_string()) };
+        let caps = re.captures(text)?;
+        let m = caps.name(self.name).or_else(|| caps.get(1)).or_else(|| caps.get(0))?;
+        Some(m.as_str().trim().to_string())
+    }
+
+    /// `command`: the command that reads the fact, if it is one.
+    pub fn command(&self) -> Option<&str> {
+        match &self.source {
+            FactSource::Command(c) => Some(c),
+            FactSource::Console(_) => None,
+        }
+    }
+}
+
+/// The device's facts.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub ready: Option<Fact>,
+    pub slot: Option<Fact>,
+    pub version: Fact,
+    pub env: Option<Fact>,
+    pub update_state: Option<Fact>,
+}
+
+/// The device's own update tool.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// The command that installs, `{url}` replaced by the artifact's URL.
+    pub install: String,
+    /// Artifacts by name, `{arch}` still in the path.
+    pub artifacts: BTreeMap<String, Spanned<String>>,
+    pub good_version: Option<String>,
+    pub boot_limit: Option<u32>,
+}
+
+/// A checked device profile. Its `Debug` form names it only: the profile's
+/// text holds passwords.
+#[derive(Clone)]
+pub struct Device {
+    pub name: String,
+    pub description: String,
+    /// The profile file.
+    pub path: PathBuf,
+    pub arches: Vec<Arch>,
+    /// The image path as written (`{arch}` not yet replaced).
+    image: Spanned<String>,
+    pub memory_mib: Option<u32>,
+    /// Where `[login.ssh] key` is written.
+    ssh_key: Option<usize>,
+    /// The device's own U-Boot, `{arch}` not yet replaced.
+    firmware: Option<Spanned<String>>,
+    pub default_via: Via,
+    pub ssh: Option<SshLogin>,
+    pub serial: Option<SerialLogin>,
+    pub facts: Facts,
+    pub update: Option<Update>,
+    pub markers: Markers,
+    text: String,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("name", &self.name).field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// `/etc/os-release`'s `VERSION_ID`: the version fact when a profile names none.
+const DEFAULT_VERSION: &str = r#"(?m)^VERSION_ID="?(?<version>[^"\s]+)"?"#;
+
+impl Device {
+    /// Read and check the profile at `path`.
+    pub fn load(path: &Path) -> Result<Device> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| InputError::new(path, format!("cannot read device profile: {e}")))?;
+        Device::parse(path, &text)
+    }
+
+    /// Check a profile's text (`path` names it in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Device> {
+        let file: ProfileFile = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
+        let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
+            InputError::new(path, msg).at(text, offset).field(field).into()
+        };
+        let regex = |s: &Spanned<String>, field: &str| -> Result<Regex> {
+            Regex::new(s.get_ref()).map_err(|e| at(s.span().start, field, format!("not a regex: {e}")))
+        };
+        let d = &file.device;
+        let name = d.name.get_ref().clone();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(at(d.name.span().start, "name", format!("`{name}`: use letters, digits, `-`, `_` and `.`")));
+        }
+        if d.arches.get_ref().is_empty() {
+            return Err(at(d.arches.span().start, "arches", "name at least one arch".into()));
+        }
+        let arches: Vec<Arch> = d.arches.get_ref().iter().map(|a| *a.get_ref()).collect();
+        if arches.len() > 1 && !d.image.get_ref().contains("{arch}") {
+            return Err(at(
+                d.image.span().start,
+                "image",
+                "several arches need `{arch}` in the image path (one image per arch)".into(),
+            ));
+        }
+        if let Some(m) = &d.memory_mib {
+            if !(64..=65536).contains(m.get_ref()) {
+                return Err(at(m.span().start, "memory_mib", "between 64 and 65536".into()));
+            }
+        }
+        let login = &file.login;
+        let ssh = match &login.ssh {
+            None => None,
+            Some(s) => {
+                let auth = match (&s.key, &s.password) {
+                    // `{arch}` is replaced per run (see `ssh_login`).
+                    (Some(k), None) => SshAuth::Key(resolve(path, k.get_ref())),
+                    (None, Some(p)) => SshAuth::Password(p.get_ref().clone()),
+                    (Some(k), Some(_)) => {
+                        return Err(at(k.span().start, "key", "give `key` or `password`, not both".into()))
+                    }
+                    (None, None) => {
+                        let (line, _) = find_table(text, "login.ssh");
+                        return Err(at(line, "key", "[login.ssh] needs `key` or `password`".into()));
+                    }
+                };
+                Some(SshLogin { user: s.user.clone(), auth, port: s.port })
+            }
+        };
+        let serial = match &login.serial {
+            None => None,
+            Some(s) => Some(SerialLogin {
+                login_prompt: regex(&s.login_prompt, "login_prompt")?,
+                user: s.user.clone(),
+                password: s.password.clone(),
+                password_prompt: match &s.password_prompt {
+                    Some(p) => regex(p, "password_prompt")?,
+                    None => Regex::new("(?i)password: ?$").expect("a fixed regex"),
+                },
+                shell_prompt: regex(&s.shell_prompt, "shell_prompt")?,
+            }),
+        };
+        let default_at = login.default.span().start;
+        match login.default.get_ref() {
+            Via::Ssh if ssh.is_none() => {
+                return Err(at(default_at, "default", "command steps go over SSH, but there is no [login.ssh]".into()))
+            }
+            Via::Serial if serial.is_none() => {
+                let msg = "command steps go over the serial console, but there is no [login.serial]";
+                return Err(at(default_at, "default", msg.into()));
+            }
+            _ => {}
+        }
+        let facts = facts(path, text, &file.facts)?;
+        let firmware = file.firmware.as_ref().map(|f| f.uboot.clone());
+        let update = match &file.update {
+            None => None,
+            Some(u) => {
+                if !u.install.get_ref().contains("{url}") {
+                    let msg = "the install command takes the artifact's URL: put `{url}` in it";
+                    return Err(at(u.install.span().start, "install", msg.into()));
+                }
+                Some(Update {
+                    install: u.install.get_ref().clone(),
+                    artifacts: u.artifacts.clone(),
+                    good_version: u.good_version.clone(),
+                    boot_limit: u.boot_limit,
+                })
+            }
+        };
+        let file_name = path.display().to_string();
+        let mut all: Vec<Marker> = crate::markers::load_specs(&file_name, text, file.marker)?;
+        for inc in &file.markers.include {
+            let Some((f, t)) = crate::markers::BUILTIN.iter().find(|(f, _)| marker_file_stem(f) == inc.get_ref())
+            else {
+                let known: Vec<&str> = crate::markers::BUILTIN.iter().map(|(f, _)| marker_file_stem(f)).collect();
+                let msg = format!("no shipped marker file `{}` (known: {})", inc.get_ref(), known.join(", "));
+                return Err(at(inc.span().start, "include", msg));
+            };
+            all.extend(crate::markers::load(f, t)?);
+        }
+        Ok(Device {
+            name,
+            description: d.description.clone(),
+            path: path.to_path_buf(),
+            arches,
+            image: d.image.clone(),
+            memory_mib: d.memory_mib.as_ref().map(|m| *m.get_ref()),
+            ssh_key: login.ssh.as_ref().and_then(|s| s.key.as_ref()).map(|k| k.span().start),
+            firmware,
+            default_via: *login.default.get_ref(),
+            ssh,
+            serial,
+            facts,
+            update,
+            markers: Markers::new(all),
+            text: text.to_string(),
+        })
+    }
+
+    /// The profile's text (for errors located in it).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The image file for `arch`, and where the profile names it.
+    pub fn image_file(&self, arch: Arch) -> (PathBuf, usize) {
+        (resolve(&self.path, &for_arch(self.image.get_ref(), arch)), self.image.span().start)
+    }
+
+    /// An input error at `offset` of the profile.
+    pub fn error_at(&self, offset: usize, field: &str, msg: String) -> crate::error::Error {
+        InputError::new(&self.path, msg).at(&self.text, offset).field(field).into()
+    }
+
+    /// The SSH login on `arch` (its key's `{arch}` replaced).
+    pub fn ssh_login(&self, arch: Arch) -> Option<SshLogin> {
+        let mut login = self.ssh.clone()?;
+        if let SshAuth::Key(k) = &login.auth {
+            login.auth = SshAuth::Key(PathBuf::from(for_arch(&k.to_string_lossy(), arch)));
+        }
+        Some(login)
+    }
+
+    /// The device's own U-Boot for `arch` (none: the board's firmware).
+    pub fn uboot(&self, arch: Arch) -> Option<PathBuf> {
+        self.firmware.as_ref().map(|u| resolve(&self.path, &for_arch(u.get_ref(), arch)))
+    }
+
+    /// Before anything boots on `arch`: the arch is one of the device's,
+    /// and its files (firmware, SSH key, artifacts) can be read; else an
+    /// input error at the field that names the file. The image is checked
+    /// by [`crate::device_image::prepare`].
+    pub fn check_files(&self, arch: Arch) -> Result<()> {
+        self.check_arch(arch)?;
+        if let Some(u) = &self.firmware {
+            let p = resolve(&self.path, &for_arch(u.get_ref(), arch));
+            if !p.is_file() {
+                let msg = format!("{} does not exist (the device's firmware for {arch})", p.display());
+                return Err(self.error_at(u.span().start, "uboot", msg));
+            }
+        }
+        if let Some((k, SshLogin { auth: SshAuth::Key(p), .. })) =
+            self.ssh_key.as_ref().zip(self.ssh_login(arch).as_ref())
+        {
+            if let Err(e) = std::fs::File::open(p) {
+                let msg = format!("SSH key {} cannot be read: {e} (is the device built?)", p.display());
+                return Err(self.error_at(*k, "key", msg));
+            }
+        }
+        for (name, v) in self.update.iter().flat_map(|u| u.artifacts.iter()) {
+            let p = resolve(&self.path, &for_arch(v.get_ref(), arch));
+            if let Err(e) = std::fs::File::open(&p) {
+                let msg = format!("artifact `{name}`: {} cannot be read: {e} (for {arch})", p.display());
+                return Err(self.error_at(v.span().start, name, msg));
+            }
+        }
+        Ok(())
+    }
+
+    /// The artifact `name` for `arch`: its file.
+    pub fn artifact(&self, name: &str, arch: Arch) -> Option<PathBuf> {
+        let u = self.update.as_ref()?;
+        u.artifacts.get(name).map(|p| resolve(&self.path, &for_arch(p.get_ref(), arch)))
+    }
+
+    /// The profile refuses `arch`: an error naming its `arches`.
+    pub fn check_arch(&self, arch: Arch) -> Result<()> {
+        if self.arches.contains(&arch) {
+            return Ok(());
+        }
+        let listed: Vec<String> = self.arches.iter().map(|a| a.to_string()).collect();
+        let offset = self.text.find("arches").unwrap_or(0);
+        Err(self.error_at(
+            offset,
+            "arches",
+            format!("device `{}` is not built for {arch} ({})", self.name, listed.join(", ")),
+        ))
+    }
+}
+
+/// A shipped marker file's short name (`harness/markers/uboot.toml` → `uboot`).
+fn marker_file_stem(file: &str) -> &str {
+    file.rsplit('/').next().unwrap_or(file).trim_end_matches(".toml")
+}
+
+/// `{arch}` replaced by the arch's name.
+fn for_arch(template: &str, arch: Arch) -> String {
+    template.replace("{arch}", arch.uname())
+}
+
+/// A path of the profile, relative to the profile's folder.
+fn resolve(profile: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    profile.parent().unwrap_or(Path::new(".")).join(p)
+}
+
+/// Where `[name]` starts in `text` (for errors about a whole table).
+fn find_table(text: &str, name: &str) -> (usize, usize) {
+    let head = format!("[{name}]");
+    let at = text.find(&head).unwrap_or(0);
+    (at, at + head.len())
+}
+
+fn facts(path: &Path, text: &str, t: &FactsTable) -> Result<Facts> {
+    let one = |name: &'static str, f: &Option<Spanned<FactTable>>| -> Result<Option<Fact>> {
+        let Some(f) = f else { return Ok(None) };
+        let at = f.span().start;
+        let err = |offset: usize, msg: String| -> crate::error::Error {
+            InputError::new(path, msg).at(text, offset).field(name).into()
+        };
+        let table = f.get_ref();
+        let pattern = match &table.pattern {
+            None => None,
+            Some(p) => {
+                Some(Regex::new(p.get_ref()).map_err(|e| err(p.span().start, format!("`match` is not a regex: {e}")))?)
+            }
+        };
+        let source = match (&table.command, &table.console) {
+            (Some(c), None) => FactSource::Command(c.clone()),
+            (None, Some(c)) if name == "ready" => {
+                let re = Regex::new(c.get_ref())
+                    .map_err(|e| err(c.span().start, format!("`console` is not a regex: {e}")))?;
+                FactSource::Console(re)
+            }
+            (None, Some(c)) => {
+                return Err(err(
+                    c.span().start,
+                    format!("fact `{name}` is read by a command (`console` is for `ready`)"),
+                ))
+            }
+            _ => return Err(err(at, format!("fact `{name}`: give `command` (or, for `ready`, `console`), not both"))),
+        };
+        let (line, _) = crate::error::line_col(text, at);
+        Ok(Some(Fact { name, source, pattern, origin: format!("{}:{line}", path.display()) }))
+    };
+    let version = one("version", &t.version)?.unwrap_or_else(|| Fact {
+        name: "version",
+        source: FactSource::Command("cat /etc/os-release".into()),
+        pattern: Some(Regex::new(DEFAULT_VERSION).expect("a fixed regex")),
+        origin: format!("{} (default: /etc/os-release VERSION_ID)", path.display()),
+    });
+    Ok(Facts {
+        ready: one("ready", &t.ready)?,
+        slot: one("slot", &t.slot)?,
+        version,
+        env: one("env", &t.env)?,
+        update_state: one("update_state", &t.update_state)?,
+    })
+}
+
+/// `NAME=VALUE` lines (`fw_printenv`) as a map; other lines are skipped.
+pub fn env_lines(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.is_empty() && !k.contains(char::is_whitespace))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[device]
+name = "product"
+arches = ["x86_64"]
+image = "disk.img"
+
+[login]
+default = "serial"
+[login.serial]
+login_prompt = 'login: $'
+password = "s3cret"
+shell_prompt = '# $'
+
+[facts]
+ready = { console = 'Reached target' }
+slot = { command = "cat /proc/cmdline", match = 'rauc\.slot=(?<slot>\S+)' }
+
+[[marker]]
+match = 'example-boot: slot (?<slot>[AB]) tries left (?<tries_left>\d+)'
+event = "slot_chosen"
+numbers = ["tries_left"]
+"#;
+
+    fn parse(text: &str) -> Result<Device> {
+        Device::parse(Path::new("/nowhere/devices/product.toml"), text)
+    }
+
+    fn input_error(text: &str) -> InputError {
+        match parse(text) {
+            Err(crate::error::Error::Input(e)) => e,
+            other => panic!("expected an input error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_profile_reads_its_facts_and_markers() {
+        let d = parse(GOOD).unwrap();
+        assert_eq!(d.default_via, Via::Serial);
+        assert_eq!(d.image_file(Arch::X86_64).0, PathBuf::from("/nowhere/devices/disk.img"));
+        let slot = d.facts.slot.as_ref().unwrap();
+        assert_eq!(slot.value("quiet rauc.slot=B panic=5").as_deref(), Some("B"));
+        assert_eq!(slot.value("quiet"), None);
+        // The default version fact: os-release's VERSION_ID, quoted or not.
+        assert_eq!(d.facts.version.value("NAME=x\nVERSION_ID=\"12\"\n").as_deref(), Some("12"));
+        assert_eq!(d.facts.version.value("VERSION_ID=3.1\n").as_deref(), Some("3.1"));
+        let e = d.markers.event("example-boot: slot A tries left 2").unwrap();
+        assert_eq!(e, crate::timeline::Event::SlotChosen { slot: "A".into(), tries_left: 2 });
+        // The password is not in the profile's Debug form.
+        assert!(!format!("{d:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn mistakes_name_line_and_field() {
+        let e = input_error(&GOOD.replace(r"(?<slot>\S+)", r"(?<slot>\S+"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(16), Some("slot")), "{e}");
+        let e = input_error(&GOOD.replace("default = \"serial\"", "default = \"ssh\""));
+        assert_eq!((e.line, e.field.as_deref()), (Some(8), Some("default")), "{e}");
+        let e = input_error(&GOOD.replace("shell_prompt = '# $'", "shell_prompt = '# ['"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(12), Some("shell_prompt")), "{e}");
+        let e = input_error(&GOOD.replace("image = ", "imag = "));
+        assert_eq!((e.line, e.field.as_deref()), (Some(5), Some("imag")), "{e}");
+        let e = input_error(&GOOD.replace("[\"x86_64\"]", "[\"x86_64\", \"aarch64\"]"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(5), Some("image")), "{e}");
+        let d = parse(&format!("{GOOD}\n[firmware]\nuboot = \"u-boot-{{arch}}.bin\"\n")).unwrap();
+        let Err(crate::error::Error::Input(e)) = d.check_files(Arch::X86_64) else { panic!("firmware missing") };
+        assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("uboot")), "{e}");
+        assert!(e.message.contains("/nowhere/devices/u-boot-x86_64.bin does not exist"), "{e}");
+        let Err(crate::error::Error::Input(e)) = d.check_files(Arch::Aarch64) else { panic!("arch refused") };
+        assert_eq!(e.field.as_deref(), Some("arches"), "{e}");
+        let e = input_error(&GOOD.replace("slot_chosen", "slot_chose"));
+        assert_eq!(e.field.as_deref(), Some("event"), "{e}");
+        let e = input_error(&format!("{GOOD}\n[update]\ninstall = \"rauc install\"\n"));
+        assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("install")), "{e}");
+        let e = input_error(&GOOD.replace("ready = { console", "slot2 = { console"));
+        assert_eq!(e.field.as_deref(), Some("slot2"), "{e}");
+    }
+
+    #[test]
+    fn env_lines_read_fw_printenv() {
+        let env = env_lines("BOOT_ORDER=B A\nBOOT_A_LEFT=3\nnot a var\n");
+        assert_eq!(env.get("BOOT_ORDER").map(String::as_str), Some("B A"));
+        assert_eq!(env.len(), 2);
+    }
+}

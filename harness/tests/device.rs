@@ -1,0 +1,148 @@
+//! Device profiles end to end, on a team-style copy of devlab's base image
+//! (compressed, in a folder of its own, named by a profile): it boots
+//! through an overlay, the serial shell and SSH both log in, facts are read
+//! through the profile, `run.json` names the image's SHA-256, and the
+//! user's files are byte-identical afterwards. Mistakes in a profile are
+//! input errors (exit 2) naming the profile's line and field before
+//! anything boots; a device that never gets `ready` fails (exit 1) naming
+//! the fact to look at. These boot QEMU.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn devlab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_devlab"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn sha256(p: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+/// A product folder: the base image of each arch as `product-<arch>.img.gz`,
+/// its SSH key, and `device.toml` (`extra` appended to its `[facts]`).
+fn product(dir: &Path, facts: &str) -> PathBuf {
+    let recipe = root().join("images/recipes/base.toml");
+    for arch in devlab_images::Arch::ALL {
+        let built = devlab_images::locate(&recipe, arch).expect("the base image is built (cargo xtask images)");
+        std::fs::copy(built.disk.with_extension("raw.gz"), dir.join(format!("product-{arch}.img.gz"))).unwrap();
+        std::fs::copy(&built.ssh_key, dir.join(format!("key-{arch}"))).unwrap();
+    }
+    let profile = dir.join("device.toml");
+    let text = "[device]\nname = \"product\"\narches = [\"x86_64\", \"aarch64\"]\nimage = \"product-{arch}.img.gz\"\n\
+        \n[login]\ndefault = \"serial\"\n[login.ssh]\nkey = \"key-{arch}\"\n\
+        [login.serial]\nlogin_prompt = 'login: $'\nshell_prompt = '# $'\n\
+        \n[facts]\nslot = { command = \"cat /proc/cmdline\", match = 'devlab\\.slot=(?<slot>\\S+)' }\n"
+        .to_string()
+        + facts
+        + "\n[[marker]]\nmatch = 'devlab-health: committed slot (?<detail>\\w)'\nevent = \"mark\"\n\
+           fields = { name = \"committed\" }\n";
+    std::fs::write(&profile, text).unwrap();
+    profile
+}
+
+fn scenario(dir: &Path, boards: &str, steps: &str) -> PathBuf {
+    let p = dir.join("scenario.toml");
+    let text = "[scenario]\nname = \"product-smoke\"\nboards = [".to_string()
+        + boards
+        + "]\ndevice = \"device.toml\"\ntimeout = \"3m\"\n"
+        + steps;
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const SMOKE: &str = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\"\n\
+    [[step]]\naction = \"login\"\n\
+    [[step]]\naction = \"ssh\"\ncommand = \"uname -m; echo \\\"it's\\\"; exit 3\"\nexpect_status = 3\nexpect_stdout = \"^{arch}\\nit's$\"\n\
+    [[step]]\naction = \"assert_slot\"\nslot = \"A\"\n\
+    [[step]]\naction = \"assert_version\"\nversion = \"1\"\n\
+    [[step]]\naction = \"login\"\nvia = \"ssh\"\n\
+    [[step]]\naction = \"ssh\"\nvia = \"ssh\"\ncommand = \"test -e /etc/devlab\"\n\
+    [[step]]\naction = \"assert_env\"\nvars = { BOOT_ORDER = \"A B\" }\n";
+
+fn run(dir: &Path, scenario: &Path) -> std::process::Output {
+    devlab()
+        .args(["run", scenario.to_str().unwrap(), "--no-snapshots", "--report-dir"])
+        .arg(dir.join("reports"))
+        .env("DEVLAB_RUNS", dir.join("runs"))
+        .output()
+        .unwrap()
+}
+
+fn run_json(dir: &Path) -> serde_json::Value {
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.join("runs")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    serde_json::from_str(&std::fs::read_to_string(runs[0].join("run.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_teams_compressed_image_boots_over_an_overlay_with_serial_and_ssh_logins() {
+    let d = tempfile::tempdir().unwrap();
+    product(d.path(), "ready = { console = 'devlab-rc: ready' }\n");
+    let files: Vec<PathBuf> =
+        ["product-x86_64.img.gz", "product-aarch64.img.gz", "device.toml"].iter().map(|f| d.path().join(f)).collect();
+    let before: Vec<String> = files.iter().map(|f| sha256(f)).collect();
+    let s = scenario(d.path(), "\"qemu-aarch64\"", SMOKE);
+    let out = run(d.path(), &s);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let rec = run_json(d.path());
+    assert_eq!(rec["device"]["sha256"], before[1], "run.json names the image's hash: {rec}");
+    assert_eq!(rec["device"]["partition_table"], "gpt");
+    let after: Vec<String> = files.iter().map(|f| sha256(f)).collect();
+    assert_eq!(before, after, "the user's files are never written");
+    // The timeline holds the device's own marker, its facts and both logins.
+    let run_dir = std::fs::read_dir(d.path().join("runs")).unwrap().flatten().next().unwrap().path();
+    let timeline = std::fs::read_to_string(run_dir.join("timeline.json")).unwrap();
+    for want in [r#""name": "committed""#, r#""via": "serial""#, r#""via": "ssh""#, r#""slot": "A""#] {
+        assert!(timeline.contains(want), "timeline lacks {want}: {timeline}");
+    }
+}
+
+#[test]
+fn profile_mistakes_are_bad_input_before_anything_boots() {
+    let d = tempfile::tempdir().unwrap();
+    let profile = product(d.path(), "ready = { console = 'devlab-rc: ready' }\n");
+    let s = scenario(d.path(), "\"qemu-x86_64\"", SMOKE);
+    let cases: [(&str, &str, &str); 3] = [
+        ("product-{arch}.img.gz", "missing-{arch}.img", "device.toml:4:9: field `image`: "),
+        ("'devlab\\.slot=(?<slot>\\S+)'", "'devlab\\.slot=(?<slot>\\S+'", "device.toml:15:49: field `slot`: "),
+        ("key = \"key-{arch}\"", "key = \"nokey-{arch}\"", "device.toml:9:7: field `key`: "),
+    ];
+    let good = std::fs::read_to_string(&profile).unwrap();
+    for (from, to, want) in cases {
+        assert!(good.contains(from), "{from}");
+        std::fs::write(&profile, good.replace(from, to)).unwrap();
+        let out = run(d.path(), &s);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+        assert!(err.contains(want), "{to}: wanted {want:?} in {err}");
+        assert!(!d.path().join("runs").exists(), "nothing started for {to}");
+    }
+    // A file system image (no partition table) is not a disk.
+    std::fs::write(d.path().join("fs-x86_64.img"), vec![0u8; 1 << 16]).unwrap();
+    std::fs::write(&profile, good.replace("product-{arch}.img.gz", "fs-{arch}.img")).unwrap();
+    let out = run(d.path(), &s);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("field `image`") && err.contains("has no partition table"), "{err}");
+}
+
+#[test]
+fn a_device_that_never_gets_ready_fails_naming_the_fact() {
+    let d = tempfile::tempdir().unwrap();
+    product(d.path(), "ready = { console = 'product is up' }\n");
+    let steps = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\"\n\
+        [[step]]\naction = \"login\"\ntimeout = \"20s\"\n";
+    let s = scenario(d.path(), "\"qemu-aarch64\"", steps);
+    let out = run(d.path(), &s);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the device never showed `ready` (see facts.ready at "), "{err}");
+    assert!(err.contains("device.toml:16"), "{err}");
+    assert!(err.contains("devlab-rc: ready"), "the last console lines are shown: {err}");
+}
