@@ -121,7 +121,10 @@ else
     reset
 fi
 
-setenv bootargs "console=${ex_console} root=PARTLABEL=${ex_rootlabel} rootfstype=ext4 rootwait rw rauc.slot=${ex_slot} panic=5"
+# quiet: serial output is slow under emulation; the panic message is printed
+# regardless (KERN_EMERG). panic=5: a kernel panic resets the board after
+# 5 s, so a broken slot runs its counter down instead of hanging.
+setenv bootargs "console=${ex_console} root=PARTLABEL=${ex_rootlabel} rootfstype=ext4 rootwait rw quiet rauc.slot=${ex_slot} panic=5"
 echo "example-boot: booting slot ${ex_slot} (${ex_rootdev}): ${bootargs}"
 if test "${arch}" = "x86"; then
     zboot ${kernel_addr_r} ${ex_ksize} ${ramdisk_addr_r} ${ex_rdsize}

@@ -322,6 +322,7 @@ EOF
     done
 
     cp "$W/packages.txt" "$T/packages.txt"
+    chmod 755 "$T"
     mv -T "$T" "$OUT/$arch"
     log "done: $OUT/$arch"
 }
@@ -354,6 +355,7 @@ write_manifest() {
             (cd "$OUT" && sha256sum "$a"/*.zst "$a"/*.raucb "$a"/packages.txt | sed 's/^/  /')
         done
     } > "$m"
+    chmod 644 "$m"
     mv -T "$m" "$OUT/manifest.txt"
 }
 
