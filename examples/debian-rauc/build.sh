@@ -80,8 +80,9 @@ debarch() { case "$1" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac; }
 INPUTS=(build.sh boot.cmd mkrootfs.py)
 while IFS= read -r -d '' f; do INPUTS+=("${f#./}"); done \
     < <(cd "$HERE" && find ./overlay -type f -print0 | LC_ALL=C sort -z)
+# Content, mode (an overlay file's x bit lands in the image) and path of each input.
 HASH=$(cd "$HERE" && for f in "${INPUTS[@]}"; do
-           printf '%s %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$f"
+           printf '%s %s %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$(stat -c %a "$f")" "$f"
        done | sha256sum | cut -d' ' -f1)
 CACHE=${DEVLAB_CACHE:-$HOME/.cache/devlab}/examples/debian-rauc
 OUT=$CACHE/$HASH
@@ -217,10 +218,16 @@ base_tar() {
         "deb $SECURITY_MIRROR $SUITE-security main")
     key=$(printf '%s\0' "${cmd[@]}" | sha256sum | cut -c1-16)
     BASE=$CACHE/base/$da-$key.tar
+    # One bootstrap per arch at a time; a holder of the lock may clear the
+    # left-overs of an interrupted one.
+    local lock
+    exec {lock}>"$CACHE/base/.lock-$da"
+    flock "$lock"
     if [ -f "$BASE" ]; then
         log "base: cached $BASE"
         return 0
     fi
+    rm -f "$CACHE/base/.tmp-$da-"*
     t=$(mktemp "$CACHE/base/.tmp-$da-XXXXXX.tar")
     cmd[${#cmd[@]}-4]=$t
     log "base: mmdebstrap $SUITE $da (arm64 under qemu-user takes minutes)"
