@@ -177,6 +177,12 @@ impl Console {
         self.shared.inner.lock().unwrap().bytes.len()
     }
 
+    /// Let the next `expect` see only bytes that arrive from now on (a
+    /// prompt printed before is stale: a serial login wakes it again).
+    pub fn skip_to_end(&mut self) {
+        self.cursor = self.len();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -130,20 +130,9 @@ struct SerialTable {
     shell_prompt: Spanned<String>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FactsTable {
-    #[serde(default)]
-    ready: Option<Spanned<FactTable>>,
-    #[serde(default)]
-    slot: Option<Spanned<FactTable>>,
-    #[serde(default)]
-    version: Option<Spanned<FactTable>>,
-    #[serde(default)]
-    env: Option<Spanned<FactTable>>,
-    #[serde(default)]
-    update_state: Option<Spanned<FactTable>>,
-}
+/// `[facts]`: the known ones (`ready`, `slot`, `version`, `env`,
+/// `update_state`) and any the team names (read by `assert_fact`).
+type FactsTable = BTreeMap<Spanned<String>, Spanned<FactTable>>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,6 +153,8 @@ struct UpdateTable {
     artifacts: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     good_version: Option<String>,
+    #[serde(default)]
+    bad_version: Option<String>,
     #[serde(default)]
     boot_limit: Option<u32>,
 }
@@ -235,7 +226,7 @@ pub enum FactSource {
 /// else the whole match; no regex: the whole trimmed output).
 #[derive(Debug, Clone)]
 pub struct Fact {
-    pub name: &'static str,
+    pub name: String,
     pub source: FactSource,
     pub pattern: Option<Regex>,
     /// `file:line` of the fact in the profile, for failure messages.
@@ -247,7 +238,7 @@ impl Fact {
     pub fn value(&self, text: &str) -> Option<String> {
         let Some(re) = &self.pattern else { return Some(text.trim().to_string()) };
         let caps = re.captures(text)?;
-        let m = caps.name(self.name).or_else(|| caps.get(1)).or_else(|| caps.get(0))?;
+        let m = caps.name(&self.name).or_else(|| caps.get(1)).or_else(|| caps.get(0))?;
         Some(m.as_str().trim().to_string())
     }
 
@@ -268,6 +259,22 @@ pub struct Facts {
     pub version: Fact,
     pub env: Option<Fact>,
     pub update_state: Option<Fact>,
+    /// The team's own facts, by name.
+    pub other: BTreeMap<String, Fact>,
+}
+
+impl Facts {
+    /// The fact called `name`, known or the team's own.
+    pub fn get(&self, name: &str) -> Option<&Fact> {
+        match name {
+            "ready" => self.ready.as_ref(),
+            "slot" => self.slot.as_ref(),
+            "version" => Some(&self.version),
+            "env" => self.env.as_ref(),
+            "update_state" => self.update_state.as_ref(),
+            _ => self.other.get(name),
+        }
+    }
 }
 
 /// The device's own update tool.
@@ -277,7 +284,11 @@ pub struct Update {
     pub install: String,
     /// Artifacts by name, `{arch}` still in the path.
     pub artifacts: BTreeMap<String, Spanned<String>>,
+    /// The version the `good` artifact installs.
     pub good_version: Option<String>,
+    /// The version of the `bad` artifact (one that does not boot).
+    pub bad_version: Option<String>,
+    /// Boots a new slot gets before the device's boot script falls back.
     pub boot_limit: Option<u32>,
 }
 
@@ -409,12 +420,13 @@ impl Device {
                     install: u.install.get_ref().clone(),
                     artifacts: u.artifacts.clone(),
                     good_version: u.good_version.clone(),
+                    bad_version: u.bad_version.clone(),
                     boot_limit: u.boot_limit,
                 })
             }
         };
         let file_name = path.display().to_string();
-        let mut all: Vec<Marker> = crate::markers::load_specs(&file_name, text, file.marker)?;
+        let mut all: Vec<Marker> = crate::markers::load_specs(&file_name, text, file.marker, true)?;
         for inc in &file.markers.include {
             let Some((f, t)) = crate::markers::BUILTIN.iter().find(|(f, _)| marker_file_stem(f) == inc.get_ref())
             else {
@@ -551,17 +563,23 @@ fn find_table(text: &str, name: &str) -> (usize, usize) {
 }
 
 fn facts(path: &Path, text: &str, t: &FactsTable) -> Result<Facts> {
-    let one = |name: &'static str, f: &Option<Spanned<FactTable>>| -> Result<Option<Fact>> {
-        let Some(f) = f else { return Ok(None) };
+    let mut all = BTreeMap::new();
+    for (key, f) in t {
+        let name = key.get_ref().clone();
         let at = f.span().start;
         let err = |offset: usize, msg: String| -> crate::error::Error {
-            InputError::new(path, msg).at(text, offset).field(name).into()
+            InputError::new(path, msg).at(text, offset).field(name.clone()).into()
         };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(err(key.span().start, format!("`{name}`: a fact's name is letters, digits and `_`")));
+        }
         let table = f.get_ref();
         let pattern = match &table.pattern {
             None => None,
             Some(p) => {
-                Some(Regex::new(p.get_ref()).map_err(|e| err(p.span().start, format!("`match` is not a regex: {e}")))?)
+                let re =
+                    Regex::new(p.get_ref()).map_err(|e| err(p.span().start, format!("`match` is not a regex: {e}")))?;
+                Some(re)
             }
         };
         let source = match (&table.command, &table.console) {
@@ -580,20 +598,21 @@ fn facts(path: &Path, text: &str, t: &FactsTable) -> Result<Facts> {
             _ => return Err(err(at, format!("fact `{name}`: give `command` (or, for `ready`, `console`), not both"))),
         };
         let (line, _) = crate::error::line_col(text, at);
-        Ok(Some(Fact { name, source, pattern, origin: format!("{}:{line}", path.display()) }))
-    };
-    let version = one("version", &t.version)?.unwrap_or_else(|| Fact {
-        name: "version",
+        all.insert(name.clone(), Fact { name, source, pattern, origin: format!("{}:{line}", path.display()) });
+    }
+    let version = all.remove("version").unwrap_or_else(|| Fact {
+        name: "version".into(),
         source: FactSource::Command("cat /etc/os-release".into()),
         pattern: Some(Regex::new(DEFAULT_VERSION).expect("a fixed regex")),
         origin: format!("{} (default: /etc/os-release VERSION_ID)", path.display()),
     });
     Ok(Facts {
-        ready: one("ready", &t.ready)?,
-        slot: one("slot", &t.slot)?,
+        ready: all.remove("ready"),
+        slot: all.remove("slot"),
         version,
-        env: one("env", &t.env)?,
-        update_state: one("update_state", &t.update_state)?,
+        env: all.remove("env"),
+        update_state: all.remove("update_state"),
+        other: all,
     })
 }
 
@@ -657,6 +676,13 @@ numbers = ["tries_left"]
         assert_eq!(d.facts.version.value("VERSION_ID=3.1\n").as_deref(), Some("3.1"));
         let e = d.markers.event("example-boot: slot A tries left 2").unwrap();
         assert_eq!(e, crate::timeline::Event::SlotChosen { slot: "A".into(), tries_left: 2 });
+        // An event name of the device's own: a mark with its captures as text.
+        let d = parse(&format!("{GOOD}\n[[marker]]\nmatch = 'good slot (?<slot>[AB]) v(?<v>\\d+)'\nevent = \"slot_good\"\nnumbers = [\"v\"]\n")).unwrap();
+        let fields = [("slot".to_string(), "B".to_string()), ("v".to_string(), "2".to_string())].into();
+        assert_eq!(
+            d.markers.event("good slot B v2"),
+            Some(crate::timeline::Event::Mark { name: "slot_good".into(), fields })
+        );
         // The password is not in the profile's Debug form.
         assert!(!format!("{d:?}").contains("s3cret"));
     }
@@ -679,12 +705,14 @@ numbers = ["tries_left"]
         assert!(e.message.contains("/nowhere/devices/u-boot-x86_64.bin does not exist"), "{e}");
         let Err(crate::error::Error::Input(e)) = d.check_files(Arch::Aarch64) else { panic!("arch refused") };
         assert_eq!(e.field.as_deref(), Some("arches"), "{e}");
-        let e = input_error(&GOOD.replace("slot_chosen", "slot_chose"));
-        assert_eq!(e.field.as_deref(), Some("event"), "{e}");
+        // A known event kind is checked field by field.
+        let e = input_error(&GOOD.replace("slot (?<slot>[AB])", "slot (?<slott>[AB])"));
+        assert_eq!(e.field.as_deref(), Some("slott"), "{e}");
         let e = input_error(&format!("{GOOD}\n[update]\ninstall = \"rauc install\"\n"));
         assert_eq!((e.line, e.field.as_deref()), (Some(24), Some("install")), "{e}");
         let e = input_error(&GOOD.replace("ready = { console", "slot2 = { console"));
-        assert_eq!(e.field.as_deref(), Some("slot2"), "{e}");
+        assert_eq!((e.line, e.field.as_deref()), (Some(15), Some("slot2")), "{e}");
+        assert!(e.message.contains("read by a command"), "{e}");
     }
 
     #[test]

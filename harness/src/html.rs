@@ -109,6 +109,7 @@ fn kind(event: &Event) -> (Colour, bool) {
         | Event::RaucInstall { .. }
         | Event::ReleaseServed { .. }
         | Event::BundleServed { .. }
+        | Event::ArtifactServed { .. }
         | Event::OstreeServed { .. } => (Update, true),
         Event::VersionRunning { .. } | Event::RaucStatus { .. } | Event::OstreeStatus { .. } => (Update, false),
         Event::Health { .. } => (Health, true),

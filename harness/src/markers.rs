@@ -77,6 +77,9 @@ pub struct Marker {
     /// `event` and the fixed fields; captures are added per line.
     template: Map<String, Value>,
     captures: Vec<Capture>,
+    /// A device's own event name (not an [`Event`] kind): the line becomes
+    /// [`Event::Mark`] with that name, captures and fixed fields in `fields`.
+    mark: bool,
     /// `file:line` of the marker, for people.
     pub origin: String,
 }
@@ -93,7 +96,11 @@ impl Marker {
         for c in &self.captures {
             if let Some(m) = caps.name(&c.name) {
                 let text = if c.trim { m.as_str().trim() } else { m.as_str() };
-                obj.insert(c.name.clone(), if c.number { number(text) } else { Value::String(text.to_string()) });
+                let value = if c.number && !self.mark { number(text) } else { Value::String(text.to_string()) };
+                match obj.get_mut("fields").and_then(Value::as_object_mut).filter(|_| self.mark) {
+                    Some(fields) => fields.insert(c.name.clone(), value),
+                    None => obj.insert(c.name.clone(), value),
+                };
             }
         }
         // Checked at load; only a number out of the field's range fails here.
@@ -151,12 +158,14 @@ pub fn builtin() -> &'static Markers {
 pub fn load(file: &str, text: &str) -> Result<Vec<Marker>> {
     let path = Path::new(file);
     let parsed: MarkerFile = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
-    load_specs(file, text, parsed.marker)
+    load_specs(file, text, parsed.marker, false)
 }
 
 /// Check markers already read from `text` (spans into it), e.g. a device
-/// profile's `[[marker]]` tables.
-pub(crate) fn load_specs(file: &str, text: &str, specs: Vec<MarkerSpec>) -> Result<Vec<Marker>> {
+/// profile's `[[marker]]` tables. With `own_names` (a device's), an event
+/// name that is no [`Event`] kind names a [`Event::Mark`] instead of being
+/// refused; a known kind is still checked field by field.
+pub(crate) fn load_specs(file: &str, text: &str, specs: Vec<MarkerSpec>, own_names: bool) -> Result<Vec<Marker>> {
     let path = Path::new(file);
     let err = |offset: usize, field: &str, msg: String| InputError::new(path, msg).at(text, offset).field(field);
     let mut out = Vec::new();
@@ -211,12 +220,26 @@ pub(crate) fn load_specs(file: &str, text: &str, specs: Vec<MarkerSpec>) -> Resu
             fields.push((name.clone(), sample, capture_at(name)));
             captures.push(Capture { name: name.clone(), number, trim });
         }
-        check(event, &fields).map_err(|(field, offset, msg)| match field {
-            None => err(event_at, "event", msg),
-            Some(f) => err(offset.unwrap_or(event_at), &f, msg),
-        })?;
+        let mark = own_names && try_event(event, &[]).is_err_and(|e| e.starts_with("unknown variant"));
+        if mark {
+            // The device's own event: its name, and every field as text.
+            let fixed: Map<String, Value> = template
+                .iter()
+                .filter(|(k, _)| *k != "event")
+                .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| Value::String(v.to_string()), |s| s.into())))
+                .collect();
+            template = Map::new();
+            template.insert("event".into(), "mark".into());
+            template.insert("name".into(), Value::String(event.clone()));
+            template.insert("fields".into(), Value::Object(fixed));
+        } else {
+            check(event, &fields).map_err(|(field, offset, msg)| match field {
+                None => err(event_at, "event", msg),
+                Some(f) => err(offset.unwrap_or(event_at), &f, msg),
+            })?;
+        }
         let (line, _) = crate::error::line_col(text, pattern_at);
-        out.push(Marker { re, template, captures, origin: format!("{file}:{line}") });
+        out.push(Marker { re, template, captures, mark, origin: format!("{file}:{line}") });
     }
     Ok(out)
 }

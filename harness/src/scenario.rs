@@ -527,6 +527,7 @@ impl Scenario {
             disk_errors_seen: false,
             armed: None,
             refused: Vec::new(),
+            logins: Vec::new(),
         };
         let mine = |p: &PlacedStep| machine.is_none_or(|m| p.on.is_empty() || p.on.contains(m));
         let mut last = 0;
@@ -534,6 +535,10 @@ impl Scenario {
             cx.span = spanned.span();
             cx.action = placed.step.action();
             placed.step.check(&mut cx)?;
+            // A reboot, power cut or power-off ends every login.
+            if cx.power != crate::steps::Power::Ssh {
+                cx.logins.clear();
+            }
             last = spanned.span().start;
         }
         if cx.armed.is_some() {

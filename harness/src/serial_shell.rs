@@ -56,7 +56,10 @@ impl SerialShell {
         let password_prompt =
             Regex::new(login.password_prompt.as_str()).map_err(|e| ShellError::Login(e.to_string()))?;
         let shell_prompt = Regex::new(login.shell_prompt.as_str()).map_err(|e| ShellError::Login(e.to_string()))?;
-        // A getty prints its prompt again for an empty line; a shell too.
+        // A getty prints its prompt again for an empty line; a shell too. A
+        // prompt already on the console may be from before a reboot: only
+        // what comes after the wake-up counts.
+        console.skip_to_end();
         console.send(b"\r").await?;
         let got = console.expect(&[login_prompt, shell_prompt.clone()], left()).await?;
         if got.index == 0 {
@@ -109,6 +112,13 @@ impl SerialShell {
         // Back at the prompt before the next command is typed.
         console.expect(&[re(&regex::escape(PROMPT))], timeout).await?;
         Ok(Output { status, stdout, stderr: String::new() })
+    }
+
+    /// Type `command` and do not wait for it to end (`reboot`: the shell
+    /// goes away with the machine).
+    pub async fn send_only(&mut self, console: &mut Console, command: &str) -> Result<(), ShellError> {
+        console.send(format!("{command}\r").as_bytes()).await?;
+        Ok(())
     }
 
     /// Write `data` to `remote` (mode `mode`) as base64 lines.

@@ -14,18 +14,23 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     PowerOn,
-    /// A device's own console line, named by its profile's marker
-    /// (`event = "mark"`, `fields = { name = "..." }`, an optional
-    /// `detail` capture).
+    /// A device's own console line, named by its profile's marker (an
+    /// `event` name that is none of these kinds), with its captures and
+    /// fixed fields as text.
     Mark {
         name: String,
-        #[serde(default, skip_serializing_if = "String::is_empty")]
-        detail: String,
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        fields: std::collections::BTreeMap<String, String>,
     },
     /// A device fact read through its profile (`ready`, `slot`, ...).
     Fact {
         name: String,
         value: String,
+    },
+    /// A device's own artifact published on the update server.
+    ArtifactServed {
+        name: String,
+        file: String,
     },
     /// Logged in to a device over `ssh` or `serial`.
     LoggedIn {

@@ -7,7 +7,8 @@
 //! (corrupt, truncate, drop, stall, slow, expire, HTTP 500) apply to the
 //! next N requests they target. Hand-written HTTP/1.1 (one request per
 //! connection) because the faults need byte-level control of the body.
-//! RAUC bundles are served as-is at `/bundles/<file>` (signed themselves).
+//! RAUC bundles are served as-is at `/bundles/<file>` (signed themselves),
+//! a team's own artifacts at `/files/<arch>/<file>`.
 //! `/callback/<name>` (any method, optional body) records that the guest
 //! called back, for steps that wait for it. An OSTree archive repo is
 //! served read-only at `/ostree/`: its files as they are, except `refs/`,
@@ -88,6 +89,10 @@ struct State {
     /// RAUC bundles by file name, served as-is at `/bundles/<file>` (they
     /// carry their own signature); download faults apply to them too.
     bundles: BTreeMap<String, Arc<Vec<u8>>>,
+    /// A team's own artifacts (a device's `[update] artifacts`) by
+    /// `<arch>/<file>`, served as-is at `/files/<arch>/<file>`; download
+    /// faults apply to them too.
+    files: BTreeMap<String, Arc<Vec<u8>>>,
     faults: Vec<(Fault, u32)>,
     secret: [u8; 32],
     url_ttl: Duration,
@@ -164,6 +169,7 @@ impl UpdateServer {
         let state = Arc::new(Mutex::new(State {
             releases: BTreeMap::new(),
             bundles: BTreeMap::new(),
+            files: BTreeMap::new(),
             faults: Vec::new(),
             secret,
             url_ttl: Duration::from_secs(600),
@@ -217,6 +223,16 @@ impl UpdateServer {
         s.log(&format!("bundle {file} ({} bytes, sha256 {sha})", bytes.len()));
         s.bundles.insert(file.to_string(), Arc::new(bytes));
         format!("http://10.0.2.2:{}/bundles/{file}", self.port)
+    }
+
+    /// Publish a team's artifact as `/files/<arch>/<file>` (bytes as the
+    /// user built them); returns its URL as the guest sees it.
+    pub fn add_file(&self, arch: &str, file: &str, bytes: Vec<u8>) -> String {
+        let mut s = self.state.lock().unwrap();
+        let sha = hex::encode(Sha256::digest(&bytes));
+        s.log(&format!("file {arch}/{file} ({} bytes, sha256 {sha})", bytes.len()));
+        s.files.insert(format!("{arch}/{file}"), Arc::new(bytes));
+        format!("http://10.0.2.2:{}/files/{arch}/{file}", self.port)
     }
 
     /// Serve the OSTree archive repo `repo` at `/ostree/` (nothing published
@@ -439,17 +455,28 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
         return Reply { status: 200, body: r.bytes.clone(), fault, release: true };
     }
     if let Some(file) = path.strip_prefix("/bundles/") {
-        let Some(bytes) = s.bundles.get(file).cloned() else { return text(404, "no such bundle\n") };
-        let fault = s.take_fault(false);
-        if let Some(f @ Fault::Error500 { .. }) = &fault {
-            return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
-        }
-        return Reply { status: 200, body: bytes, fault, release: true };
+        let bytes = s.bundles.get(file).cloned();
+        return download(&mut s, bytes, "no such bundle\n");
+    }
+    if let Some(file) = path.strip_prefix("/files/") {
+        let bytes = s.files.get(file).cloned();
+        return download(&mut s, bytes, "no such file\n");
     }
     if let Some(rel) = path.strip_prefix("/ostree/") {
         return ostree_file(&mut s, rel);
     }
     text(404, "not found\n")
+}
+
+/// A download of bytes served as-is (a bundle, a team's file), with the
+/// next download fault; 404 with `missing` when there is none.
+fn download(s: &mut State, bytes: Option<Arc<Vec<u8>>>, missing: &str) -> Reply {
+    let Some(bytes) = bytes else { return text(404, missing) };
+    let fault = s.take_fault(false);
+    if let Some(f @ Fault::Error500 { .. }) = &fault {
+        return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
+    }
+    Reply { status: 200, body: bytes, fault, release: true }
 }
 
 /// A file of the served OSTree repo (see the module doc).

@@ -39,8 +39,7 @@ fn product(dir: &Path, facts: &str) -> PathBuf {
         \n[facts]\nslot = { command = \"cat /proc/cmdline\", match = 'devlab\\.slot=(?<slot>\\S+)' }\n"
         .to_string()
         + facts
-        + "\n[[marker]]\nmatch = 'devlab-health: committed slot (?<detail>\\w)'\nevent = \"mark\"\n\
-           fields = { name = \"committed\" }\n";
+        + "\n[[marker]]\nmatch = 'devlab-health: committed slot (?<slot>\\w)'\nevent = \"committed\"\n";
     std::fs::write(&profile, text).unwrap();
     profile
 }
@@ -98,7 +97,7 @@ fn a_teams_compressed_image_boots_over_an_overlay_with_serial_and_ssh_logins() {
     // The timeline holds the device's own marker, its facts and both logins.
     let run_dir = std::fs::read_dir(d.path().join("runs")).unwrap().flatten().next().unwrap().path();
     let timeline = std::fs::read_to_string(run_dir.join("timeline.json")).unwrap();
-    for want in [r#""name": "committed""#, r#""via": "serial""#, r#""via": "ssh""#, r#""slot": "A""#] {
+    for want in [r#""name": "committed""#, r#""slot": "A""#, r#""via": "serial""#, r#""via": "ssh""#] {
         assert!(timeline.contains(want), "timeline lacks {want}: {timeline}");
     }
 }

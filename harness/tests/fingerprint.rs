@@ -224,10 +224,11 @@ fn samples() -> Vec<Event> {
         Event::NetConfigFailed { firmware: "iPXE".into() },
         Event::Refuse { name: "second-try".into(), active: true },
         Event::Failed { step: "step 3 (expect)".into() },
-        Event::Mark { name: "rauc_good".into(), detail: "A".into() },
-        Event::Mark { name: "getty".into(), detail: String::new() },
+        Event::Mark { name: "slot_good".into(), fields: [("slot".to_string(), "A".to_string())].into() },
+        Event::Mark { name: "login_prompt".into(), fields: BTreeMap::new() },
         Event::Fact { name: "slot".into(), value: "B".into() },
         Event::LoggedIn { via: "serial".into() },
+        Event::ArtifactServed { name: "good".into(), file: "good.raucb".into() },
     ];
     for e in &all {
         match e {
@@ -284,6 +285,7 @@ fn samples() -> Vec<Event> {
             | Event::Mark { .. }
             | Event::Fact { .. }
             | Event::LoggedIn { .. }
+            | Event::ArtifactServed { .. }
             | Event::Failed { .. } => {}
         }
     }

@@ -15,7 +15,7 @@ pub struct AssertEnv {
 impl StepKind for AssertEnv {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         match self.source {
-            Source::Guest => cx.need_ssh(),
+            Source::Guest => cx.need_login(None),
             Source::Disk if cx.scenario.device.is_some() => {
                 Err(cx.at("source", "a device's U-Boot env is read in the guest (its `env` fact), not from the disk"))
             }

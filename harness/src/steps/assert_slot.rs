@@ -26,7 +26,7 @@ impl std::fmt::Debug for SlotName {
 
 impl StepKind for AssertSlot {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
-        cx.need_ssh()?;
+        cx.need_login(None)?;
         match cx.scenario.device.as_ref() {
             Some(d) if d.facts.slot.is_none() => {
                 Err(cx.at("action", format!("device `{}` has no `slot` fact to read ([facts] slot)", d.name)))

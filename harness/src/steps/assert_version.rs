@@ -11,7 +11,7 @@ pub struct AssertVersion {
 
 impl StepKind for AssertVersion {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
-        cx.need_ssh()
+        cx.need_login(None)
     }
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {

@@ -26,7 +26,8 @@ impl StepKind for Login {
         let Some(d) = cx.scenario.device.clone() else {
             return Err(cx.at("action", "login logs in to a device profile's product: use wait_ssh for a devlab image"));
         };
-        match self.via.unwrap_or(d.default_via) {
+        let via = self.via.unwrap_or(d.default_via);
+        match via {
             Via::Serial if d.serial.is_none() => {
                 return Err(cx.at("via", format!("device `{}` has no [login.serial]", d.name)))
             }
@@ -34,6 +35,7 @@ impl StepKind for Login {
             _ => {}
         }
         cx.power = Power::Ssh;
+        cx.logins.push(via);
         Ok(())
     }
 

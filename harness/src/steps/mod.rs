@@ -214,6 +214,10 @@ steps! {
     "power_cycle" => power_cycle::PowerCycle(PowerCycle),
     "dhcp_stop" => dhcp_stop::DhcpStop(DhcpStop),
     "dhcp_start" => dhcp_start::DhcpStart(DhcpStart),
+    "serve_artifact" => serve_artifact::ServeArtifact(ServeArtifact),
+    "install" => install::Install(Install),
+    "assert_fact" => assert_fact::AssertFact(AssertFact),
+    "reboot" => reboot::Reboot(Reboot),
 }
 
 /// The longest duration a scenario may write (a day): anything longer is a
@@ -378,6 +382,8 @@ pub struct CheckCx<'a> {
     /// Patterns refused (`refuse`) and not yet allowed, by name.
     pub refused: Vec<String>,
     pub disk_errors_seen: bool,
+    /// A device's logins since the machine last came up (`login`).
+    pub logins: Vec<crate::device::Via>,
 }
 
 impl<'a> CheckCx<'a> {
@@ -429,6 +435,28 @@ impl<'a> CheckCx<'a> {
     /// The step runs a command over SSH.
     pub fn need_ssh(&self) -> Result<()> {
         self.need(&[Power::Ssh], "runs over SSH")
+    }
+
+    /// A command step: over SSH on a devlab image; on a device, over `via`
+    /// (else its default transport), which a `login` must have opened.
+    pub fn need_login(&self, via: Option<crate::device::Via>) -> Result<()> {
+        let Some(d) = &self.scenario.device else { return self.need_ssh() };
+        let via = via.unwrap_or(d.default_via);
+        if self.logins.contains(&via) {
+            return Ok(());
+        }
+        let how = match via {
+            crate::device::Via::Ssh => "",
+            crate::device::Via::Serial => " with via = \"serial\"",
+        };
+        Err(self.at(
+            "action",
+            format!(
+                "{} runs over {}, but the device is not logged in that way here: add a login step{how}",
+                self.action,
+                via.name()
+            ),
+        ))
     }
 
     /// The machine must be off (and have a disk).

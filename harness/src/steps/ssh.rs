@@ -47,7 +47,7 @@ pub struct LinkDrop {
 
 impl StepKind for SshRun {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
-        cx.need_ssh()?;
+        cx.need_login(self.via)?;
         let default = cx.scenario.device.as_ref().map(|d| d.default_via);
         if self.via.or(default) == Some(crate::device::Via::Serial) {
             if cx.scenario.device.as_ref().is_none_or(|d| d.serial.is_none()) {
