@@ -4,7 +4,9 @@
 //! even while nothing listens in the guest, so a connect proves nothing; the
 //! wait opens a fresh connection every ~50 ms, keeps each for up to 0.5 s,
 //! and takes the first that shows the `SSH-` banner (peeked, not consumed,
-//! so libssh2 still reads it). Every command goes to the SSH transcript.
+//! so libssh2 still reads it); after 5 s it backs off (longer patience,
+//! fewer connections: a slow guest's OpenSSH never answers a flood). Every
+//! command goes to the SSH transcript.
 
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;
@@ -15,10 +17,30 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 /// Spacing of connection attempts while waiting for the guest's sshd
-/// (a constant backoff: each attempt is cheap and bounded).
+/// (while the wait is young: each attempt is cheap and bounded).
 const ATTEMPT_SPACING: Duration = Duration::from_millis(50);
 /// How long one attempt waits for the banner before giving up on it.
 const ATTEMPT_PATIENCE: Duration = Duration::from_millis(500);
+/// After this long without a banner, attempts back off (see [`pace`]).
+const FAST_PHASE: Duration = Duration::from_secs(5);
+/// The longest one attempt waits for a banner.
+const MAX_PATIENCE: Duration = Duration::from_secs(8);
+
+/// Spacing and patience of the next attempt after `waited` without a
+/// banner. First every 50 ms, each kept 0.5 s (a fast guest: slirp accepts
+/// the host side at once, so a connection that sees no banner may be one
+/// nothing will ever answer). Then a backoff: a slow guest's sshd (OpenSSH
+/// re-executing itself per connection under TCG) needs more than 0.5 s per
+/// banner, and a flood of new connections keeps it from ever answering; so
+/// each attempt waits longer (a quarter of the wait so far, up to 8 s) and
+/// at most ~4 are open at once.
+fn pace(waited: Duration) -> (Duration, Duration) {
+    if waited < FAST_PHASE {
+        return (ATTEMPT_SPACING, ATTEMPT_PATIENCE);
+    }
+    let patience = (waited / 4).clamp(ATTEMPT_PATIENCE, MAX_PATIENCE);
+    (patience / 4, patience)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -88,11 +110,15 @@ impl Ssh {
         let deadline = tokio::time::Instant::now() + timeout;
         let port = self.port;
         let mut attempts = JoinSet::new();
-        let mut tick = tokio::time::interval(ATTEMPT_SPACING);
+        let mut next = tokio::time::Instant::now();
         let mut last = String::from("no attempt finished");
         let stream = loop {
             tokio::select! {
-                _ = tick.tick() => { attempts.spawn(banner_attempt(port)); }
+                _ = tokio::time::sleep_until(next) => {
+                    let (spacing, patience) = pace(started.elapsed());
+                    attempts.spawn(banner_attempt(port, patience));
+                    next += spacing;
+                }
                 Some(r) = attempts.join_next(), if !attempts.is_empty() => match r {
                     Ok(Ok(s)) => break s,
                     Ok(Err(e)) => last = e,
@@ -183,7 +209,7 @@ impl Ssh {
 }
 
 /// One attempt: connect and wait (bounded) until the server's banner starts.
-async fn banner_attempt(port: u16) -> Result<TcpStream, String> {
+async fn banner_attempt(port: u16, patience: Duration) -> Result<TcpStream, String> {
     let attempt = async {
         let s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4];
@@ -199,7 +225,8 @@ async fn banner_attempt(port: u16) -> Result<TcpStream, String> {
             s.readable().await.map_err(|e| e.to_string())?;
         }
     };
-    tokio::time::timeout(ATTEMPT_PATIENCE, attempt).await.map_err(|_| "no banner within 0.5 s".to_string())?
+    let err = || format!("no banner within {:.1} s", patience.as_secs_f64());
+    tokio::time::timeout(patience, attempt).await.map_err(|_| err())?
 }
 
 fn login(
@@ -270,7 +297,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let err = banner_attempt(port).await.unwrap_err();
+        let err = banner_attempt(port, ATTEMPT_PATIENCE).await.unwrap_err();
         assert!(err.contains("no banner"), "{err}");
         keep.abort();
 
@@ -282,9 +309,22 @@ mod tests {
             s.write_all(b"H-2.0-dropbear\r\n").await.unwrap();
             let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
         });
-        let s = banner_attempt(port).await.unwrap();
+        let s = banner_attempt(port, ATTEMPT_PATIENCE).await.unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(s.peek(&mut buf).await.unwrap(), 8, "banner still unread for libssh2");
+    }
+
+    #[test]
+    fn attempts_back_off_after_the_fast_phase() {
+        assert_eq!(pace(Duration::from_secs(1)), (ATTEMPT_SPACING, ATTEMPT_PATIENCE));
+        let (spacing, patience) = pace(Duration::from_secs(20));
+        assert_eq!((spacing, patience), (Duration::from_millis(1250), Duration::from_secs(5)));
+        assert_eq!(pace(Duration::from_secs(600)).1, MAX_PATIENCE);
+        // Never more than ~4 open at once once backed off.
+        for s in [6, 10, 40, 200] {
+            let (spacing, patience) = pace(Duration::from_secs(s));
+            assert!(patience.as_millis() / spacing.as_millis() <= 4, "{s}s");
+        }
     }
 
     #[tokio::test]
