@@ -536,6 +536,14 @@ impl Device {
     }
 }
 
+/// Is `path` a device profile (a TOML file with a `[device]` table and no
+/// `[scenario]`)? Anything unreadable is not.
+pub fn is_profile_file(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    let Ok(table) = text.parse::<toml::Table>() else { return false };
+    table.contains_key("device") && !table.contains_key("scenario")
+}
+
 /// A shipped marker file's short name (`harness/markers/uboot.toml` → `uboot`).
 fn marker_file_stem(file: &str) -> &str {
     file.rsplit('/').next().unwrap_or(file).trim_end_matches(".toml")

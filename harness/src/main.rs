@@ -157,7 +157,7 @@ fn scenario_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
                 .map_err(|e| harness::error::InputError::new(p, format!("cannot list: {e}")))?
                 .flatten()
                 .map(|e| e.path())
-                .filter(|f| harness::scenario::is_scenario_file(f))
+                .filter(|f| harness::scenario::is_scenario_file(f) && !harness::device::is_profile_file(f))
                 .collect();
             if found.is_empty() {
                 return Err(harness::error::InputError::new(p, "no scenario files (*.toml) in this folder").into());
@@ -317,6 +317,19 @@ fn main() {
 /// `devlab check`: every scenario file (each matrix variant, on each of
 /// its boards) and every fleet file, parsed and checked; nothing boots.
 fn check(paths: &[PathBuf]) -> i32 {
+    // A device profile named on its own: checked with its image for each arch.
+    let (profiles, paths): (Vec<PathBuf>, Vec<PathBuf>) =
+        paths.iter().cloned().partition(|p| p.is_file() && harness::device::is_profile_file(p));
+    for p in &profiles {
+        match harness::device::Device::load(p).and_then(|d| check_device(&d)) {
+            Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+            Err(e) => return report_error(&e),
+        }
+    }
+    if paths.is_empty() {
+        return EXIT_PASSED;
+    }
+    let paths = &paths[..];
     let files = match scenario_files(paths) {
         Ok(f) => f,
         Err(e) => return report_error(&e),
@@ -354,6 +367,27 @@ fn check(paths: &[PathBuf]) -> i32 {
         }
         Err(e) => report_error(&e),
     }
+}
+
+/// A device profile's files for each of its arches, and its image read
+/// (unpacked once if compressed): one line per arch.
+fn check_device(d: &harness::device::Device) -> Result<Vec<String>, Error> {
+    let mut lines = Vec::new();
+    for &arch in &d.arches {
+        let (_, p) = harness::device_image::built_image(d, arch)?;
+        let labels: Vec<&str> = p.partitions.iter().map(|p| p.label.as_str()).collect();
+        lines.push(format!(
+            "ok   {} (device {} on {arch}: {} {} image, {} partitions: {}; sha256 {})",
+            d.path.display(),
+            d.name,
+            p.format.name(),
+            p.table,
+            labels.len(),
+            labels.join(", "),
+            &p.sha256[..12]
+        ));
+    }
+    Ok(lines)
 }
 
 fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i32 {
