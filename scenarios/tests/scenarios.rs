@@ -2,7 +2,8 @@
 //! the normalised timeline with insta (`snapshots/<scenario>@<arch>.snap`).
 //!
 //! One test per real run, `scenario::<variant>@<board>`: each matrix variant
-//! of each `*.toml` beside this crate on each board it names (or once,
+//! of each `*.toml` beside this crate (and in `examples/*/scenarios/`, the
+//! example products') on each board it names (or once,
 //! `@machines`, when its machines bring their own boards), so the number
 //! of passed tests is the number of runs (a libtest-mimic harness; the
 //! output, `--list`, filters and `--test-threads` are libtest's). The
@@ -22,16 +23,30 @@ fn main() {
     libtest_mimic::run(&args, trials()).exit();
 }
 
-/// The shipped scenario files (`scenarios/*.toml`, not `Cargo.toml`), sorted.
+/// The shipped scenario files (`scenarios/*.toml`, not `Cargo.toml`, and
+/// the example products' `examples/*/scenarios/*.toml`), sorted.
 fn scenario_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut files = toml_files(dir);
+    let examples = dir.parent().expect("the workspace").join("examples");
+    if let Ok(rd) = std::fs::read_dir(&examples) {
+        for e in rd.flatten() {
+            let d = e.path().join("scenarios");
+            if d.is_dir() {
+                files.extend(toml_files(&d));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.file_name().is_some_and(|n| n != "Cargo.toml"))
-        .collect();
-    files.sort();
-    files
+        .collect()
 }
 
 /// One run: a scenario variant on one of its boards.
@@ -50,7 +65,9 @@ impl Run {
     /// its number of steps; the name breaks ties so the order is stable.
     fn order_key(&self) -> (u8, std::cmp::Reverse<std::time::Duration>, std::cmp::Reverse<usize>, String) {
         let h = &self.scenario.header;
-        let class = if self.board.name.contains("pxe") || self.scenario.machines.len() > 1 {
+        // A team's systemd image boots in 20-35 s under TCG: among the longest.
+        let device = self.scenario.device.is_some();
+        let class = if device || self.board.name.contains("pxe") || self.scenario.machines.len() > 1 {
             0
         } else if h.image.get_ref().starts_with("ostree") {
             1

@@ -67,6 +67,9 @@ fn images(args: &[String]) -> Result<()> {
         arches = Arch::ALL.to_vec();
     }
     let dir = root().join("images/recipes");
+    // The example products build with their own scripts, beside devlab's
+    // images (their slow part is an arm64 bootstrap under qemu-user).
+    let mut examples = if recipe_names.is_empty() && args.is_empty() { start_examples()? } else { Vec::new() };
     if recipe_names.is_empty() {
         // Every recipe (a cached one is a no-op); base first.
         for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
@@ -77,9 +80,28 @@ fn images(args: &[String]) -> Result<()> {
         }
         recipe_names.sort_by_key(|n| (n != "base", n.clone()));
     }
-    for recipe_name in &recipe_names {
+    let built = build_recipes(&dir, &recipe_names, &arches);
+    // Never leave an example's build running behind a failed image build.
+    for (_, child) in examples.iter_mut().filter(|_| built.is_err()) {
+        let _ = child.kill();
+    }
+    for (script, mut child) in examples {
+        let status = child.wait().with_context(|| format!("waiting for {}", script.display()))?;
+        if built.is_err() {
+            continue;
+        }
+        if !status.success() {
+            bail!("{} failed ({status})", script.display());
+        }
+        eprintln!("example {}: built", script.display());
+    }
+    built
+}
+
+fn build_recipes(dir: &Path, recipe_names: &[String], arches: &[Arch]) -> Result<()> {
+    for recipe_name in recipe_names {
         let recipe = dir.join(format!("{recipe_name}.toml"));
-        for &arch in &arches {
+        for &arch in arches {
             let started = Instant::now();
             let img =
                 devlab_images::build(&recipe, arch, &mut |line: &str| eprintln!("  [{recipe_name} {arch}] {line}"))
@@ -88,6 +110,26 @@ fn images(args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Start every `examples/*/build.sh` (each keeps its own content-keyed
+/// cache, so an unchanged example is a no-op).
+fn start_examples() -> Result<Vec<(PathBuf, std::process::Child)>> {
+    let mut out = Vec::new();
+    let dir = root().join("examples");
+    let Ok(rd) = std::fs::read_dir(&dir) else { return Ok(out) };
+    let mut scripts: Vec<PathBuf> = rd.flatten().map(|e| e.path().join("build.sh")).filter(|p| p.is_file()).collect();
+    scripts.sort();
+    for script in scripts {
+        eprintln!("$ {} all", script.display());
+        let child = Command::new("bash")
+            .arg(&script)
+            .arg("all")
+            .spawn()
+            .with_context(|| format!("starting {}", script.display()))?;
+        out.push((script, child));
+    }
+    Ok(out)
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {

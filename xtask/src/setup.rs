@@ -44,6 +44,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("socat", ""),
     ("xz-utils", ""),
     ("zstd", ""),
+    // examples/debian-rauc, a product built the way a team builds one: a
+    // full arm64 mmdebstrap runs its maintainer scripts under qemu-user
+    // (registered with binfmt_misc below), and its build is Python.
+    ("qemu-user-static", "1:10.0"),
+    ("arch-test", ""),
+    ("python3", ""),
     // Build dependencies of the harness (ssh2 → libssh2 → OpenSSL).
     ("libssl-dev", ""),
     ("pkg-config", ""),
@@ -99,6 +105,9 @@ pub fn run() -> Result<()> {
             bail!("still missing or too old after install: {}", still.join(", "));
         }
     }
+    if let Some(done) = register_binfmt(root)? {
+        changed.push(done);
+    }
     if changed.is_empty() {
         eprintln!("setup: host already set up, nothing changed ({:.2}s)", started.elapsed().as_secs_f64());
     } else {
@@ -108,6 +117,26 @@ pub fn run() -> Result<()> {
         eprintln!("setup: done in {:.1}s", started.elapsed().as_secs_f64());
     }
     Ok(())
+}
+
+/// binfmt_misc must run arm64 binaries through qemu-user for the example's
+/// arm64 bootstrap. Debian's qemu-user-binfmt registers them through
+/// systemd-binfmt, which nothing runs in a container: mount binfmt_misc if
+/// needed and write the packaged rule into `register`.
+fn register_binfmt(root: bool) -> Result<Option<String>> {
+    let dir = std::path::Path::new("/proc/sys/fs/binfmt_misc");
+    if dir.join("qemu-aarch64").exists() {
+        return Ok(None);
+    }
+    require_root(root, "register qemu-aarch64 with binfmt_misc")?;
+    if !dir.join("register").exists() {
+        run_cmd("mount", &["-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"])?;
+    }
+    let rule_file = "/usr/lib/binfmt.d/qemu-aarch64.conf";
+    let rule = std::fs::read_to_string(rule_file).with_context(|| format!("reading {rule_file} (qemu-user-binfmt)"))?;
+    std::fs::write(dir.join("register"), rule.trim())
+        .with_context(|| format!("registering {rule_file} with binfmt_misc"))?;
+    Ok(Some("registered qemu-aarch64 with binfmt_misc".into()))
 }
 
 fn nix_is_root() -> bool {
