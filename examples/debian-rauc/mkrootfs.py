@@ -222,15 +222,8 @@ def main():
             continue
         for v, bad in versions:
             t = trees[v]
-            if name == "usr/lib/os-release":
-                d = os_release(data, v)
-                ti2 = tarfile.TarInfo(ti.name)
-                for attr in ("type", "mode", "uid", "gid", "uname", "gname", "mtime"):
-                    setattr(ti2, attr, getattr(ti, attr))
-                ti2.size = len(d)
-                t.add(ti2, d)
-            elif name == "etc/shadow":
-                d = shadow(data, root_hash)
+            if name in ("usr/lib/os-release", "etc/shadow"):
+                d = os_release(data, v) if name == "usr/lib/os-release" else shadow(data, root_hash)
                 ti2 = tarfile.TarInfo(ti.name)
                 for attr in ("type", "mode", "uid", "gid", "uname", "gname", "mtime"):
                     setattr(ti2, attr, getattr(ti, attr))
