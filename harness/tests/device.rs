@@ -32,6 +32,9 @@ fn product(dir: &Path, facts: &str) -> PathBuf {
         std::fs::copy(built.disk.with_extension("raw.gz"), dir.join(format!("product-{arch}.img.gz"))).unwrap();
         std::fs::copy(&built.ssh_key, dir.join(format!("key-{arch}"))).unwrap();
     }
+    // Every byte value, and more than one base64 line of the serial shell.
+    let blob: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(dir.join("blob.bin"), blob).unwrap();
     let profile = dir.join("device.toml");
     let text = "[device]\nname = \"product\"\narches = [\"x86_64\", \"aarch64\"]\nimage = \"product-{arch}.img.gz\"\n\
         \n[login]\ndefault = \"serial\"\n[login.ssh]\nkey = \"key-{arch}\"\n\
@@ -59,6 +62,9 @@ const SMOKE: &str = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\
     [[step]]\naction = \"ssh\"\ncommand = \"uname -m; echo \\\"it's\\\"; exit 3\"\nexpect_status = 3\nexpect_stdout = \"^{arch}\\nit's$\"\n\
     [[step]]\naction = \"assert_slot\"\nslot = \"A\"\n\
     [[step]]\naction = \"assert_version\"\nversion = \"1\"\n\
+    [[step]]\naction = \"upload\"\nfrom = \"blob.bin\"\nto = \"/run/blob.bin\"\nmode = 0o600\n\
+    [[step]]\naction = \"ssh\"\ncommand = \"stat -c %a /run/blob.bin\"\nexpect_stdout = \"^600$\"\n\
+    [[step]]\naction = \"download\"\nfrom = \"/run/blob.bin\"\nto = \"blob-back.bin\"\n\
     [[step]]\naction = \"login\"\nvia = \"ssh\"\n\
     [[step]]\naction = \"ssh\"\nvia = \"ssh\"\ncommand = \"test -e /etc/devlab\"\n\
     [[step]]\naction = \"assert_env\"\nvars = { BOOT_ORDER = \"A B\" }\n";
@@ -85,6 +91,7 @@ fn a_teams_compressed_image_boots_over_an_overlay_with_serial_and_ssh_logins() {
     let files: Vec<PathBuf> =
         ["product-x86_64.img.gz", "product-aarch64.img.gz", "device.toml"].iter().map(|f| d.path().join(f)).collect();
     let before: Vec<String> = files.iter().map(|f| sha256(f)).collect();
+    let blob = std::fs::read(d.path().join("blob.bin")).unwrap();
     let s = scenario(d.path(), "\"qemu-aarch64\"", SMOKE);
     let out = run(d.path(), &s);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -96,6 +103,7 @@ fn a_teams_compressed_image_boots_over_an_overlay_with_serial_and_ssh_logins() {
     assert_eq!(before, after, "the user's files are never written");
     // The timeline holds the device's own marker, its facts and both logins.
     let run_dir = std::fs::read_dir(d.path().join("runs")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(std::fs::read(run_dir.join("blob-back.bin")).unwrap(), blob, "a round trip over the serial shell");
     let timeline = std::fs::read_to_string(run_dir.join("timeline.json")).unwrap();
     for want in [r#""name": "committed""#, r#""slot": "A""#, r#""via": "serial""#, r#""via": "ssh""#] {
         assert!(timeline.contains(want), "timeline lacks {want}: {timeline}");

@@ -11,6 +11,10 @@ pub struct Upload {
     /// File mode in the guest (TOML octal: `0o755`).
     #[serde(default = "mode_644")]
     pub mode: u32,
+    /// `ssh` or `serial` (base64 lines through the serial shell); default:
+    /// the device's `[login] default`, else SSH.
+    #[serde(default)]
+    pub via: Option<crate::device::Via>,
 }
 
 fn mode_644() -> u32 {
@@ -19,7 +23,7 @@ fn mode_644() -> u32 {
 
 impl StepKind for Upload {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
-        cx.need_ssh()?;
+        cx.need_login(self.via)?;
         if !cx.path().parent().unwrap_or(std::path::Path::new(".")).join(&self.from).is_file() {
             return Err(cx.at("from", format!("no file `{}` next to the scenario", self.from)));
         }
@@ -33,8 +37,22 @@ impl StepKind for Upload {
         let data =
             std::fs::read(&from).map_err(|e| r.failure(format!("cannot read {}: {e}", from.display())))?;
         let n = data.len();
-        let sent = r.ssh()?.upload(data, &u.to, u.mode, Duration::from_secs(120)).await;
-        sent.map_err(|e| r.failure(e.to_string()))?;
+        match r.via(u.via) {
+            crate::device::Via::Ssh => {
+                let sent = r.ssh()?.upload(data, &u.to, u.mode, Duration::from_secs(120)).await;
+                sent.map_err(|e| r.failure(e.to_string()))?;
+            }
+            crate::device::Via::Serial => {
+                let (Some(shell), Some(m)) = (r.serial.as_mut(), r.machine.as_mut()) else {
+                    return Err(r.failure("no serial login (add a login step with via = \"serial\")".into()));
+                };
+                let out = shell.upload(&mut m.console, &data, &u.to, u.mode, Duration::from_secs(120)).await;
+                let out = out.map_err(|e| r.serial_failure(e))?;
+                if out.status != 0 {
+                    return Err(r.failure(format!("upload to {} over serial: exit {}: {}", u.to, out.status, out.stdout.trim())));
+                }
+            }
+        }
         r.drain(None);
         r.record(Event::Transfer { direction: "upload".into(), path: u.to.clone(), bytes: n as u64 });
         Ok(())
