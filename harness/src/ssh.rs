@@ -2,11 +2,12 @@
 //! is blocking, so every call runs under `spawn_blocking` with a session
 //! timeout. Waiting for SSH: slirp accepts a host-side connection at once
 //! even while nothing listens in the guest, so a connect proves nothing; the
-//! wait opens a fresh connection every ~50 ms, keeps each for up to 0.5 s,
-//! and takes the first that shows the `SSH-` banner (peeked, not consumed,
-//! so libssh2 still reads it); after 5 s it backs off (longer patience,
-//! fewer connections: a slow guest's OpenSSH never answers a flood). Every
-//! command goes to the SSH transcript.
+//! wait opens a fresh connection every ~50 ms (at most 3 open at once),
+//! keeps each for up to 0.5 s, and takes the first that shows the `SSH-`
+//! banner (peeked, not consumed, so libssh2 still reads it); after 5 s it
+//! backs off (longer patience, fewer connections: a slow guest's OpenSSH
+//! never answers a flood). The socket has TCP_NODELAY (commands are
+//! small exchanges). Every command goes to the SSH transcript.
 
 use std::io::{Read, Write};
 use std::net::TcpStream as StdTcpStream;
@@ -21,6 +22,8 @@ use tokio::task::JoinSet;
 const ATTEMPT_SPACING: Duration = Duration::from_millis(50);
 /// How long one attempt waits for the banner before giving up on it.
 const ATTEMPT_PATIENCE: Duration = Duration::from_millis(500);
+/// Connection attempts open at once, at most.
+const MAX_OPEN: usize = 3;
 /// After this long without a banner, attempts back off (see [`pace`]).
 const FAST_PHASE: Duration = Duration::from_secs(5);
 /// The longest one attempt waits for a banner.
@@ -114,10 +117,12 @@ impl Ssh {
         let mut last = String::from("no attempt finished");
         let stream = loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(next) => {
+                // Never more than MAX_OPEN at once: each connection sshd
+                // accepts costs it a fork and exec, which a slow guest feels.
+                _ = tokio::time::sleep_until(next), if attempts.len() < MAX_OPEN => {
                     let (spacing, patience) = pace(started.elapsed());
                     attempts.spawn(banner_attempt(port, patience));
-                    next += spacing;
+                    next = next.max(tokio::time::Instant::now() - spacing) + spacing;
                 }
                 Some(r) = attempts.join_next(), if !attempts.is_empty() => match r {
                     Ok(Ok(s)) => break s,
@@ -132,6 +137,9 @@ impl Ssh {
         attempts.abort_all();
         let std_stream = stream.into_std().map_err(|e| SshError::Session(e.to_string()))?;
         std_stream.set_nonblocking(false).map_err(|e| SshError::Session(e.to_string()))?;
+        // Commands are small request/answer exchanges: Nagle's algorithm
+        // would hold each back for the peer's delayed ACK.
+        std_stream.set_nodelay(true).map_err(|e| SshError::Session(e.to_string()))?;
         let auth = self.auth.clone();
         let user = self.user.clone();
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_secs(5));
@@ -339,5 +347,39 @@ mod tests {
         let err = ssh.wait_up(Duration::from_millis(400)).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(3));
         assert!(matches!(err, SshError::NotUp { .. }), "{err}");
+    }
+
+    /// A guest whose sshd accepts but is slow to answer (OpenSSH forking
+    /// and exec'ing per connection under TCG) never has more than MAX_OPEN
+    /// of the wait's connections open at once.
+    #[tokio::test]
+    async fn a_silent_server_never_sees_more_than_max_open_connections() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (open, most, total) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, m, t) = (open.clone(), most.clone(), total.clone());
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                let (o, m) = (o.clone(), m.clone());
+                t.fetch_add(1, SeqCst);
+                m.fetch_max(o.fetch_add(1, SeqCst) + 1, SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    // Silent until the client gives up on this connection.
+                    while tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.is_ok_and(|n| n > 0) {}
+                    o.fetch_sub(1, SeqCst);
+                });
+            }
+        });
+        let ssh = Ssh::new(port, Path::new("/nonexistent"), dir.path().join("ssh.log"), Instant::now());
+        let err = ssh.wait_up(Duration::from_millis(1500)).await.unwrap_err();
+        server.abort();
+        assert!(matches!(err, SshError::NotUp { .. }), "{err}");
+        assert!(total.load(SeqCst) > MAX_OPEN, "it went on trying: {} connections", total.load(SeqCst));
+        assert!(most.load(SeqCst) <= MAX_OPEN, "{} open at once", most.load(SeqCst));
     }
 }
