@@ -602,6 +602,8 @@ pub(crate) enum FreezeOn {
 pub(crate) enum CutAt {
     Console(BytesRegex),
     Request(Regex),
+    /// The command's own standard output (e.g. an update tool's progress).
+    Output(Regex),
 }
 
 /// A fault armed on a trigger: when it fires, QEMU is frozen at once (the
@@ -1338,7 +1340,11 @@ impl<'a> Run<'a> {
     /// the moment the trigger fires, then killed.
     pub(crate) async fn exec_until_power_cut(&mut self, command: &str, timeout: Duration, at: CutAt) -> Result<()> {
         self.ssh()?;
+        if let CutAt::Output(re) = at {
+            return self.exec_until_output_cut(command, timeout, re).await;
+        }
         let (on, what) = match at {
+            CutAt::Output(_) => unreachable!("handled above"),
             CutAt::Console(re) => {
                 let what = format!("`{}` appeared on the console", re.as_str());
                 (FreezeOn::Console(re), what)
@@ -1367,6 +1373,32 @@ impl<'a> Run<'a> {
         self.forget_sessions();
         // A console trigger's line is the last the timeline keeps.
         self.drain((end != usize::MAX).then_some(end));
+        self.record(Event::PowerCut);
+        Ok(())
+    }
+
+    /// The power cut of [`Run::exec_until_power_cut`] when the command's
+    /// own output says the moment has come: QEMU is killed as soon as the
+    /// output read so far matches (milliseconds after the guest printed it;
+    /// the guest runs on meanwhile, so this is for moments that last, such
+    /// as an update tool writing a slot).
+    async fn exec_until_output_cut(&mut self, command: &str, timeout: Duration, re: Regex) -> Result<()> {
+        let ssh = self.ssh.as_ref().expect("checked");
+        let what = format!("its output matched `{}`", re.as_str());
+        let got = tokio::time::timeout(timeout, ssh.exec_until_output(command, re, timeout)).await;
+        match got {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return Err(self.failure(format!("`{command}` ended before {what}"))),
+            Ok(Err(e)) => return Err(self.failure(format!("`{command}`: {e}"))),
+            Err(_) => {
+                return Err(
+                    self.failure(format!("`{command}`: not {what} within {}", humantime::format_duration(timeout)))
+                )
+            }
+        }
+        self.machine()?.power_cut().await?;
+        self.forget_sessions();
+        self.drain(None);
         self.record(Event::PowerCut);
         Ok(())
     }

@@ -152,25 +152,39 @@ impl Ssh {
         Ok(())
     }
 
-    /// Run `command`, feeding `stdin`, and collect its output and status.
-    pub async fn exec_with_input(&self, command: &str, stdin: Vec<u8>, timeout: Duration) -> Result<Output, SshError> {
+    /// Run `f` on the logged-in session in a blocking thread (libssh2
+    /// blocks), the session's timeout set to `timeout`.
+    async fn on_session<T: Send + 'static>(
+        &self,
+        timeout: Duration,
+        f: impl FnOnce(&ssh2::Session) -> Result<T, SshError> + Send + 'static,
+    ) -> Result<T, SshError> {
         let session = self.session.clone();
-        let cmd = command.to_string();
-        let res = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let guard = session.lock().unwrap();
             let sess = guard.as_ref().ok_or(SshError::NotConnected)?;
             sess.set_timeout(timeout.as_millis().min(u32::MAX as u128) as u32);
-            run(sess, &cmd, &stdin).map_err(|e| {
-                // libssh2 reports its session timeout as error -9.
-                if e.contains("[Session(-9)]") || e.to_lowercase().contains("timed out") {
-                    SshError::Timeout { command: cmd.clone(), timeout }
-                } else {
-                    SshError::Session(format!("`{cmd}`: {e}"))
-                }
-            })
+            f(sess)
         })
         .await
-        .map_err(|e| SshError::Session(e.to_string()))?;
+        .map_err(|e| SshError::Session(e.to_string()))?
+    }
+
+    /// Run `command`, feeding `stdin`, and collect its output and status.
+    pub async fn exec_with_input(&self, command: &str, stdin: Vec<u8>, timeout: Duration) -> Result<Output, SshError> {
+        let cmd = command.to_string();
+        let res = self
+            .on_session(timeout, move |sess| {
+                run(sess, &cmd, &stdin).map_err(|e| {
+                    // libssh2 reports its session timeout as error -9.
+                    if e.contains("[Session(-9)]") || e.to_lowercase().contains("timed out") {
+                        SshError::Timeout { command: cmd.clone(), timeout }
+                    } else {
+                        SshError::Session(format!("`{cmd}`: {e}"))
+                    }
+                })
+            })
+            .await;
         match &res {
             Ok(o) => {
                 let mut t = format!("$ {command}\n");
@@ -189,6 +203,37 @@ impl Ssh {
             self.disconnect();
         }
         res
+    }
+
+    /// Run `command` on a terminal until its output matches `until` (checked
+    /// as each chunk arrives): `Some(the match)`; `None` when the command
+    /// ended first (its output and status go to the transcript). The
+    /// session is not reused afterwards: the caller cuts the power.
+    pub async fn exec_until_output(
+        &self,
+        command: &str,
+        until: regex::Regex,
+        timeout: Duration,
+    ) -> Result<Option<String>, SshError> {
+        let cmd = command.to_string();
+        let res = self
+            .on_session(timeout, move |sess| {
+                read_until(sess, &cmd, &until).map_err(|e| SshError::Session(format!("`{cmd}`: {e}")))
+            })
+            .await;
+        self.disconnect();
+        match &res {
+            Ok((out, Some(m))) => {
+                let lines: String = out.lines().map(|l| format!("  {l}\n")).collect();
+                self.note(&format!("$ {command}\n{lines}  (its output matched {m:?}: stopped reading)"))
+            }
+            Ok((out, None)) => {
+                let lines: String = out.lines().map(|l| format!("  {l}\n")).collect();
+                self.note(&format!("$ {command}\n{lines}  ended before its output matched"))
+            }
+            Err(e) => self.note(&format!("$ {command}\n  error: {e}")),
+        }
+        res.map(|(_, m)| m)
     }
 
     pub async fn exec(&self, command: &str, timeout: Duration) -> Result<Output, SshError> {
@@ -261,6 +306,31 @@ fn login(
         return Err(SshError::Session("not authenticated".into()));
     }
     Ok(sess)
+}
+
+/// Run `cmd` on a terminal (so its output is line-buffered; stderr joins
+/// stdout) reading its output until `until` matches it: (the output so
+/// far, the match), or the whole output and `None` when it ends first.
+fn read_until(sess: &ssh2::Session, cmd: &str, until: &regex::Regex) -> Result<(String, Option<String>), String> {
+    let mut ch = sess.channel_session().map_err(|e| format!("channel: {e}"))?;
+    // On a terminal a program's stdio is line-buffered: its progress
+    // arrives as it is printed, not in one block when it exits.
+    ch.request_pty("dumb", None, Some((200, 50, 0, 0))).map_err(|e| format!("pty: {e}"))?;
+    ch.exec(cmd).map_err(|e| format!("exec: {e}"))?;
+    let (mut out, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let n = ch.read(&mut buf).map_err(|e| format!("stdout: {e}"))?;
+        if n == 0 {
+            return Ok((String::from_utf8_lossy(&out).replace("\r\n", "\n"), None));
+        }
+        out.extend_from_slice(&buf[..n]);
+        // A terminal ends lines with CR LF: give the pattern plain lines.
+        let text = String::from_utf8_lossy(&out).replace("\r\n", "\n");
+        if let Some(m) = until.find(&text) {
+            let m = m.as_str().to_string();
+            return Ok((text, Some(m)));
+        }
+    }
 }
 
 fn run(sess: &ssh2::Session, cmd: &str, stdin: &[u8]) -> Result<Output, String> {

@@ -7,8 +7,8 @@ use super::ssh::SshRun;
 /// `{url}` = the served artifact's URL) over its command transport, and
 /// check its exit status. The outcome is judged afterwards through the
 /// device's facts (`assert_slot`, `assert_version`), never through the
-/// tool's word. `power_cut_at`/`power_cut_on_request` cut the power while
-/// it runs, as on the `ssh` step.
+/// tool's word. `power_cut_at`/`power_cut_on_request`/`power_cut_on_output`
+/// cut the power while it runs, as on the `ssh` step.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Install {
@@ -23,6 +23,10 @@ pub struct Install {
     pub power_cut_at: Option<Pattern>,
     #[serde(default)]
     pub power_cut_on_request: Option<Pattern>,
+    /// Cut the power when the tool's own output matches (its progress
+    /// line while it writes the slot: "mid-write").
+    #[serde(default)]
+    pub power_cut_on_output: Option<Pattern>,
 }
 
 impl Install {
@@ -40,6 +44,7 @@ impl Install {
             timeout: self.timeout,
             power_cut_at: self.power_cut_at.clone(),
             power_cut_on_request: self.power_cut_on_request.clone(),
+            power_cut_on_output: self.power_cut_on_output.clone(),
             link_drop: None,
         })
     }

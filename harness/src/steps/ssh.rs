@@ -28,6 +28,10 @@ pub struct SshRun {
     /// whose path matches (e.g. an OSTree object while a pull runs).
     #[serde(default)]
     pub power_cut_on_request: Option<Pattern>,
+    /// Cut the power when the command's own standard output matches (e.g.
+    /// an update tool's "Copying image to rootfs.1" while it writes a slot).
+    #[serde(default)]
+    pub power_cut_on_output: Option<Pattern>,
     /// Take the NIC's link down while the command runs, when the update
     /// server starts answering a matching request, for `seconds`; the
     /// command then runs on to its end (a transfer resumes or fails).
@@ -45,6 +49,18 @@ pub struct LinkDrop {
     pub seconds: u64,
 }
 
+impl SshRun {
+    /// Its fault triggers, by key, and whether each is set.
+    fn triggers(&self) -> [(&'static str, bool); 4] {
+        [
+            ("power_cut_at", self.power_cut_at.is_some()),
+            ("power_cut_on_request", self.power_cut_on_request.is_some()),
+            ("power_cut_on_output", self.power_cut_on_output.is_some()),
+            ("link_drop", self.link_drop.is_some()),
+        ]
+    }
+}
+
 impl StepKind for SshRun {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_login(self.via)?;
@@ -53,14 +69,15 @@ impl StepKind for SshRun {
             if cx.scenario.device.as_ref().is_none_or(|d| d.serial.is_none()) {
                 return Err(cx.at("via", "a serial shell needs a device profile with [login.serial]"));
             }
-            if self.power_cut_at.is_some() || self.power_cut_on_request.is_some() || self.link_drop.is_some() {
-                return Err(cx.at("via", "power_cut_at, power_cut_on_request and link_drop run the command over SSH"));
+            if self.triggers().iter().any(|(_, set)| *set) {
+                let msg = "power_cut_at, power_cut_on_request, power_cut_on_output and link_drop run the command over SSH";
+                return Err(cx.at("via", msg));
             }
         }
-        let set = [self.power_cut_at.is_some(), self.power_cut_on_request.is_some(), self.link_drop.is_some()];
-        if set.iter().filter(|x| **x).count() > 1 {
-            let key = if self.link_drop.is_some() { "link_drop" } else { "power_cut_on_request" };
-            return Err(cx.at(key, "set one of power_cut_at, power_cut_on_request and link_drop"));
+        let set: Vec<&str> = self.triggers().iter().filter(|(_, set)| *set).map(|(k, _)| *k).collect();
+        if set.len() > 1 {
+            let msg = "set one of power_cut_at, power_cut_on_request, power_cut_on_output and link_drop";
+            return Err(cx.at(set[1], msg));
         }
         if self.command.contains("{server}") {
             cx.server = true;
@@ -73,7 +90,7 @@ impl StepKind for SshRun {
                 return Err(cx.at(key, format!("{key} watches the update server's requests: serve something first")));
             }
         }
-        if self.power_cut_at.is_some() || self.power_cut_on_request.is_some() {
+        if self.power_cut_at.is_some() || self.power_cut_on_request.is_some() || self.power_cut_on_output.is_some() {
             cx.power = Power::Off;
         }
         Ok(())
@@ -93,6 +110,10 @@ impl StepKind for SshRun {
         if let Some(p) = &s.power_cut_on_request {
             let re = r.text_pattern(p);
             return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Request(re)).await;
+        }
+        if let Some(p) = &s.power_cut_on_output {
+            let re = r.text_pattern(p);
+            return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Output(re)).await;
         }
         let out = match &s.link_drop {
             Some(drop) => {
