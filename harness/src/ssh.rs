@@ -250,15 +250,6 @@ impl Ssh {
         }
         Ok(())
     }
-
-    /// Read a file from the guest.
-    pub async fn download(&self, remote: &str, timeout: Duration) -> Result<String, SshError> {
-        let out = self.exec(&format!("cat {}", crate::machine::shell_quote(remote)), timeout).await?;
-        if out.status != 0 {
-            return Err(SshError::Session(format!("download of {remote} failed: {}", out.stderr.trim())));
-        }
-        Ok(out.stdout)
-    }
 }
 
 /// One attempt: connect and wait (bounded) until the server's banner starts.

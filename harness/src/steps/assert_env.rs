@@ -26,31 +26,17 @@ impl StepKind for AssertEnv {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let a = self;
         let actual: BTreeMap<String, String> = match a.source {
-            Source::Guest if r.scenario.device.is_some() => {
-                // The device's own tool (its `env` fact), else fw_printenv.
+            Source::Guest => {
+                // A device's own tool (its `env` fact), else fw_printenv.
                 let fact = r.scenario.device.as_ref().and_then(|d| d.facts.env.clone());
                 let command = fact.as_ref().and_then(|f| f.command()).unwrap_or("fw_printenv").to_string();
                 let via = r.via(None);
                 let out = r.exec_via(&command, Duration::from_secs(30), via).await?;
                 if out.status != 0 {
-                    return Err(r.failure(format!("`{command}` exited {}: {}", out.status, out.stdout.trim())));
+                    let said = format!("{} {}", out.stderr.trim(), out.stdout.trim());
+                    return Err(r.failure(format!("`{command}` exited {}: {}", out.status, said.trim())));
                 }
                 crate::device::env_lines(&out.stdout)
-            }
-            Source::Guest => {
-                let out = r
-                    .ssh()?
-                    .exec("fw_printenv", Duration::from_secs(30))
-                    .await
-                    .map_err(|e| r.failure(e.to_string()))?;
-                if out.status != 0 {
-                    return Err(r.failure(format!(
-                        "fw_printenv exited {}: {}",
-                        out.status,
-                        out.stderr.trim()
-                    )));
-                }
-                parse_printenv(&out.stdout)
             }
             Source::Disk => {
                 let overlay = r.overlay()?;
@@ -78,20 +64,3 @@ impl StepKind for AssertEnv {
     }
 }
 
-/// `fw_printenv` output → variables.
-pub fn parse_printenv(text: &str) -> BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn printenv_output_is_parsed() {
-        let v = parse_printenv("BOOT_ORDER=A B\nBOOT_A_LEFT=2\nnoise\n");
-        assert_eq!(v.get("BOOT_ORDER").map(String::as_str), Some("A B"));
-        assert_eq!(v.get("BOOT_A_LEFT").map(String::as_str), Some("2"));
-        assert_eq!(v.len(), 2);
-    }
-}

@@ -19,7 +19,7 @@ pub struct AssertFile {
 impl StepKind for AssertFile {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         match self.source {
-            Source::Guest => cx.need_ssh(),
+            Source::Guest => cx.need_login(None),
             Source::Disk => {
                 cx.need(&[Power::Off, Power::On, Power::Ssh], "reads the machine's disk")?;
                 let Some((label, _)) = self.path.split_once(':') else {
@@ -37,11 +37,17 @@ impl StepKind for AssertFile {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let a = self;
         let content = match a.source {
-            Source::Guest => r
-                .ssh()?
-                .download(&a.path, Duration::from_secs(30))
-                .await
-                .map_err(|e| r.failure(e.to_string()))?,
+            Source::Guest => {
+                // Over SSH, or a device's default transport.
+                let via = r.via(None);
+                let command = format!("cat {}", crate::machine::shell_quote(&a.path));
+                let out = r.exec_via(&command, Duration::from_secs(30), via).await?;
+                if out.status != 0 {
+                    let said = format!("{} {}", out.stderr.trim(), out.stdout.trim());
+                    return Err(r.failure(format!("cannot read {}: {}", a.path, said.trim())));
+                }
+                out.stdout
+            }
             Source::Disk => {
                 let (label, path) = a
                     .path

@@ -23,14 +23,14 @@ pub struct AssertRauc {
 
 impl StepKind for AssertRauc {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
-        cx.need_ssh()
+        cx.need_login(None)
     }
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let a = self;
-        let out =
-            r.ssh()?.exec("rauc status --detailed --output-format=json", Duration::from_secs(60)).await;
-        let out = out.map_err(|e| r.failure(e.to_string()))?;
+        // Over SSH, or a device's default transport.
+        let via = r.via(None);
+        let out = r.exec_via("rauc status --detailed --output-format=json", Duration::from_secs(60), via).await?;
         if out.status != 0 {
             return Err(r.failure(format!("rauc status failed: {}{}", out.stdout, out.stderr)));
         }
