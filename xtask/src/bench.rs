@@ -14,7 +14,8 @@
 //! (cold: the first run of each prefix saves) and again (warm: every run
 //! restores). Wall times, ratios, and the harness's own CPU per machine-
 //! second (from `summary.json`). Writes `target/bench/suite.json` and `.md`.
-//! `cargo xtask bench ostree` and `cargo xtask bench pxe`: see their modules.
+//! `cargo xtask bench ostree`, `cargo xtask bench pxe` and
+//! `cargo xtask bench device`: see their modules.
 
 use anyhow::{bail, Context, Result};
 use devlab_images::Arch;
@@ -46,6 +47,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "suite" => what = Some("suite"),
             "ostree" => what = Some("ostree"),
             "pxe" => what = Some("pxe"),
+            "device" => what = Some("device"),
             other => arches.push(Arch::parse(other).with_context(|| format!("unknown argument `{other}`"))?),
         }
     }
@@ -59,11 +61,15 @@ pub fn run(args: &[String]) -> Result<()> {
         let runs = if explicit_runs { runs } else { 3 };
         return crate::bench_pxe::run(if arches.is_empty() { Arch::ALL.to_vec() } else { arches }, runs);
     }
+    if what == Some("device") {
+        let runs = if explicit_runs { runs } else { 3 };
+        return crate::bench_device::run(if arches.is_empty() { Arch::ALL.to_vec() } else { arches }, runs);
+    }
     if what == Some("update") {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe [--runs N] [x86_64|aarch64 ...]");
+        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();

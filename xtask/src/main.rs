@@ -6,6 +6,7 @@
 //! builds before the host has the harness's C libraries.
 
 mod bench;
+mod bench_device;
 mod bench_ostree;
 mod bench_pxe;
 mod setup;
@@ -27,7 +28,9 @@ commands:
   bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/
   bench update     A/B update and rollback cycles, phase by phase; writes target/bench/
   bench ostree     OSTree pull (objects vs static delta) + deploy, full pull, host image build; writes target/bench/
-  bench pxe        PXE provisioning: one node per arch, fleets of 4 and 8 (root); writes target/bench/";
+  bench pxe        PXE provisioning: one node per arch, fleets of 4 and 8 (root); writes target/bench/
+  bench device     a device profile's product vs devlab's base image: power-on → first command over SSH
+                   and serial, serial round trip, 4 GiB sparse image; writes target/bench/";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
