@@ -187,8 +187,9 @@ make_common() {
         -extfile "$t/pki/signing.ext" -out "$t/pki/signing.cert.pem" 2>/dev/null
     openssl verify -CAfile "$t/pki/ca.cert.pem" "$t/pki/signing.cert.pem" >/dev/null \
         || die "the signing certificate does not verify against the CA"
-    # Root's serial-console password "example" (fixed salt: same hash every build).
-    openssl passwd -6 -salt exampledebrauc example > "$t/root-password-hash"
+    # Root's serial-console password "kT4-serial-9vQ" (fixed salt: same hash every build;
+    # distinctive, so a test can prove it is never written by devlab).
+    openssl passwd -6 -salt exampledebrauc kT4-serial-9vQ > "$t/root-password-hash"
     printf 'example-debian-rauc data: written at build time, must survive updates.\n' > "$t/data.txt"
     mv -T "$t" "$OUT/common"
 }

@@ -11,7 +11,7 @@ qemu-aarch64), with U-Boot left to autoboot (no key pressed).
 
 Steps, each waited for on the console or over SSH (no fixed sleeps):
  1. power on -> U-Boot's distro boot runs boot.scr -> slot A -> login prompt
- 2. serial login root/example; SSH login with build/id_ed25519
+ 2. serial login root/kT4-serial-9vQ; SSH login with build/id_ed25519
  3. `rauc status`: booted A
  4. `rauc install http://10.0.2.2:PORT/bundle-v2.raucb` (python3 -m http.server)
  5. reboot -> slot B, IMAGE_VERSION=2, marked good, /var/lib/example/data.txt intact
@@ -216,7 +216,7 @@ class Verify:
         # 2. serial login
         c.send("root\n")
         c.expect(r"Password: ", what="password prompt")
-        c.send("example\n")
+        c.send("kT4-serial-9vQ\n")
         c.expect(re.escape(SHELL_PROMPT), what="shell prompt")
         self.mark("serial login ok")
         c.send("cat /proc/cmdline; grep IMAGE_VERSION /etc/os-release\n")

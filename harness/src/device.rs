@@ -66,6 +66,8 @@ struct ProfileFile {
     markers: MarkersTable,
     #[serde(default)]
     marker: Vec<MarkerSpec>,
+    #[serde(default)]
+    suite: Option<SuiteTable>,
 }
 
 #[derive(Deserialize)]
@@ -151,12 +153,42 @@ struct UpdateTable {
     install: Spanned<String>,
     #[serde(default)]
     artifacts: BTreeMap<String, Spanned<String>>,
+}
+
+/// `[suite]`: what `devlab suite device` needs to know of the device.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuiteTable {
     #[serde(default)]
-    good_version: Option<String>,
+    slots: Option<Spanned<Vec<String>>>,
     #[serde(default)]
-    bad_version: Option<String>,
+    version: Option<String>,
+    #[serde(default)]
+    data: Option<Spanned<String>>,
+    #[serde(default)]
+    update: Option<SuiteArtifact>,
+    #[serde(default)]
+    back: Option<String>,
+    #[serde(default)]
+    writing: Option<Spanned<String>>,
+    #[serde(default)]
+    broken: Option<SuiteArtifact>,
+    #[serde(default = "one")]
+    failed_status: i32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuiteArtifact {
+    artifact: Spanned<String>,
+    #[serde(default)]
+    version: Option<String>,
     #[serde(default)]
     boot_limit: Option<u32>,
+}
+
+fn one() -> i32 {
+    1
 }
 
 #[derive(Deserialize, Default)]
@@ -284,11 +316,40 @@ pub struct Update {
     pub install: String,
     /// Artifacts by name, `{arch}` still in the path.
     pub artifacts: BTreeMap<String, Spanned<String>>,
-    /// The version the `good` artifact installs.
-    pub good_version: Option<String>,
-    /// The version of the `bad` artifact (one that does not boot).
-    pub bad_version: Option<String>,
-    /// Boots a new slot gets before the device's boot script falls back.
+}
+
+/// `[suite]`: what the standard suite (`devlab suite device`) asserts and
+/// installs. Every part is optional; a flow whose part is missing is
+/// skipped, and the suite says which and why.
+#[derive(Debug, Clone, Default)]
+pub struct SuiteSpec {
+    /// The slot the image boots first, then the one an update moves to.
+    pub slots: Option<[String; 2]>,
+    /// The version the image runs.
+    pub version: Option<String>,
+    /// A fact (of `[facts]`) that must still hold after every update.
+    pub data: Option<String>,
+    /// The update the update flows install.
+    pub update: Option<SuiteUpdate>,
+    /// The command that goes back to the other slot after an update (then a reboot).
+    pub back: Option<String>,
+    /// A regex on the install command's output while it writes the slot
+    /// (where "power cut mid-write" cuts).
+    pub writing: Option<String>,
+    /// A release that does not boot (the rollback flow).
+    pub broken: Option<SuiteUpdate>,
+    /// The install command's exit status when an update fails.
+    pub failed_status: i32,
+}
+
+/// An artifact the suite installs.
+#[derive(Debug, Clone)]
+pub struct SuiteUpdate {
+    pub artifact: String,
+    /// The version it runs once booted (an update).
+    pub version: Option<String>,
+    /// Boots the new slot gets before the device's boot script falls back
+    /// (a broken release: bounds the rollback's wait).
     pub boot_limit: Option<u32>,
 }
 
@@ -314,6 +375,8 @@ pub struct Device {
     pub facts: Facts,
     pub update: Option<Update>,
     pub markers: Markers,
+    /// `[suite]` (none: the standard suite boots and logs in only).
+    pub suite: Option<SuiteSpec>,
     text: String,
 }
 
@@ -376,7 +439,7 @@ impl Device {
                         return Err(at(k.span().start, "key", "give `key` or `password`, not both".into()))
                     }
                     (None, None) => {
-                        let (line, _) = find_table(text, "login.ssh");
+                        let line = find_table(text, "login.ssh");
                         return Err(at(line, "key", "[login.ssh] needs `key` or `password`".into()));
                     }
                 };
@@ -416,14 +479,12 @@ impl Device {
                     let msg = "the install command takes the artifact's URL: put `{url}` in it";
                     return Err(at(u.install.span().start, "install", msg.into()));
                 }
-                Some(Update {
-                    install: u.install.get_ref().clone(),
-                    artifacts: u.artifacts.clone(),
-                    good_version: u.good_version.clone(),
-                    bad_version: u.bad_version.clone(),
-                    boot_limit: u.boot_limit,
-                })
+                Some(Update { install: u.install.get_ref().clone(), artifacts: u.artifacts.clone() })
             }
+        };
+        let suite = match &file.suite {
+            None => None,
+            Some(t) => Some(suite(t, update.as_ref(), &facts, at)?),
         };
         let file_name = path.display().to_string();
         let mut all: Vec<Marker> = crate::markers::load_specs(&file_name, text, file.marker, true)?;
@@ -451,6 +512,7 @@ impl Device {
             facts,
             update,
             markers: Markers::new(all),
+            suite,
             text: text.to_string(),
         })
     }
@@ -536,6 +598,56 @@ impl Device {
     }
 }
 
+/// `[suite]` checked against the profile's artifacts and facts.
+fn suite(
+    t: &SuiteTable,
+    update: Option<&Update>,
+    facts: &Facts,
+    at: impl Fn(usize, &str, String) -> crate::error::Error,
+) -> Result<SuiteSpec> {
+    let slots = match &t.slots {
+        None => None,
+        Some(s) => match s.get_ref().as_slice() {
+            [a, b] if a != b => Some([a.clone(), b.clone()]),
+            _ => {
+                return Err(at(
+                    s.span().start,
+                    "slots",
+                    "two different slots: the one booted first, then the other".into(),
+                ))
+            }
+        },
+    };
+    if let Some(d) = &t.data {
+        if facts.get(d.get_ref()).and_then(Fact::command).is_none() {
+            let msg = format!("no fact `{}` read by a command in [facts]", d.get_ref());
+            return Err(at(d.span().start, "data", msg));
+        }
+    }
+    if let Some(w) = &t.writing {
+        Regex::new(w.get_ref()).map_err(|e| at(w.span().start, "writing", format!("not a regex: {e}")))?;
+    }
+    let artifact = |a: &Option<SuiteArtifact>, field: &str| -> Result<Option<SuiteUpdate>> {
+        let Some(a) = a else { return Ok(None) };
+        let name = a.artifact.get_ref();
+        if !update.is_some_and(|u| u.artifacts.contains_key(name)) {
+            let msg = format!("no artifact `{name}` in [update] artifacts");
+            return Err(at(a.artifact.span().start, &format!("{field}.artifact"), msg));
+        }
+        Ok(Some(SuiteUpdate { artifact: name.clone(), version: a.version.clone(), boot_limit: a.boot_limit }))
+    };
+    Ok(SuiteSpec {
+        slots,
+        version: t.version.clone(),
+        data: t.data.as_ref().map(|d| d.get_ref().clone()),
+        update: artifact(&t.update, "update")?,
+        back: t.back.clone(),
+        writing: t.writing.as_ref().map(|w| w.get_ref().clone()),
+        broken: artifact(&t.broken, "broken")?,
+        failed_status: t.failed_status,
+    })
+}
+
 /// Is `path` a device profile (a TOML file with a `[device]` table and no
 /// `[scenario]`)? Anything unreadable is not.
 pub fn is_profile_file(path: &Path) -> bool {
@@ -564,10 +676,8 @@ fn resolve(profile: &Path, p: &str) -> PathBuf {
 }
 
 /// Where `[name]` starts in `text` (for errors about a whole table).
-fn find_table(text: &str, name: &str) -> (usize, usize) {
-    let head = format!("[{name}]");
-    let at = text.find(&head).unwrap_or(0);
-    (at, at + head.len())
+fn find_table(text: &str, name: &str) -> usize {
+    text.find(&format!("[{name}]")).unwrap_or(0)
 }
 
 fn facts(path: &Path, text: &str, t: &FactsTable) -> Result<Facts> {

@@ -154,6 +154,35 @@ pub fn built_image(
     Ok((built, p))
 }
 
+/// Every file of the device's profile for each of its arches (image,
+/// firmware, artifacts, SSH key), each with its identity (size, mtime,
+/// inode): compared before and after a suite, a change means something
+/// wrote the user's files. A file that cannot be read is "missing".
+pub fn identities(d: &crate::device::Device) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    for &arch in &d.arches {
+        files.push(d.image_file(arch).0);
+        files.extend(d.uboot(arch));
+        if let Some(crate::device::SshAuth::Key(k)) = d.ssh_login(arch).map(|s| s.auth) {
+            files.push(k);
+        }
+        if let Some(u) = &d.update {
+            files.extend(u.artifacts.keys().filter_map(|a| d.artifact(a, arch)));
+        }
+    }
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|f| {
+            let id = std::fs::metadata(&f).map_or("missing".to_string(), |m| {
+                format!("{} bytes, modified {}.{:09}, inode {}", m.size(), m.mtime(), m.mtime_nsec(), m.ino())
+            });
+            (f, id)
+        })
+        .collect()
+}
+
 /// A problem with the image (the user's) or with the host (ours).
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod console;
 pub mod device;
 pub mod device_image;
+pub mod device_suite;
 pub mod disk;
 pub mod error;
 pub mod firmware;

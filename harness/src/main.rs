@@ -37,9 +37,14 @@ enum Cmd {
     },
     /// Run a named suite (`scenarios/suites/<name>.toml`: smoke, release,
     /// board-validation). Here `--board` replaces the scenarios' boards, so
-    /// a new board can run the standard suite.
+    /// a new board can run the standard suite. `devlab suite device --device
+    /// NAME` runs the standard suite for a device profile (flows generated
+    /// from it; the ones it cannot run are reported skipped, with why).
     Suite {
         name: String,
+        /// For `suite device`: the profile (`devices/NAME.toml`, or a path).
+        #[arg(long)]
+        device: Option<String>,
         #[command(flatten)]
         opts: Common,
     },
@@ -301,14 +306,25 @@ fn main() {
             println!("stopped {}", k.run_id);
             Ok(())
         }),
-        Cmd::Run { paths, opts } => run_jobs(load_all(&paths, &opts.boards, false, &asked_paths(&paths)), &opts),
-        Cmd::Suite { name, opts } => {
+        Cmd::Run { paths, opts } => {
+            run_jobs(load_all(&paths, &opts.boards, false, &asked_paths(&paths)), &opts, Vec::new())
+        }
+        Cmd::Suite { name, device: Some(device), opts } if name == "device" => device_suite(&device, &opts),
+        Cmd::Suite { name, device: None, .. } if name == "device" => {
+            eprintln!("error: `devlab suite device` needs --device NAME (devices/NAME.toml) or --device PATH");
+            EXIT_BAD_INPUT
+        }
+        Cmd::Suite { device: Some(_), .. } => {
+            eprintln!("error: --device is for `devlab suite device`");
+            EXIT_BAD_INPUT
+        }
+        Cmd::Suite { name, device: None, opts } => {
             let loaded = plan::load_suite(&name).and_then(|(files, suite_boards)| {
                 let boards = if opts.boards.is_empty() { suite_boards } else { opts.boards.clone() };
                 let asked = plan::suites_dir().join(format!("{name}.toml"));
                 load_all(&files, &boards, !opts.boards.is_empty(), &asked)
             });
-            run_jobs(loaded, &opts)
+            run_jobs(loaded, &opts, Vec::new())
         }
     };
     std::process::exit(code);
@@ -390,7 +406,82 @@ fn check_device(d: &harness::device::Device) -> Result<Vec<String>, Error> {
     Ok(lines)
 }
 
-fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i32 {
+/// `devlab suite device --device NAME`: the flows [`harness::device_suite`]
+/// generates from the profile, run like any suite; the flows it skips are
+/// printed and reported (not run, with the reason). The profile's image,
+/// firmware and artifacts must be the same files, unchanged, afterwards.
+fn device_suite(name: &str, opts: &Common) -> i32 {
+    let root = harness::rundir::workspace_root();
+    let path = if name.contains('/') || name.ends_with(".toml") {
+        PathBuf::from(name)
+    } else {
+        root.join("devices").join(format!("{name}.toml"))
+    };
+    if !path.is_file() {
+        eprintln!("error: no device profile {} (--device NAME is devices/NAME.toml; or give a path)", path.display());
+        return EXIT_BAD_INPUT;
+    }
+    let device = match harness::device::Device::load(&path) {
+        Ok(d) => d,
+        Err(e) => return report_error(&e),
+    };
+    let dir = harness::device_suite::scenarios_dir(&harness::rundir::runs_root(), &device.name);
+    let (scenarios, skipped) = match harness::device_suite::generate(&device, &dir) {
+        Ok(x) => x,
+        Err(e) => return report_error(&e),
+    };
+    println!(
+        "device suite for {} ({}): {} flow(s), scenarios in {}",
+        device.name,
+        path.display(),
+        scenarios.len(),
+        dir.display()
+    );
+    for s in &skipped {
+        println!("  skipped {:<24} {}", s.flow, s.why);
+    }
+    let chosen: Vec<Board> = match opts.boards.iter().map(|n| board::find(n)).collect::<Result<_, _>>() {
+        Ok(b) => b,
+        Err(e) => return report_error(&e),
+    };
+    let mut loaded = Vec::new();
+    for s in scenarios {
+        let boards = match s.resolve_boards() {
+            Ok(b) => b,
+            Err(e) => return report_error(&e),
+        };
+        let boards: Vec<Board> =
+            boards.into_iter().filter(|b| chosen.is_empty() || chosen.iter().any(|c| c.name == b.name)).collect();
+        loaded.push((s, boards));
+    }
+    if loaded.iter().all(|(_, b)| b.is_empty()) {
+        eprintln!(
+            "error: device {} runs on none of the boards asked for (its arches: {:?})",
+            device.name, device.arches
+        );
+        return EXIT_BAD_INPUT;
+    }
+    let files = harness::device_image::identities(&device);
+    let records = skipped
+        .iter()
+        .map(|s| {
+            let mut r = Record::not_run(&format!("{}-suite-{}", device.name, s.flow), s.flow, "-", None);
+            r.message = Some(format!("skipped: {}", s.why));
+            r
+        })
+        .collect();
+    let code = run_jobs(Ok(loaded), opts, if opts.list { Vec::new() } else { records });
+    let after = harness::device_image::identities(&device);
+    if after == files {
+        return code;
+    }
+    for ((p, a), (_, b)) in files.iter().zip(&after).filter(|((_, a), (_, b))| a != b) {
+        eprintln!("error: {} changed during the suite ({a} → {b}): devlab never writes a device's files", p.display());
+    }
+    worse(code, EXIT_FAILED)
+}
+
+fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common, skipped: Vec<Record>) -> i32 {
     let planned = match loaded {
         Ok(all) => plan::repeat(plan::expand(all), c.repeat),
         Err(e) => return report_error(&e),
@@ -437,7 +528,7 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common) -> i
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     // Runs share this thread (a LocalSet), so spawning stays on it.
     let local = tokio::task::LocalSet::new();
-    rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, &report_dir)))
+    rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, &report_dir, skipped)))
 }
 
 /// A shard that got none of the `selected` runs: say so, and (unless
@@ -498,7 +589,16 @@ impl Out {
     }
 }
 
-async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32, report_dir: &Path) -> i32 {
+/// Run the jobs; `skipped` (flows a device suite cannot run) join the
+/// reports as not run.
+async fn execute(
+    jobs: Vec<Job>,
+    opts: RunOptions,
+    parallel: usize,
+    retries: u32,
+    report_dir: &Path,
+    skipped: Vec<Record>,
+) -> i32 {
     let started = Instant::now();
     let n = jobs.len();
     let out = Out::new();
@@ -507,7 +607,12 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
     let mut worst = EXIT_PASSED;
     let sem = Arc::new(Semaphore::new(parallel));
     let mut set = JoinSet::new();
-    for (i, job) in jobs.iter().cloned().enumerate() {
+    // The longest (by the scenario's own bound) start first, so with few
+    // machines at once the long runs do not straggle at the end; the
+    // reports keep the planned order.
+    let mut order: Vec<(usize, Job)> = jobs.iter().cloned().enumerate().collect();
+    order.sort_by_key(|(i, j)| (std::cmp::Reverse(j.scenario.header.timeout.0), *i));
+    for (i, job) in order {
         let sem = sem.clone();
         let mut opts = opts.clone();
         let out = out.clone();
@@ -567,6 +672,7 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
                 Record::not_run(&j.id, j.scenario.name(), &j.scenario.run_label(&j.board), j.repetition)
             })
         })
+        .chain(skipped)
         .collect();
     let duration = started.elapsed().as_secs_f64();
     match report::write(report_dir, &records, duration) {

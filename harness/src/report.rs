@@ -347,7 +347,10 @@ pub fn junit(records: &[Record], duration_s: f64) -> String {
                     xml_escape(&format!("{dir}{msg}"))
                 ));
             }
-            Status::NotRun => x.push_str("      <skipped message=\"not run (interrupted)\"/>\n"),
+            Status::NotRun => {
+                let why = r.message.as_deref().unwrap_or("not run (interrupted)");
+                x.push_str(&format!("      <skipped message=\"{}\"/>\n", xml_escape(why)))
+            }
         }
         x.push_str("    </testcase>\n");
     }

@@ -250,7 +250,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         r.teardown().await;
     }
     if result.is_ok() && opts.snapshots != SnapshotMode::Skip {
-        let dir = crate::snapshot::dir_for(&scenario.path);
+        let dir = scenario.snapshot_dir();
         if let Err(msg) = crate::snapshot::check(&dir, &out.snapshot_name(), &out.normalised, opts.snapshots) {
             result = Err(Error::Failed(Box::new(Failure {
                 step: "timeline snapshot".into(),

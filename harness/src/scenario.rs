@@ -223,6 +223,9 @@ pub struct Scenario {
     pub variant: Vec<(String, String)>,
     /// The device profile named by `device` (none: a devlab image).
     pub device: Option<std::sync::Arc<crate::device::Device>>,
+    /// Where its timeline snapshots live (none: `snapshots/` beside the
+    /// file; a generated device suite keeps them beside the profile).
+    pub snapshot_dir: Option<PathBuf>,
     text: String,
 }
 
@@ -432,6 +435,7 @@ impl Scenario {
             steps,
             variant: Vec::new(),
             device,
+            snapshot_dir: None,
             text,
         };
         scenario.check_provision(path)?;
@@ -441,6 +445,11 @@ impl Scenario {
 
     pub fn name(&self) -> &str {
         &self.header.name
+    }
+
+    /// The folder of its timeline snapshots.
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.snapshot_dir.clone().unwrap_or_else(|| crate::snapshot::dir_for(&self.path))
     }
 
     /// Each step's own check, in order, with the machine's state and what

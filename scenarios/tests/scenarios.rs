@@ -85,11 +85,7 @@ impl Run {
         if let Err(e) = &out.result {
             panic!("{} on {} failed:\n{e}", out.scenario, out.board);
         }
-        harness::snapshot::assert(
-            &harness::snapshot::dir_for(&self.scenario.path),
-            &out.snapshot_name(),
-            &out.normalised,
-        );
+        harness::snapshot::assert(&self.scenario.snapshot_dir(), &out.snapshot_name(), &out.normalised);
         Ok(())
     }
 }
