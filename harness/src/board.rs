@@ -148,6 +148,8 @@ pub struct QemuPaths<'a> {
     pub disk_errors: &'a [DiskError],
     /// An internal snapshot of the disk to start from (`-loadvm`).
     pub loadvm: Option<&'a str>,
+    /// The run's overlay on the firmware's flash image (second bank).
+    pub env_flash: Option<&'a Path>,
     /// The TFTP folder of the user network (with `boot.ipxe`), for a board
     /// that boots from the network.
     pub tftp: Option<&'a Path>,
@@ -430,6 +432,12 @@ impl Board {
         if let Some(model) = &self.watchdog {
             push(&["-device", model, "-action", "watchdog=reset"]);
         }
+        if let Some(flash) = paths.env_flash {
+            // Writethrough: every flash write is flushed, qcow2's own tables
+            // included, so a power cut keeps what U-Boot saved, as flash does.
+            let drive = format!("if=pflash,unit=1,format=qcow2,cache=writethrough,file={}", flash.display());
+            push(&["-drive", &drive]);
+        }
         a.extend(self.extra_args.iter().cloned());
         if let Some(tag) = paths.loadvm {
             a.extend(["-loadvm".to_string(), tag.to_string()]);
@@ -582,6 +590,7 @@ mod tests {
             disk: Path::new("/r/disk.qcow2"),
             disk_errors: &[],
             loadvm: None,
+            env_flash: None,
             tftp: None,
             detect_zeroes: false,
             disk_armable: false,

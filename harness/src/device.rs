@@ -6,8 +6,9 @@
 //! - the disk image (raw, qcow2, `.wic`/`.img`, optionally `.gz`/`.xz`/
 //!   `.zst`), per arch through `{arch}`; never written (see
 //!   [`crate::device_image`]);
-//! - firmware: the board's, or the device's own U-Boot binary (and on
-//!   aarch64 `virt` a pflash image holding U-Boot's environment);
+//! - firmware: the board's, or the device's own U-Boot binary; and on
+//!   aarch64 `virt` a flash image holding U-Boot's environment (each run
+//!   writes to an overlay on it);
 //! - login: SSH (user, key or password, port) and/or the serial console
 //!   (login prompt, user, password, shell prompt), and which of them the
 //!   command steps use by default;
@@ -85,7 +86,11 @@ struct DeviceTable {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FirmwareTable {
-    uboot: Spanned<String>,
+    #[serde(default)]
+    uboot: Option<Spanned<String>>,
+    /// aarch64: the image of the second flash bank (U-Boot's environment).
+    #[serde(default)]
+    env_flash: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +374,8 @@ pub struct Device {
     ssh_key: Option<usize>,
     /// The device's own U-Boot, `{arch}` not yet replaced.
     firmware: Option<Spanned<String>>,
+    /// Its U-Boot environment's flash image (aarch64), `{arch}` not yet replaced.
+    env_flash: Option<Spanned<String>>,
     pub default_via: Via,
     pub ssh: Option<SshLogin>,
     pub serial: Option<SerialLogin>,
@@ -471,7 +478,19 @@ impl Device {
             _ => {}
         }
         let facts = facts(path, text, &file.facts)?;
-        let firmware = file.firmware.as_ref().map(|f| f.uboot.clone());
+        let firmware = file.firmware.as_ref().and_then(|f| f.uboot.clone());
+        let env_flash = file.firmware.as_ref().and_then(|f| f.env_flash.clone());
+        if let Some(fw) = &file.firmware {
+            if fw.uboot.is_none() && fw.env_flash.is_none() {
+                let line = find_table(text, "firmware");
+                return Err(at(line, "uboot", "[firmware] names `uboot` and/or `env_flash`".into()));
+            }
+        }
+        if let (Some(e), true) = (&env_flash, arches.contains(&Arch::X86_64)) {
+            let msg = "env_flash is U-Boot's environment in the second flash bank of aarch64 `virt`; \
+                       x86_64 has none: list aarch64 only in `arches`, or use a profile per arch";
+            return Err(at(e.span().start, "env_flash", msg.into()));
+        }
         let update = match &file.update {
             None => None,
             Some(u) => {
@@ -506,6 +525,7 @@ impl Device {
             memory_mib: d.memory_mib.as_ref().map(|m| *m.get_ref()),
             ssh_key: login.ssh.as_ref().and_then(|s| s.key.as_ref()).map(|k| k.span().start),
             firmware,
+            env_flash,
             default_via: *login.default.get_ref(),
             ssh,
             serial,
@@ -546,6 +566,11 @@ impl Device {
         self.firmware.as_ref().map(|u| resolve(&self.path, &for_arch(u.get_ref(), arch)))
     }
 
+    /// The device's U-Boot environment flash image for `arch` (aarch64).
+    pub fn env_flash(&self, arch: Arch) -> Option<PathBuf> {
+        self.env_flash.as_ref().map(|e| resolve(&self.path, &for_arch(e.get_ref(), arch)))
+    }
+
     /// Before anything boots on `arch`: the arch is one of the device's,
     /// and its files (firmware, SSH key, artifacts) can be read; else an
     /// input error at the field that names the file. The image is checked
@@ -557,6 +582,22 @@ impl Device {
             if !p.is_file() {
                 let msg = format!("{} does not exist (the device's firmware for {arch})", p.display());
                 return Err(self.error_at(u.span().start, "uboot", msg));
+            }
+        }
+        if let Some(e) = &self.env_flash {
+            let p = resolve(&self.path, &for_arch(e.get_ref(), arch));
+            let limit = crate::machine::ENV_FLASH_BYTES;
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_file() && m.len() <= limit => {}
+                Ok(m) if m.is_file() => {
+                    let msg = format!("{} holds {} bytes: a flash bank holds {limit}", p.display(), m.len());
+                    return Err(self.error_at(e.span().start, "env_flash", msg));
+                }
+                _ => {
+                    let msg =
+                        format!("{} does not exist (the device's U-Boot environment flash for {arch})", p.display());
+                    return Err(self.error_at(e.span().start, "env_flash", msg));
+                }
             }
         }
         if let Some((k, SshLogin { auth: SshAuth::Key(p), .. })) =

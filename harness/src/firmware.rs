@@ -26,6 +26,10 @@ pub struct Firmware {
     /// The Debian package that ships it, named when the file is missing.
     pub package: String,
     pub kind: Kind,
+    /// An image for the second flash bank (aarch64 `virt`: U-Boot's
+    /// environment), never written: each run's writes go to an overlay.
+    /// Only a device profile sets it.
+    pub env_flash: Option<PathBuf>,
 }
 
 /// The firmware kinds devlab knows.
@@ -140,7 +144,7 @@ impl Firmware {
                 })
             }
         };
-        let fw = Firmware { path: table.path, package: table.package, kind };
+        let fw = Firmware { path: table.path, package: table.package, kind, env_flash: None };
         if let Some(p) = pxe {
             if p != fw.behaviour().net_boot() {
                 let (name, kind) = match p {

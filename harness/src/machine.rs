@@ -118,6 +118,24 @@ pub fn create_overlay(base: &Path, overlay: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A flash bank of QEMU's `virt` board: what a pflash drive must hold.
+pub const ENV_FLASH_BYTES: u64 = 64 << 20;
+
+/// A qcow2 overlay of `size` bytes on the raw `base` (smaller than `size`:
+/// the rest reads as zeroes), e.g. a flash bank on a team's env image.
+pub fn create_sized_overlay(base: &Path, overlay: &Path, size: u64) -> Result<()> {
+    let qemu_img = crate::disk::tool("qemu-img", "qemu-utils")?;
+    crate::disk::run_tool(
+        Command::new(qemu_img)
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(overlay)
+            .arg(size.to_string()),
+        &format!("qemu-img create {}", overlay.display()),
+    )?;
+    Ok(())
+}
+
 impl Machine {
     /// Create the overlay, spawn QEMU, and take its console and QMP.
     pub async fn start(spec: MachineSpec<'_>) -> Result<Machine> {
@@ -140,6 +158,18 @@ impl Machine {
             };
             Error::infra(format!("{binary} not found: install Debian package {pkg} (cargo xtask setup)"))
         })?;
+        // The firmware's flash image gets an overlay beside the disk's,
+        // kept across power cycles of the run like the disk.
+        let env_flash = match &board.firmware.env_flash {
+            None => None,
+            Some(image) => {
+                let flash = overlay.with_file_name("env-flash.qcow2");
+                if !flash.exists() {
+                    create_sized_overlay(image, &flash, ENV_FLASH_BYTES)?;
+                }
+                Some(flash)
+            }
+        };
         remove_orphaned_socket_dirs();
         let sockets = tempfile::Builder::new()
             .prefix(&format!("devlab-{}-", std::process::id()))
@@ -162,6 +192,7 @@ impl Machine {
                 disk: &overlay,
                 disk_errors: spec.disk_errors,
                 loadvm: spec.loadvm,
+                env_flash: env_flash.as_deref(),
                 tftp: spec.tftp,
                 detect_zeroes: spec.detect_zeroes,
                 tap: spec.lab_net.map(|(_, tap)| tap),

@@ -678,8 +678,8 @@ impl Scenario {
         Ok(machines)
     }
 
-    /// `board` as the device needs it: its memory, its own U-Boot, its SSH
-    /// port (unchanged without a device).
+    /// `board` as the device needs it: its memory, its own U-Boot and
+    /// environment flash, its SSH port (unchanged without a device).
     fn device_board(&self, mut b: crate::board::Board) -> crate::board::Board {
         let Some(d) = &self.device else { return b };
         if let Some(m) = d.memory_mib {
@@ -689,6 +689,7 @@ impl Scenario {
             b.firmware.path = u;
             b.firmware.package = format!("the device `{}` (its profile's [firmware])", d.name);
         }
+        b.firmware.env_flash = d.env_flash(b.arch);
         if let Some(s) = &d.ssh {
             b.ssh_guest_port = s.port;
         }

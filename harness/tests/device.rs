@@ -153,3 +153,48 @@ fn a_device_that_never_gets_ready_fails_naming_the_fact() {
     assert!(err.contains("device.toml:16"), "{err}");
     assert!(err.contains("devlab-rc: ready"), "the last console lines are shown: {err}");
 }
+
+/// aarch64: the device's U-Boot environment in the board's second flash
+/// bank (`[firmware] env_flash`). U-Boot loads it, and its `saveenv` goes
+/// to the run's overlay: the next power-on in the run sees the saved value,
+/// and the team's file is unchanged.
+#[test]
+fn a_devices_env_flash_is_loaded_and_saved_to_an_overlay() {
+    let d = tempfile::tempdir().unwrap();
+    let profile = product(d.path(), "ready = { console = 'devlab-rc: ready' }\n");
+    let text = std::fs::read_to_string(&profile).unwrap().replace("[\"x86_64\", \"aarch64\"]", "[\"aarch64\"]")
+        + "\n[firmware]\nenv_flash = \"env.img\"\n";
+    std::fs::write(&profile, text).unwrap();
+    let vars = "bootdelay=0\nboots=1\n\
+        bootcmd=echo team-env boots=${boots}; setexpr boots ${boots} + 1; saveenv; echo team-env-saved\n";
+    std::fs::write(d.path().join("env.txt"), vars).unwrap();
+    let made = Command::new("mkenvimage")
+        .args(["-s", "0x40000", "-o"])
+        .arg(d.path().join("env.img"))
+        .arg(d.path().join("env.txt"))
+        .status()
+        .expect("mkenvimage (u-boot-tools)");
+    assert!(made.success());
+    let before = sha256(&d.path().join("env.img"));
+    let steps = "[[step]]\naction = \"power_on\"\n\
+        [[step]]\naction = \"expect\"\npattern = 'team-env boots=1'\n\
+        [[step]]\naction = \"expect\"\npattern = 'team-env-saved'\n\
+        [[step]]\naction = \"power_cut\"\n[[step]]\naction = \"power_on\"\n\
+        [[step]]\naction = \"expect\"\npattern = 'team-env boots=2'\n";
+    let s = scenario(d.path(), "\"qemu-aarch64\"", steps);
+    let out = run(d.path(), &s);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(sha256(&d.path().join("env.img")), before, "the team's env image is never written");
+    let runs: Vec<PathBuf> = std::fs::read_dir(d.path().join("runs")).unwrap().flatten().map(|e| e.path()).collect();
+    let argv = std::fs::read_to_string(runs[0].join("qemu.argv.json")).unwrap();
+    assert!(argv.contains("if=pflash,unit=1,format=qcow2"), "{argv}");
+
+    // x86_64 has no environment flash: the profile says so, at the field.
+    let text = std::fs::read_to_string(&profile).unwrap().replace("[\"aarch64\"]", "[\"x86_64\", \"aarch64\"]");
+    std::fs::write(&profile, text).unwrap();
+    let out = run(d.path(), &s);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("field `env_flash`"), "{err}");
+}

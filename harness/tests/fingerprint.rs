@@ -123,6 +123,7 @@ fn board_qemu_args() {
         disk: Path::new("/r/disk.qcow2"),
         disk_errors: &[],
         loadvm: None,
+        env_flash: None,
         tftp: None,
         detect_zeroes: false,
         tap: None,
