@@ -35,6 +35,10 @@ impl StepKind for Reboot {
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let from = r.machine()?.qmp.events().len();
+        // Recorded as it is sent: nothing of the next boot can come before
+        // it in the timeline (the command may answer after the reset).
+        r.drain(None);
+        r.record(Event::Command { command: self.command.clone(), status: 0, stdout: None });
         match r.via(self.via) {
             Via::Ssh => {
                 // The session may drop before the command answers: the
@@ -54,7 +58,6 @@ impl StepKind for Reboot {
         got.map_err(|e| r.failure(format!("`{}` did not reset the board: {e}", self.command)))?;
         r.forget_sessions();
         r.drain(None);
-        r.record(Event::Command { command: self.command.clone(), status: 0, stdout: None });
         Ok(())
     }
 }
