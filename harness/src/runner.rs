@@ -483,8 +483,26 @@ async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
             }
             res
         } else {
+            // Machines run a step together. One whose part ends first is
+            // paused until the others' parts end, so none runs on unwatched
+            // meanwhile (after an `update` it would autoboot past U-Boot's
+            // prompt while the slower one still updates, and the next step,
+            // `boot`, could no longer stop it).
+            let together = placed.on.len() > 1;
             let on = runs.iter_mut().filter(|r| placed.on.contains(&r.name));
-            futures_util::future::try_join_all(on.map(|r| placed.step.run(r, placed))).await.map(|_| ())
+            let res = futures_util::future::try_join_all(on.map(|r| async move {
+                placed.step.run(r, placed).await?;
+                if together {
+                    r.pause_until_all_done().await;
+                }
+                Ok::<(), Error>(())
+            }))
+            .await
+            .map(|_| ());
+            for r in runs.iter_mut() {
+                r.resume_if_paused().await;
+            }
+            res
         };
         runs[0].end_step(start, res.is_ok());
         res?;
@@ -910,6 +928,8 @@ pub struct Run<'a> {
     pub(crate) callback_cursor: usize,
     /// Console sync barriers issued so far.
     pub(crate) syncs: u32,
+    /// Paused by the harness until the other machines' parts of a step end.
+    paused: bool,
     /// The provisioning service and its files (`[provision]`), started
     /// before the first power-on.
     pub(crate) lab: Option<crate::provision::Lab>,
@@ -972,6 +992,7 @@ impl<'a> Run<'a> {
             checkpoints: true,
             callback_cursor: 0,
             syncs: 0,
+            paused: false,
             ostree: crate::ostree::Commits::default(),
             lab: None,
             service: None,
@@ -1170,6 +1191,22 @@ impl<'a> Run<'a> {
         let Some((_, line, _)) = m.console.line_at(end) else { return };
         if self.markers().event(&line).is_some() {
             m.console.wait_line_end(end, Duration::from_secs(5)).await;
+        }
+    }
+
+    /// Pause a running machine (QMP `stop`) whose part of a step ended
+    /// before the other machines' parts; a machine that is off is left.
+    pub(crate) async fn pause_until_all_done(&mut self) {
+        let Some(m) = self.machine.as_ref().filter(|m| !m.qmp.is_closed()) else { return };
+        self.paused = m.qmp.execute_timeout("stop", None, Duration::from_secs(10)).await.is_ok();
+    }
+
+    /// Let a machine paused by [`Run::pause_until_all_done`] run again.
+    pub(crate) async fn resume_if_paused(&mut self) {
+        if std::mem::take(&mut self.paused) {
+            if let Some(m) = self.machine.as_ref().filter(|m| !m.qmp.is_closed()) {
+                let _ = m.qmp.execute_timeout("cont", None, Duration::from_secs(10)).await;
+            }
         }
     }
 
