@@ -136,6 +136,18 @@ pub fn create_sized_overlay(base: &Path, overlay: &Path, size: u64) -> Result<()
     Ok(())
 }
 
+/// The firmware's flash image (a device's U-Boot environment) gets an
+/// overlay beside the disk's, made once and kept across power cycles of
+/// the run like the disk's.
+fn env_flash_overlay(board: &Board, disk_overlay: &Path) -> Result<Option<PathBuf>> {
+    let Some(image) = &board.firmware.env_flash else { return Ok(None) };
+    let flash = disk_overlay.with_file_name("env-flash.qcow2");
+    if !flash.exists() {
+        create_sized_overlay(image, &flash, ENV_FLASH_BYTES)?;
+    }
+    Ok(Some(flash))
+}
+
 impl Machine {
     /// Create the overlay, spawn QEMU, and take its console and QMP.
     pub async fn start(spec: MachineSpec<'_>) -> Result<Machine> {
@@ -158,18 +170,7 @@ impl Machine {
             };
             Error::infra(format!("{binary} not found: install Debian package {pkg} (cargo xtask setup)"))
         })?;
-        // The firmware's flash image gets an overlay beside the disk's,
-        // kept across power cycles of the run like the disk.
-        let env_flash = match &board.firmware.env_flash {
-            None => None,
-            Some(image) => {
-                let flash = overlay.with_file_name("env-flash.qcow2");
-                if !flash.exists() {
-                    create_sized_overlay(image, &flash, ENV_FLASH_BYTES)?;
-                }
-                Some(flash)
-            }
-        };
+        let env_flash = env_flash_overlay(board, &overlay)?;
         remove_orphaned_socket_dirs();
         let sockets = tempfile::Builder::new()
             .prefix(&format!("devlab-{}-", std::process::id()))
