@@ -689,6 +689,17 @@ fn suite(
     })
 }
 
+/// The profile file a device name or path stands for: a path (with `/`
+/// or ending `.toml`) is relative to `base`; a bare name is
+/// `devices/<name>.toml` in the workspace.
+pub fn profile_path(name: &str, base: &Path) -> PathBuf {
+    if name.contains('/') || name.ends_with(".toml") {
+        base.join(name)
+    } else {
+        crate::rundir::workspace_root().join("devices").join(format!("{name}.toml"))
+    }
+}
+
 /// Is `path` a device profile (a TOML file with a `[device]` table and no
 /// `[scenario]`)? Anything unreadable is not.
 pub fn is_profile_file(path: &Path) -> bool {

@@ -71,13 +71,11 @@ impl Steps {
 struct Gen<'a> {
     d: &'a Device,
     profile: &'a Path,
+    /// The profile's `[suite]` (empty without one).
+    suite: crate::device::SuiteSpec,
 }
 
 impl Gen<'_> {
-    fn suite(&self) -> crate::device::SuiteSpec {
-        self.d.suite.clone().unwrap_or_default()
-    }
-
     fn header(&self, flow: &str, description: &str, timeout: &str, extra: &str) -> String {
         let boards: Vec<String> = self.d.arches.iter().map(|a| q(&format!("qemu-{a}"))).collect();
         format!(
@@ -107,7 +105,7 @@ impl Gen<'_> {
     }
 
     fn state(&self, s: &mut Steps, new: bool) {
-        let suite = self.suite();
+        let suite = &self.suite;
         if let (Some(slots), Some(_)) = (&suite.slots, &self.d.facts.slot) {
             s.step("assert_slot", &[("slot", q(&slots[usize::from(new)]))]);
         }
@@ -152,7 +150,7 @@ impl Gen<'_> {
     }
 
     fn update(&self, u: &crate::device::SuiteUpdate) -> Flow {
-        let suite = self.suite();
+        let suite = &self.suite;
         let mut s = Steps::default();
         self.up(&mut s);
         self.state(&mut s, false);
@@ -171,7 +169,7 @@ impl Gen<'_> {
     /// A download the server breaks on purpose: the install fails, and the
     /// next boot is the old slot's.
     fn broken_download(&self, u: &crate::device::SuiteUpdate, name: &'static str, fault: &str, what: &str) -> Flow {
-        let suite = self.suite();
+        let suite = &self.suite;
         let mut s = Steps::default();
         self.up(&mut s);
         self.serve(&mut s, &u.artifact);
@@ -236,8 +234,8 @@ impl Gen<'_> {
 /// The suite's flows for device `d` (whose profile is at `profile`,
 /// absolute), and the flows it skips with the reason.
 pub fn flows(d: &Device, profile: &Path) -> (Vec<Flow>, Vec<Skipped>) {
-    let g = Gen { d, profile };
-    let suite = g.suite();
+    let g = Gen { d, profile, suite: d.suite.clone().unwrap_or_default() };
+    let suite = &g.suite;
     let mut flows = vec![g.boot()];
     let mut skipped = Vec::new();
     let mut skip = |flow: &'static str, why: &str| skipped.push(Skipped { flow, why: why.to_string() });

@@ -411,12 +411,7 @@ fn check_device(d: &harness::device::Device) -> Result<Vec<String>, Error> {
 /// printed and reported (not run, with the reason). The profile's image,
 /// firmware and artifacts must be the same files, unchanged, afterwards.
 fn device_suite(name: &str, opts: &Common) -> i32 {
-    let root = harness::rundir::workspace_root();
-    let path = if name.contains('/') || name.ends_with(".toml") {
-        PathBuf::from(name)
-    } else {
-        root.join("devices").join(format!("{name}.toml"))
-    };
+    let path = harness::device::profile_path(name, Path::new(""));
     if !path.is_file() {
         eprintln!("error: no device profile {} (--device NAME is devices/NAME.toml; or give a path)", path.display());
         return EXIT_BAD_INPUT;

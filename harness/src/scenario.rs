@@ -958,12 +958,7 @@ fn load_device(
     if let Some(m) = machines.iter().find_map(|m| m.image.as_ref()) {
         return Err(at(m.span().start, "machine.image", "a device scenario's machines all run the device".into()));
     }
-    let n = name.get_ref();
-    let file = if n.contains('/') || n.ends_with(".toml") {
-        path.parent().unwrap_or(Path::new(".")).join(n)
-    } else {
-        crate::rundir::workspace_root().join("devices").join(format!("{n}.toml"))
-    };
+    let file = crate::device::profile_path(name.get_ref(), path.parent().unwrap_or(Path::new(".")));
     if !file.is_file() {
         return Err(at(name.span().start, "device", format!("no device profile {}", file.display())));
     }
