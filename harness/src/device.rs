@@ -96,7 +96,9 @@ struct FirmwareTable {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginTable {
-    default: Spanned<Via>,
+    /// Optional when only one transport is described.
+    #[serde(default)]
+    default: Option<Spanned<Via>>,
     #[serde(default)]
     ssh: Option<SshTable>,
     #[serde(default)]
@@ -157,7 +159,7 @@ struct FactTable {
 struct UpdateTable {
     install: Spanned<String>,
     #[serde(default)]
-    artifacts: BTreeMap<String, Spanned<String>>,
+    artifacts: BTreeMap<String, Spanned<ArtifactSource>>,
 }
 
 /// `[suite]`: what `devlab suite device` needs to know of the device.
@@ -317,10 +319,69 @@ impl Facts {
 /// The device's own update tool.
 #[derive(Debug, Clone)]
 pub struct Update {
-    /// The command that installs, `{url}` replaced by the artifact's URL.
+    /// The command that installs, `{url}` replaced by the artifact's URL
+    /// (and `{ref}` by an OSTree artifact's ref).
     pub install: String,
     /// Artifacts by name, `{arch}` still in the path.
-    pub artifacts: BTreeMap<String, Spanned<String>>,
+    pub artifacts: BTreeMap<String, Spanned<ArtifactSource>>,
+}
+
+/// One of the team's artifacts as the profile names it: a file (a RAUC
+/// bundle, an image, anything), or an OSTree archive repo and the ref the
+/// device pulls from it (`{ ostree_repo = "build/{arch}/repo", ref = "…" }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactSource {
+    File(String),
+    Ostree { repo: String, reference: String },
+}
+
+impl ArtifactSource {
+    /// The path in the profile (`{arch}` still in it): the file, or the repo.
+    pub fn path(&self) -> &str {
+        match self {
+            ArtifactSource::File(p) | ArtifactSource::Ostree { repo: p, .. } => p,
+        }
+    }
+
+    /// The OSTree ref, `{arch}` still in it.
+    pub fn ostree_ref_template(&self) -> Option<&str> {
+        match self {
+            ArtifactSource::File(_) => None,
+            ArtifactSource::Ostree { reference, .. } => Some(reference),
+        }
+    }
+
+    /// The OSTree ref, for `arch`.
+    pub fn ostree_ref(&self, arch: Arch) -> Option<String> {
+        self.ostree_ref_template().map(|r| for_arch(r, arch))
+    }
+}
+
+impl<'de> Deserialize<'de> for ArtifactSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Repo {
+            ostree_repo: String,
+            #[serde(rename = "ref")]
+            reference: String,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ArtifactSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a file's path, or { ostree_repo = \"<repo folder>\", ref = \"<ref>\" }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<ArtifactSource, E> {
+                Ok(ArtifactSource::File(s.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> std::result::Result<ArtifactSource, A::Error> {
+                let r = Repo::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(ArtifactSource::Ostree { repo: r.ostree_repo, reference: r.reference })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[suite]`: what the standard suite (`devlab suite device`) asserts and
@@ -466,17 +527,32 @@ impl Device {
                 shell_prompt: regex(&s.shell_prompt, "shell_prompt")?,
             }),
         };
-        let default_at = login.default.span().start;
-        match login.default.get_ref() {
-            Via::Ssh if ssh.is_none() => {
-                return Err(at(default_at, "default", "command steps go over SSH, but there is no [login.ssh]".into()))
+        let default_via = match (&login.default, &ssh, &serial) {
+            (None, Some(_), None) => Via::Ssh,
+            (None, None, Some(_)) => Via::Serial,
+            (None, None, None) => {
+                let msg = "say how to log in: [login.ssh] and/or [login.serial]";
+                return Err(at(text.find("[login").unwrap_or(0), "login", msg.into()));
             }
-            Via::Serial if serial.is_none() => {
-                let msg = "command steps go over the serial console, but there is no [login.serial]";
-                return Err(at(default_at, "default", msg.into()));
+            (None, _, _) => {
+                let msg = "say which transport command steps use: default = \"ssh\" or \"serial\"";
+                return Err(at(text.find("[login").unwrap_or(0), "default", msg.into()));
             }
-            _ => {}
-        }
+            (Some(d), _, _) => {
+                let default_at = d.span().start;
+                match d.get_ref() {
+                    Via::Ssh if ssh.is_none() => {
+                        let msg = "command steps go over SSH, but there is no [login.ssh]";
+                        return Err(at(default_at, "default", msg.into()));
+                    }
+                    Via::Serial if serial.is_none() => {
+                        let msg = "command steps go over the serial console, but there is no [login.serial]";
+                        return Err(at(default_at, "default", msg.into()));
+                    }
+                    via => *via,
+                }
+            }
+        };
         let facts = facts(path, text, &file.facts)?;
         let firmware = file.firmware.as_ref().and_then(|f| f.uboot.clone());
         let env_flash = file.firmware.as_ref().and_then(|f| f.env_flash.clone());
@@ -526,7 +602,7 @@ impl Device {
             ssh_key: login.ssh.as_ref().and_then(|s| s.key.as_ref()).map(|k| k.span().start),
             firmware,
             env_flash,
-            default_via: *login.default.get_ref(),
+            default_via,
             ssh,
             serial,
             facts,
@@ -609,19 +685,47 @@ impl Device {
             }
         }
         for (name, v) in self.update.iter().flat_map(|u| u.artifacts.iter()) {
-            let p = resolve(&self.path, &for_arch(v.get_ref(), arch));
-            if let Err(e) = std::fs::File::open(&p) {
-                let msg = format!("artifact `{name}`: {} cannot be read: {e} (for {arch})", p.display());
+            let p = resolve(&self.path, &for_arch(v.get_ref().path(), arch));
+            let problem = match v.get_ref().ostree_ref(arch) {
+                None if p.is_dir() => Some("is a folder (an OSTree repo is `{ ostree_repo = …, ref = … }`)".into()),
+                None => std::fs::File::open(&p).err().map(|e| format!("cannot be read: {e}")),
+                Some(r) => ostree_repo_problem(&p, &r),
+            };
+            if let Some(problem) = problem {
+                let msg = format!("artifact `{name}`: {} {problem} (for {arch})", p.display());
                 return Err(self.error_at(v.span().start, name, msg));
             }
         }
         Ok(())
     }
 
-    /// The artifact `name` for `arch`: its file.
+    /// The artifact `name` for `arch`: its file, or its OSTree repo's folder.
     pub fn artifact(&self, name: &str, arch: Arch) -> Option<PathBuf> {
         let u = self.update.as_ref()?;
-        u.artifacts.get(name).map(|p| resolve(&self.path, &for_arch(p.get_ref(), arch)))
+        u.artifacts.get(name).map(|p| resolve(&self.path, &for_arch(p.get_ref().path(), arch)))
+    }
+
+    /// Every file of the artifact `name` for `arch`: the file, or each file
+    /// of its OSTree repo.
+    pub fn artifact_files(&self, name: &str, arch: Arch) -> Vec<PathBuf> {
+        let Some(top) = self.artifact(name, arch) else { return Vec::new() };
+        let mut files = Vec::new();
+        let mut dirs = vec![top];
+        while let Some(d) = dirs.pop() {
+            match std::fs::read_dir(&d) {
+                Err(_) => files.push(d),
+                Ok(entries) => {
+                    for e in entries.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            dirs.push(e.path());
+                        } else {
+                            files.push(e.path());
+                        }
+                    }
+                }
+            }
+        }
+        files
     }
 
     /// The profile refuses `arch`: an error naming its `arches`.
@@ -716,6 +820,30 @@ fn marker_file_stem(file: &str) -> &str {
 /// `{arch}` replaced by the arch's name.
 fn for_arch(template: &str, arch: Arch) -> String {
     template.replace("{arch}", arch.uname())
+}
+
+/// Why `repo` cannot be served as an OSTree repo with `reference` (over
+/// HTTP a repo must be in archive mode, and a pull without a summary reads
+/// `refs/heads/<ref>`), or `None`.
+fn ostree_repo_problem(repo: &Path, reference: &str) -> Option<String> {
+    let config = match std::fs::read_to_string(repo.join("config")) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("is not an OSTree repo: its `config` cannot be read: {e}")),
+    };
+    let mode = config.lines().find_map(|l| l.trim().strip_prefix("mode")?.trim().strip_prefix('=')).map(str::trim);
+    if !matches!(mode, Some("archive" | "archive-z2")) {
+        let mode = mode.unwrap_or("bare");
+        return Some(format!(
+            "is an OSTree repo in `{mode}` mode: serve one in `archive` mode (ostree init --mode=archive)"
+        ));
+    }
+    if reference.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Some(format!("ref `{reference}` is not a ref name"));
+    }
+    if !repo.join("refs/heads").join(reference).is_file() {
+        return Some(format!("has no ref `{reference}` (refs/heads/{reference}: see `ostree refs`)"));
+    }
+    None
 }
 
 /// A path of the profile, relative to the profile's folder.
@@ -863,6 +991,11 @@ numbers = ["tries_left"]
         assert_eq!((e.line, e.field.as_deref()), (Some(16), Some("slot")), "{e}");
         let e = input_error(&GOOD.replace("default = \"serial\"", "default = \"ssh\""));
         assert_eq!((e.line, e.field.as_deref()), (Some(8), Some("default")), "{e}");
+        // One transport is the default by itself; with both, the profile says which.
+        assert_eq!(parse(&GOOD.replace("default = \"serial\"", "")).unwrap().default_via, Via::Serial);
+        let both = GOOD.replace("default = \"serial\"", "[login.ssh]\npassword = \"x\"");
+        let e = input_error(&both);
+        assert_eq!((e.line, e.field.as_deref()), (Some(7), Some("default")), "{e}");
         let e = input_error(&GOOD.replace("shell_prompt = '# $'", "shell_prompt = '# ['"));
         assert_eq!((e.line, e.field.as_deref()), (Some(12), Some("shell_prompt")), "{e}");
         let e = input_error(&GOOD.replace("image = ", "imag = "));
@@ -883,6 +1016,45 @@ numbers = ["tries_left"]
         let e = input_error(&GOOD.replace("ready = { console", "slot2 = { console"));
         assert_eq!((e.line, e.field.as_deref()), (Some(15), Some("slot2")), "{e}");
         assert!(e.message.contains("read by a command"), "{e}");
+    }
+
+    #[test]
+    fn an_artifact_is_a_file_or_an_ostree_repo_with_its_ref() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("device.toml");
+        let text = format!(
+            "{GOOD}\n[update]\ninstall = \"ostree admin switch {{ref}} # {{url}}\"\n\
+             artifacts = {{ bundle = \"b.raucb\", os = {{ ostree_repo = \"repo-{{arch}}\", ref = \"product/{{arch}}/stable\" }} }}\n"
+        );
+        let d = Device::parse(&profile, &text).unwrap();
+        let u = d.update.as_ref().unwrap();
+        assert_eq!(u.artifacts["bundle"].get_ref(), &ArtifactSource::File("b.raucb".into()));
+        assert_eq!(u.artifacts["os"].get_ref().ostree_ref(Arch::X86_64).as_deref(), Some("product/x86_64/stable"));
+        assert_eq!(d.artifact("os", Arch::X86_64), Some(dir.path().join("repo-x86_64")));
+        std::fs::write(dir.path().join("b.raucb"), b"bundle").unwrap();
+        let check = |what: &str| match d.check_files(Arch::X86_64) {
+            Err(crate::error::Error::Input(e)) => {
+                assert_eq!((e.line, e.field.as_deref()), (Some(25), Some("os")), "{e}");
+                assert!(e.message.contains(what), "{what}: {e}");
+            }
+            other => panic!("{what}: {other:?}"),
+        };
+        check("its `config` cannot be read");
+        let repo = dir.path().join("repo-x86_64");
+        std::fs::create_dir_all(repo.join("refs/heads/product/x86_64")).unwrap();
+        std::fs::write(repo.join("config"), "[core]\nrepo_version=1\nmode=bare\n").unwrap();
+        check("in `bare` mode");
+        std::fs::write(repo.join("config"), "[core]\nrepo_version=1\nmode=archive-z2\n").unwrap();
+        check("has no ref `product/x86_64/stable`");
+        std::fs::write(repo.join("refs/heads/product/x86_64/stable"), "ab\n").unwrap();
+        d.check_files(Arch::X86_64).unwrap();
+        let mut files = d.artifact_files("os", Arch::X86_64);
+        files.sort();
+        assert_eq!(files, [repo.join("config"), repo.join("refs/heads/product/x86_64/stable")]);
+        // A table that is not a repo is refused at the field.
+        let e = input_error(&text.replace("ostree_repo =", "repo ="));
+        assert_eq!(e.line, Some(25), "{e}");
+        assert!(e.message.contains("unknown field `repo`"), "{e}");
     }
 
     #[test]

@@ -167,7 +167,7 @@ pub fn identities(d: &crate::device::Device) -> Vec<(PathBuf, String)> {
             files.push(k);
         }
         if let Some(u) = &d.update {
-            files.extend(u.artifacts.keys().filter_map(|a| d.artifact(a, arch)));
+            files.extend(u.artifacts.keys().flat_map(|a| d.artifact_files(a, arch)));
         }
     }
     files.sort();

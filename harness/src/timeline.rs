@@ -31,6 +31,9 @@ pub enum Event {
     ArtifactServed {
         name: String,
         file: String,
+        /// An OSTree repo's ref (the repo is served below `file`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ostree_ref: Option<String>,
     },
     /// Logged in to a device over `ssh` or `serial`.
     LoggedIn {

@@ -8,7 +8,9 @@
 //! next N requests they target. Hand-written HTTP/1.1 (one request per
 //! connection) because the faults need byte-level control of the body.
 //! RAUC bundles are served as-is at `/bundles/<file>` (signed themselves),
-//! a team's own artifacts at `/files/<arch>/<file>`.
+//! a team's own artifacts at `/files/<arch>/<file>`, and a team's own
+//! OSTree repo as it is (its refs, summary and deltas too) below
+//! `/files/<arch>/<artifact>/`, download faults applying to its objects.
 //! `/callback/<name>` (any method, optional body) records that the guest
 //! called back, for steps that wait for it. An OSTree archive repo is
 //! served read-only at `/ostree/`: its files as they are, except `refs/`,
@@ -23,7 +25,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,6 +95,9 @@ struct State {
     /// `<arch>/<file>`, served as-is at `/files/<arch>/<file>`; download
     /// faults apply to them too.
     files: BTreeMap<String, Arc<Vec<u8>>>,
+    /// A team's OSTree repos by `<arch>/<artifact>`, served as they are
+    /// below `/files/<arch>/<artifact>/` (read per request).
+    dirs: BTreeMap<String, PathBuf>,
     faults: Vec<(Fault, u32)>,
     secret: [u8; 32],
     url_ttl: Duration,
@@ -178,6 +183,7 @@ impl UpdateServer {
             progress: tokio::sync::watch::channel(0).0,
             callbacks: Vec::new(),
             callback_count: tokio::sync::watch::channel(0).0,
+            dirs: BTreeMap::new(),
             ostree_repo: None,
             ostree_refs: BTreeMap::new(),
             ostree_deltas: false,
@@ -233,6 +239,15 @@ impl UpdateServer {
         s.log(&format!("file {arch}/{file} ({} bytes, sha256 {sha})", bytes.len()));
         s.files.insert(format!("{arch}/{file}"), Arc::new(bytes));
         format!("http://10.0.2.2:{}/files/{arch}/{file}", self.port)
+    }
+
+    /// Serve a team's OSTree archive repo as it is (its own refs, objects
+    /// and deltas) below `/files/<arch>/<name>/`; returns its URL.
+    pub fn add_dir(&self, arch: &str, name: &str, repo: PathBuf) -> String {
+        let mut s = self.state.lock().unwrap();
+        s.log(&format!("ostree repo {} as files/{arch}/{name}/", repo.display()));
+        s.dirs.insert(format!("{arch}/{name}"), repo);
+        format!("http://10.0.2.2:{}/files/{arch}/{name}", self.port)
     }
 
     /// Serve the OSTree archive repo `repo` at `/ostree/` (nothing published
@@ -459,6 +474,10 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
         return download(&mut s, bytes, "no such bundle\n");
     }
     if let Some(file) = path.strip_prefix("/files/") {
+        let dir = s.dirs.iter().find_map(|(k, d)| Some((d.clone(), file.strip_prefix(k.as_str())?.strip_prefix('/')?)));
+        if let Some((repo, rel)) = dir {
+            return repo_file(&mut s, &repo, rel);
+        }
         let bytes = s.files.get(file).cloned();
         return download(&mut s, bytes, "no such file\n");
     }
@@ -497,8 +516,16 @@ fn ostree_file(s: &mut State, rel: &str) -> Reply {
     if (rel.starts_with("deltas/") || rel.starts_with("delta-indexes/")) && !s.ostree_deltas {
         return text(404, "static deltas not served\n");
     }
-    let file = repo.join(rel);
-    let Ok(bytes) = std::fs::read(&file) else { return text(404, "no such file\n") };
+    repo_file(s, &repo, rel)
+}
+
+/// A file of an OSTree repo folder, as it is; the next download fault
+/// applies to objects.
+fn repo_file(s: &mut State, repo: &Path, rel: &str) -> Reply {
+    if rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return text(403, "bad path\n");
+    }
+    let Ok(bytes) = std::fs::read(repo.join(rel)) else { return text(404, "no such file\n") };
     let fault = if rel.starts_with("objects/") { s.take_fault(false) } else { None };
     if let Some(f @ Fault::Error500 { .. }) = &fault {
         return Reply { fault: Some(f.clone()), ..text(500, "internal error\n") };
@@ -784,6 +811,31 @@ mod tests {
         assert!(ok, "the published package decrypts to the slot image");
         let leftovers = std::fs::read_dir(d.path()).unwrap().count();
         assert_eq!(leftovers, 2, "no temp files left behind");
+    }
+
+    #[tokio::test]
+    async fn a_teams_ostree_repo_is_served_as_it_is_below_files() {
+        let (s, dir, _) = server().await;
+        let repo = dir.path().join("team-repo");
+        for (rel, body) in [
+            ("config", "[core]\nmode=archive-z2\n"),
+            ("refs/heads/team/stable", "cccc\n"),
+            ("objects/ab/cd.filez", "obj"),
+        ] {
+            std::fs::create_dir_all(repo.join(rel).parent().unwrap()).unwrap();
+            std::fs::write(repo.join(rel), body).unwrap();
+        }
+        assert_eq!(get(s.port(), "/files/x86_64/os/config").await.0, 404, "nothing served yet");
+        let url = s.add_dir("x86_64", "os", repo);
+        assert!(url.ends_with("/files/x86_64/os"), "{url}");
+        assert_eq!(get(s.port(), "/files/x86_64/os/refs/heads/team/stable").await.1, b"cccc\n", "its own refs");
+        assert_eq!(get(s.port(), "/files/aarch64/os/config").await.0, 404, "per arch");
+        assert_eq!(get(s.port(), "/files/x86_64/os/../../secret").await.0, 403);
+        assert_eq!(get(s.port(), "/files/x86_64/osx/config").await.0, 404, "a name, not a prefix");
+        s.add_fault(Fault::Error500 { api: false }, 1);
+        assert_eq!(get(s.port(), "/files/x86_64/os/config").await.0, 200, "faults are for objects");
+        assert_eq!(get(s.port(), "/files/x86_64/os/objects/ab/cd.filez").await.0, 500);
+        assert_eq!(get(s.port(), "/files/x86_64/os/objects/ab/cd.filez").await.1, b"obj");
     }
 
     #[tokio::test]

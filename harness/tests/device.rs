@@ -198,3 +198,99 @@ fn a_devices_env_flash_is_loaded_and_saved_to_an_overlay() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("field `env_flash`"), "{err}");
 }
+
+/// A team-style OSTree product on x86_64: devlab's OSTree disk as the
+/// team's image, and the team's own archive repo (made with the `ostree`
+/// CLI from two of devlab's commits: release 2 on `team/stable`, a release
+/// that panics on `team/broken`) served as it is. The device's own commands
+/// pull and deploy; the outcome is read through `ostree admin status` by
+/// version and the profile's facts; the rollback is the device's boot
+/// script's (bootcount past bootlimit, altbootcmd) and shows on the
+/// timeline through the profile's markers.
+#[test]
+fn a_teams_ostree_repo_is_pulled_and_a_broken_release_rolls_back_through_the_boot_script() {
+    let d = tempfile::tempdir().unwrap();
+    let arch = devlab_images::Arch::X86_64;
+    let built = |name: &str| {
+        devlab_images::locate(&root().join(format!("images/recipes/{name}.toml")), arch)
+            .expect("the OSTree images are built (cargo xtask images)")
+    };
+    let (os, good, broken) = (built("ostree"), built("ostree-v2"), built("ostree-v2-panic"));
+    let commit = |b: &devlab_images::BuiltImage| b.manifest.ostree.as_ref().unwrap().commit.clone();
+    let repo = d.path().join("repo-x86_64");
+    let ostree = |args: &[&str]| {
+        let out = Command::new("ostree").arg(format!("--repo={}", repo.display())).args(args).output().unwrap();
+        assert!(out.status.success(), "ostree {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ostree(&["init", "--mode=archive-z2"]);
+    let devlab_repo = os.manifest.ostree.as_ref().unwrap().repo.to_string_lossy().into_owned();
+    ostree(&["pull-local", &devlab_repo, &commit(&good), &commit(&broken)]);
+    ostree(&["refs", "--create=team/stable/x86_64", &commit(&good)]);
+    ostree(&["refs", "--create=team/broken/x86_64", &commit(&broken)]);
+    std::fs::copy(&os.ssh_key, d.path().join("key-x86_64")).unwrap();
+    let profile = format!(
+        "[device]\nname = \"ostree-product\"\narches = [\"x86_64\"]\nimage = \"{}\"\n\
+         \n[login.ssh]\nkey = \"key-{{arch}}\"\n\
+         \n[facts]\nready = {{ console = 'devlab-health: (ok|kept rollback)' }}\n\
+         \n[update]\ninstall = \"ostree remote add --force --no-gpg-verify lab {{url}} && ostree admin switch lab:{{ref}} \
+           && fw_setenv upgrade_available 1 && fw_setenv bootcount 0 && fw_setenv rollback 0\"\n\
+         artifacts = {{ good = {{ ostree_repo = \"repo-{{arch}}\", ref = \"team/stable/{{arch}}\" }}, \
+           broken = {{ ostree_repo = \"repo-{{arch}}\", ref = \"team/broken/{{arch}}\" }} }}\n\
+         \n[markers]\ninclude = [\"uboot\"]\n\
+         [[marker]]\nmatch = 'devlab-boot: bootcount (?<count>\\d+) > bootlimit (?<limit>\\d+), altbootcmd'\nevent = \"altbootcmd\"\n\
+         [[marker]]\nmatch = 'devlab-boot: ostree rollback deployment'\nevent = \"rollback_deployment\"\n",
+        os.disk.display()
+    );
+    std::fs::write(d.path().join("device.toml"), profile).unwrap();
+    let mut repo_files: Vec<PathBuf> = Vec::new();
+    let mut dirs = vec![repo.clone()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path())
+            } else {
+                repo_files.push(e.path())
+            }
+        }
+    }
+    repo_files.sort();
+    let hashes = |files: &[PathBuf]| files.iter().map(|f| sha256(f)).collect::<Vec<_>>();
+    let before = hashes(&repo_files);
+    let steps = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"login\"\n\
+        [[step]]\naction = \"assert_ostree\"\ndeployments = [{ version = \"1\", state = \"booted\" }]\n\
+        [[step]]\naction = \"ssh\"\ncommand = \"mkdir -p /var/lib/team && echo kept > /var/lib/team/data\"\n\
+        [[step]]\naction = \"serve_artifact\"\nartifact = \"broken\"\n\
+        [[step]]\naction = \"install\"\nartifact = \"broken\"\ntimeout = \"3m\"\n\
+        [[step]]\naction = \"assert_ostree\"\ndeployments = [{ version = \"2\", state = \"pending\" }, { version = \"1\", state = \"booted\" }]\n\
+        [[step]]\naction = \"reboot\"\n\
+        [[step]]\naction = \"login\"\ntimeout = \"5m\"\n\
+        [[step]]\naction = \"assert_version\"\nversion = \"1\"\n\
+        [[step]]\naction = \"assert_ostree\"\ndeployments = [{ version = \"2\", state = \"pending\" }, { version = \"1\", state = \"booted\" }]\n\
+        [[step]]\naction = \"ssh\"\ncommand = \"ostree admin undeploy 0\"\ntimeout = \"60s\"\n\
+        [[step]]\naction = \"serve_artifact\"\nartifact = \"good\"\n\
+        [[step]]\naction = \"http_fault\"\nfault = { kind = \"corrupt\", bytes = 16 }\n\
+        [[step]]\naction = \"install\"\nartifact = \"good\"\nexpect_status = 1\ntimeout = \"3m\"\n\
+        [[step]]\naction = \"install\"\nartifact = \"good\"\ntimeout = \"3m\"\n\
+        [[step]]\naction = \"reboot\"\n\
+        [[step]]\naction = \"login\"\ntimeout = \"3m\"\n\
+        [[step]]\naction = \"assert_version\"\nversion = \"2\"\n\
+        [[step]]\naction = \"assert_ostree\"\ndeployments = [{ version = \"2\", state = \"booted\" }, { version = \"1\", state = \"rollback\" }]\n\
+        [[step]]\naction = \"assert_file\"\npath = \"/var/lib/team/data\"\nequals = \"kept\\n\"\n";
+    let s = scenario(d.path(), "\"qemu-x86_64\"", steps);
+    let text = std::fs::read_to_string(&s).unwrap();
+    // The broken release panics on purpose.
+    let text = text.replacen("timeout = \"3m\"", "timeout = \"12m\"\nbad_patterns = [\"Unknown command\"]", 1);
+    std::fs::write(&s, text).unwrap();
+    let out = run(d.path(), &s);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(before, hashes(&repo_files), "the team's repo is never written");
+    let run_dir = std::fs::read_dir(d.path().join("runs")).unwrap().flatten().next().unwrap().path();
+    let timeline = std::fs::read_to_string(run_dir.join("timeline.json")).unwrap();
+    for want in [r#""name": "altbootcmd""#, r#""name": "rollback_deployment""#, r#""ostree_ref": "team/stable/x86_64""#]
+    {
+        assert!(timeline.contains(want), "timeline lacks {want}: {timeline}");
+    }
+    let log = std::fs::read_to_string(run_dir.join("http.log")).unwrap_or_default();
+    assert!(log.contains("/files/x86_64/good/objects/"), "the device pulled the team's repo: {log}");
+}

@@ -229,7 +229,7 @@ fn samples() -> Vec<Event> {
         Event::Mark { name: "login_prompt".into(), fields: BTreeMap::new() },
         Event::Fact { name: "slot".into(), value: "B".into() },
         Event::LoggedIn { via: "serial".into() },
-        Event::ArtifactServed { name: "good".into(), file: "good.raucb".into() },
+        Event::ArtifactServed { name: "good".into(), file: "good.raucb".into(), ostree_ref: None },
     ];
     for e in &all {
         match e {

@@ -33,11 +33,13 @@ impl Install {
     /// The `ssh` step it amounts to on `device`.
     fn as_command(&self, device: &crate::device::Device) -> Option<SshRun> {
         let u = device.update.as_ref()?;
-        let file = u.artifacts.get(&self.artifact)?;
-        let name = super::serve_artifact::served_name(&self.artifact, std::path::Path::new(file.get_ref()));
+        let source = u.artifacts.get(&self.artifact)?.get_ref();
+        let name = super::serve_artifact::served_name(&self.artifact, source);
         let url = format!("http://{{server}}/files/{{arch}}/{name}");
+        // The ref's `{arch}`, like the URL's, is the step's to fill in.
+        let reference = source.ostree_ref_template().unwrap_or("{ref}");
         Some(SshRun {
-            command: u.install.replace("{url}", &url),
+            command: u.install.replace("{url}", &url).replace("{ref}", reference),
             via: self.via,
             expect_status: self.expect_status,
             expect_stdout: None,
@@ -61,6 +63,13 @@ impl StepKind for Install {
         let Some(ssh) = self.as_command(&d) else {
             return Err(cx.at("artifact", format!("device `{}` has no artifact `{}`", d.name, self.artifact)));
         };
+        if ssh.command.contains("{ref}") {
+            let msg = format!(
+                "device `{}`'s install command takes `{{ref}}`, and artifact `{}` is a file, not an OSTree repo",
+                d.name, self.artifact
+            );
+            return Err(cx.at("artifact", msg));
+        }
         ssh.check(cx)
     }
 

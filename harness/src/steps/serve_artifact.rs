@@ -1,12 +1,15 @@
 //! `serve_artifact`: Publish one of a device's own update artifacts (its profile's `[update] artifacts`), as the team built it, on the update server.
 
 use super::prelude::*;
+use crate::device::ArtifactSource;
 
 /// Publish one of a device's own update artifacts (its profile's
 /// `[update] artifacts`: a RAUC bundle, an image, any file) on the update
 /// server at `/files/<arch>/<artifact><ext>`, byte for byte, for every
-/// arch of the run's machines. Download faults (`http_fault`) and
-/// power-cut triggers on its requests apply as to devlab's own releases.
+/// arch of the run's machines; an OSTree repo is served as it is (its own
+/// refs, objects and deltas) below `/files/<arch>/<artifact>/`. Download
+/// faults (`http_fault`, on an OSTree repo's objects) and power-cut
+/// triggers on its requests apply as to devlab's own releases.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeArtifact {
@@ -14,9 +17,12 @@ pub struct ServeArtifact {
     pub artifact: String,
 }
 
-/// The file name an artifact is served under: its name and the file's own
-/// extensions (`good` + `bundle-v2.raucb` → `good.raucb`).
-pub fn served_name(artifact: &str, file: &std::path::Path) -> String {
+/// The name an artifact is served under: a file's, its name and the
+/// file's own extensions (`good` + `bundle-v2.raucb` → `good.raucb`); an
+/// OSTree repo's, its name (the repo's files are below it).
+pub fn served_name(artifact: &str, source: &ArtifactSource) -> String {
+    let ArtifactSource::File(path) = source else { return artifact.to_string() };
+    let file = std::path::Path::new(path);
     let base = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     match base.split_once('.') {
         Some((_, ext)) => format!("{artifact}.{ext}"),
@@ -51,17 +57,26 @@ impl StepKind for ServeArtifact {
         r.start_server().await?;
         let arches = r.lab_arches.clone();
         for arch in arches {
-            let file = device.artifact(&self.artifact, arch).expect("checked: the artifact exists");
-            let name = served_name(&self.artifact, &file);
-            let path = file.clone();
+            let source = device.update.as_ref().and_then(|u| u.artifacts.get(&self.artifact)).expect("checked");
+            let name = served_name(&self.artifact, source.get_ref());
+            let path = device.artifact(&self.artifact, arch).expect("checked: the artifact exists");
+            let server = r.server.as_ref().expect("started");
+            if let ArtifactSource::Ostree { .. } = source.get_ref() {
+                server.add_dir(arch.uname(), &name, path);
+                continue;
+            }
             let bytes = blocking(move || {
                 std::fs::read(&path).map_err(|e| Error::infra(format!("reading {}: {e}", path.display())))
             })
             .await?;
             r.server.as_ref().expect("started").add_file(arch.uname(), &name, bytes);
         }
-        let file = device.artifact(&self.artifact, r.board.arch).expect("checked");
-        r.record(Event::ArtifactServed { name: self.artifact.clone(), file: served_name(&self.artifact, &file) });
+        let source = device.update.as_ref().and_then(|u| u.artifacts.get(&self.artifact)).expect("checked");
+        r.record(Event::ArtifactServed {
+            name: self.artifact.clone(),
+            file: served_name(&self.artifact, source.get_ref()),
+            ostree_ref: source.get_ref().ostree_ref(r.board.arch),
+        });
         Ok(())
     }
 }
