@@ -1370,18 +1370,26 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
-    /// Run `command` over SSH and cut the power at `at` (a console pattern,
-    /// or the update server starting to answer a matching request) while
-    /// it runs; the command ending first is a failure. The cut is an armed
-    /// fault bound to the command (see `arm_fault`): the machine is frozen
-    /// the moment the trigger fires, then killed.
-    pub(crate) async fn exec_until_power_cut(&mut self, command: &str, timeout: Duration, at: CutAt) -> Result<()> {
-        self.ssh()?;
-        if let CutAt::Output(re) = at {
-            return self.exec_until_output_cut(command, timeout, re).await;
+    /// Run `command` over `via` (SSH or the serial shell) and cut the power
+    /// at `at` (a console pattern, the update server starting to answer a
+    /// matching request, or the command's own output) while it runs; the
+    /// command ending first is a failure. A console or request cut is an
+    /// armed fault bound to the command (see `arm_fault`): the machine is
+    /// frozen the moment the trigger fires, then killed.
+    pub(crate) async fn exec_until_power_cut(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+        at: CutAt,
+        via: Via,
+    ) -> Result<()> {
+        if via == Via::Ssh {
+            self.ssh()?;
+        } else if self.serial.is_none() {
+            return Err(self.failure("no serial login (add a login step with via = \"serial\")".into()));
         }
         let (on, what) = match at {
-            CutAt::Output(_) => unreachable!("handled above"),
+            CutAt::Output(re) => return self.exec_until_output_cut(command, timeout, re, via).await,
             CutAt::Console(re) => {
                 let what = format!("`{}` appeared on the console", re.as_str());
                 (FreezeOn::Console(re), what)
@@ -1391,8 +1399,19 @@ impl<'a> Run<'a> {
                 (FreezeOn::Request(re), what)
             }
         };
+        // Armed before the command is typed; the serial shell then holds the console.
         let (mut fired, _watcher) = self.arm_freeze(on)?;
-        let ssh = self.ssh.as_ref().expect("checked");
+        let exec = async {
+            match via {
+                Via::Ssh => self.ssh.as_ref().expect("checked").exec(command, timeout).await.map_err(|e| e.to_string()),
+                Via::Serial => {
+                    let (Some(shell), Some(m)) = (self.serial.as_mut(), self.machine.as_mut()) else {
+                        unreachable!("checked: logged in, powered on")
+                    };
+                    shell.exec(&mut m.console, command, timeout).await.map_err(|e| e.to_string())
+                }
+            }
+        };
         let cut = tokio::select! {
             // A fired trigger has frozen the guest: its command cannot end after that.
             biased;
@@ -1400,9 +1419,9 @@ impl<'a> Run<'a> {
                 Ok(Ok(end)) => Ok(end.expect("fired")),
                 _ => Err(format!("{what}: not within {}", humantime::format_duration(timeout))),
             },
-            out = ssh.exec(command, timeout) => Err(format!(
+            out = exec => Err(format!(
                 "`{command}` ended ({}) before {what}",
-                out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e.to_string())
+                out.map(|o| format!("exit {}", o.status)).unwrap_or_else(|e| e)
             )),
         };
         let end = cut.map_err(|e| self.failure(e))?;
@@ -1419,19 +1438,30 @@ impl<'a> Run<'a> {
     /// output read so far matches (milliseconds after the guest printed it;
     /// the guest runs on meanwhile, so this is for moments that last, such
     /// as an update tool writing a slot).
-    async fn exec_until_output_cut(&mut self, command: &str, timeout: Duration, re: Regex) -> Result<()> {
-        let ssh = self.ssh.as_ref().expect("checked");
+    async fn exec_until_output_cut(&mut self, command: &str, timeout: Duration, re: Regex, via: Via) -> Result<()> {
         let what = format!("its output matched `{}`", re.as_str());
-        let got = tokio::time::timeout(timeout, ssh.exec_until_output(command, re, timeout)).await;
-        match got {
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => return Err(self.failure(format!("`{command}` ended before {what}"))),
-            Ok(Err(e)) => return Err(self.failure(format!("`{command}`: {e}"))),
-            Err(_) => {
-                return Err(
-                    self.failure(format!("`{command}`: not {what} within {}", humantime::format_duration(timeout)))
-                )
+        let waited = humantime::format_duration(timeout);
+        let matched = match via {
+            Via::Ssh => {
+                let ssh = self.ssh.as_ref().expect("checked");
+                match tokio::time::timeout(timeout, ssh.exec_until_output(command, re, timeout)).await {
+                    Ok(Ok(m)) => m.is_some(),
+                    Ok(Err(e)) => return Err(self.failure(format!("`{command}`: {e}"))),
+                    Err(_) => return Err(self.failure(format!("`{command}`: not {what} within {waited}"))),
+                }
             }
+            Via::Serial => {
+                let (Some(shell), Some(m)) = (self.serial.as_mut(), self.machine.as_mut()) else {
+                    unreachable!("checked: logged in, powered on")
+                };
+                match shell.exec_until(&mut m.console, command, timeout, Some(&re)).await {
+                    Ok(e) => matches!(e, crate::serial_shell::Ended::Matched),
+                    Err(e) => return Err(self.serial_failure(e)),
+                }
+            }
+        };
+        if !matched {
+            return Err(self.failure(format!("`{command}` ended before {what}")));
         }
         self.machine()?.power_cut().await?;
         self.forget_sessions();

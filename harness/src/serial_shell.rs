@@ -31,6 +31,15 @@ pub enum ShellError {
     Console(#[from] ConsoleError),
 }
 
+/// How [`SerialShell::exec_until`] came back.
+#[derive(Debug)]
+pub enum Ended {
+    /// The command ended.
+    Exited(Output),
+    /// Its output matched while it ran.
+    Matched,
+}
+
 /// A logged-in shell on a machine's serial console.
 #[derive(Debug, Default)]
 pub struct SerialShell {
@@ -95,6 +104,23 @@ impl SerialShell {
         command: &str,
         timeout: Duration,
     ) -> Result<Output, ShellError> {
+        match self.exec_until(console, command, timeout, None).await? {
+            Ended::Exited(out) => Ok(out),
+            Ended::Matched => unreachable!("nothing to match"),
+        }
+    }
+
+    /// [`SerialShell::exec`], returning as soon as the command's output so
+    /// far matches `stop` (a text regex; `$` also matches before the
+    /// console's `\r\n`). The command then still runs: the caller ends it
+    /// (a power cut), and this shell is not to be used again.
+    pub async fn exec_until(
+        &mut self,
+        console: &mut Console,
+        command: &str,
+        timeout: Duration,
+        stop: Option<&regex::Regex>,
+    ) -> Result<Ended, ShellError> {
         self.count += 1;
         let n = self.count;
         // The markers as typed (`DL''B-n`) are not the markers as printed (`DLB-n`).
@@ -103,15 +129,24 @@ impl SerialShell {
         let quoted = crate::machine::shell_quote(command);
         let line = format!("echo DL''B-{n}; (eval {quoted}) </dev/null 2>&1; printf '\\nDL''E-{n}-%d\\n' $?\r");
         console.send(line.as_bytes()).await?;
-        let pattern = format!(r"(?s)DLB-{n}\r?\n(?<out>.*?)\r?\nDLE-{n}-(?<status>\d+)\r?\n");
-        let got = console.expect(&[re(&pattern)], timeout).await?;
+        let mut patterns = vec![re(&format!(r"(?s)DLB-{n}\r?\n(?<out>.*?)\r?\nDLE-{n}-(?<status>\d+)\r?\n"))];
+        if let Some(stop) = stop {
+            // What the command printed: after its begin marker (its end
+            // marker, had it come first, would have ended the wait).
+            let within = format!(r"(?s)DLB-{n}\r?\n.*?(?R:{})", stop.as_str());
+            patterns.push(Regex::new(&within).map_err(|e| ShellError::Login(format!("output pattern: {e}")))?);
+        }
+        let got = console.expect(&patterns, timeout).await?;
+        if got.index == 1 {
+            return Ok(Ended::Matched);
+        }
         let field =
             |name: &str| got.captures.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
         let stdout = field("out").replace("\r\n", "\n");
         let status = field("status").parse().unwrap_or(-1);
         // Back at the prompt before the next command is typed.
         console.expect(&[re(&regex::escape(PROMPT))], timeout).await?;
-        Ok(Output { status, stdout, stderr: String::new() })
+        Ok(Ended::Exited(Output { status, stdout, stderr: String::new() }))
     }
 
     /// Type `command` and do not wait for it to end (`reboot`: the shell

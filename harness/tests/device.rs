@@ -67,7 +67,10 @@ const SMOKE: &str = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\
     [[step]]\naction = \"download\"\nfrom = \"/run/blob.bin\"\nto = \"blob-back.bin\"\n\
     [[step]]\naction = \"login\"\nvia = \"ssh\"\n\
     [[step]]\naction = \"ssh\"\nvia = \"ssh\"\ncommand = \"test -e /etc/devlab\"\n\
-    [[step]]\naction = \"assert_env\"\nvars = { BOOT_ORDER = \"A B\" }\n";
+    [[step]]\naction = \"assert_env\"\nvars = { BOOT_ORDER = \"A B\" }\n\
+    [[step]]\naction = \"ssh\"\ncommand = \"echo writing 10%; echo writing 50%; sleep 60\"\npower_cut_on_output = '(?m)^writing 50%$'\n\
+    [[step]]\naction = \"power_on\"\n[[step]]\naction = \"login\"\n\
+    [[step]]\naction = \"ssh\"\ncommand = \"echo cut-''here; sleep 60\"\npower_cut_at = 'cut-here'\n";
 
 fn run(dir: &Path, scenario: &Path) -> std::process::Output {
     devlab()
@@ -105,6 +108,9 @@ fn a_teams_compressed_image_boots_over_an_overlay_with_serial_and_ssh_logins() {
     let run_dir = std::fs::read_dir(d.path().join("runs")).unwrap().flatten().next().unwrap().path();
     assert_eq!(std::fs::read(run_dir.join("blob-back.bin")).unwrap(), blob, "a round trip over the serial shell");
     let timeline = std::fs::read_to_string(run_dir.join("timeline.json")).unwrap();
+    // Both power cuts ran their command over the serial shell (the default).
+    assert_eq!(timeline.matches(r#""event": "power_cut""#).count(), 2, "{timeline}");
+    assert_eq!(timeline.matches(r#""via": "ssh""#).count(), 1, "one SSH login: {timeline}");
     for want in [r#""name": "committed""#, r#""slot": "A""#, r#""via": "serial""#, r#""via": "ssh""#] {
         assert!(timeline.contains(want), "timeline lacks {want}: {timeline}");
     }

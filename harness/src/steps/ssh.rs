@@ -69,8 +69,8 @@ impl StepKind for SshRun {
             if cx.scenario.device.as_ref().is_none_or(|d| d.serial.is_none()) {
                 return Err(cx.at("via", "a serial shell needs a device profile with [login.serial]"));
             }
-            if self.triggers().iter().any(|(_, set)| *set) {
-                let msg = "power_cut_at, power_cut_on_request, power_cut_on_output and link_drop run the command over SSH";
+            if self.link_drop.is_some() {
+                let msg = "link_drop runs the command over SSH (a power cut trigger works over the serial shell)";
                 return Err(cx.at("via", msg));
             }
         }
@@ -103,17 +103,18 @@ impl StepKind for SshRun {
         }
         let command = r.subst_commits(&s.command)?;
         let command = r.subst(&command);
+        let via = r.via(s.via);
         if let Some(p) = &s.power_cut_at {
             let re = r.console_pattern(p);
-            return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Console(re)).await;
+            return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Console(re), via).await;
         }
         if let Some(p) = &s.power_cut_on_request {
             let re = r.text_pattern(p);
-            return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Request(re)).await;
+            return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Request(re), via).await;
         }
         if let Some(p) = &s.power_cut_on_output {
             let re = r.text_pattern(p);
-            return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Output(re)).await;
+            return r.exec_until_power_cut(&command, s.timeout.0, CutAt::Output(re), via).await;
         }
         let out = match &s.link_drop {
             Some(drop) => {
@@ -121,10 +122,7 @@ impl StepKind for SshRun {
                 let end = OutageEnd::After(Duration::from_secs(drop.seconds));
                 r.exec_with_link_outage(&command, s.timeout.0, OutageStart::Request(re), end).await?
             }
-            None => {
-                let via = r.via(s.via);
-                r.exec_via(&command, s.timeout.0, via).await?
-            }
+            None => r.exec_via(&command, s.timeout.0, via).await?,
         };
         if out.status != s.expect_status {
             return Err(r.failure(format!(

@@ -103,7 +103,7 @@ impl StepKind for Update {
         let command = format!("devlab-update --no-reboot {url}");
         if let Some(p) = &u.power_cut_at {
             let re = r.console_pattern(p);
-            return r.exec_until_power_cut(&command, u.timeout.0, CutAt::Console(re)).await;
+            return r.exec_until_power_cut(&command, u.timeout.0, CutAt::Console(re), crate::device::Via::Ssh).await;
         }
         let out = if u.link_down_mid_transfer {
             // The link comes back once the agent has reported.
