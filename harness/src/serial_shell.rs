@@ -19,6 +19,8 @@ use std::time::Duration;
 
 /// The prompt set after login: seen only when the shell is ready again.
 const PROMPT: &str = "DLSH-READY# ";
+/// How long a login waits for a prompt before it presses Enter again.
+const WAKE_EVERY: Duration = Duration::from_secs(3);
 /// Bytes per base64 line typed for an upload (well under a tty's 4096-byte
 /// canonical line).
 const B64_LINE: usize = 768;
@@ -69,8 +71,7 @@ impl SerialShell {
         // prompt already on the console may be from before a reboot: only
         // what comes after the wake-up counts.
         console.skip_to_end();
-        console.send(b"\r").await?;
-        let got = console.expect(&[login_prompt, shell_prompt.clone()], left()).await?;
+        let got = Self::wake(console, &[login_prompt, shell_prompt.clone()], deadline).await?;
         if got.index == 0 {
             console.send(format!("{}\r", login.user).as_bytes()).await?;
             if let Some(p) = &login.password {
@@ -94,6 +95,26 @@ impl SerialShell {
         console.send(setup.as_bytes()).await?;
         console.expect(&[re(&regex::escape(PROMPT))], left()).await?;
         Ok(SerialShell::default())
+    }
+
+    /// Press Enter until one of `prompts` answers. A getty or shell that
+    /// is still starting drops what arrives before it reads the tty, so
+    /// one Enter can be lost: it is pressed again after [`WAKE_EVERY`]
+    /// without a prompt (as a person at the console would; labgrid's shell
+    /// driver does the same), until `deadline`.
+    async fn wake(
+        console: &mut Console,
+        prompts: &[Regex],
+        deadline: tokio::time::Instant,
+    ) -> Result<crate::console::Match, ShellError> {
+        loop {
+            console.send(b"\r").await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match console.expect(prompts, left.min(WAKE_EVERY)).await {
+                Err(ConsoleError::Timeout { .. }) if left > WAKE_EVERY => continue,
+                got => return Ok(got?),
+            }
+        }
     }
 
     /// Run `command` (stdin from /dev/null, stderr into its output) and
