@@ -1226,14 +1226,24 @@ impl<'a> Run<'a> {
     }
 
     /// Run `command` on the machine over `via` (SSH, or the serial shell).
+    /// The serial shell and the console it types on, or a failure saying
+    /// to log in over serial first.
+    pub(crate) fn serial_shell(
+        &mut self,
+    ) -> Result<(&mut crate::serial_shell::SerialShell, &mut crate::console::Console)> {
+        if self.serial.is_none() || self.machine.is_none() {
+            return Err(self.failure("no serial login (add a login step with via = \"serial\")".into()));
+        }
+        let (Some(shell), Some(m)) = (self.serial.as_mut(), self.machine.as_mut()) else { unreachable!("checked") };
+        Ok((shell, &mut m.console))
+    }
+
     pub(crate) async fn exec_via(&mut self, command: &str, timeout: Duration, via: Via) -> Result<crate::ssh::Output> {
         match via {
             Via::Ssh => self.ssh()?.exec(command, timeout).await.map_err(|e| self.failure(e.to_string())),
             Via::Serial => {
-                let (Some(shell), Some(m)) = (self.serial.as_mut(), self.machine.as_mut()) else {
-                    return Err(self.failure("no serial login (add a login step with via = \"serial\")".into()));
-                };
-                let out = shell.exec(&mut m.console, command, timeout).await;
+                let (shell, console) = self.serial_shell()?;
+                let out = shell.exec(console, command, timeout).await;
                 out.map_err(|e| self.serial_failure(e))
             }
         }
@@ -1383,10 +1393,13 @@ impl<'a> Run<'a> {
         at: CutAt,
         via: Via,
     ) -> Result<()> {
-        if via == Via::Ssh {
-            self.ssh()?;
-        } else if self.serial.is_none() {
-            return Err(self.failure("no serial login (add a login step with via = \"serial\")".into()));
+        match via {
+            Via::Ssh => {
+                self.ssh()?;
+            }
+            Via::Serial => {
+                self.serial_shell()?;
+            }
         }
         let (on, what) = match at {
             CutAt::Output(re) => return self.exec_until_output_cut(command, timeout, re, via).await,
@@ -1405,10 +1418,8 @@ impl<'a> Run<'a> {
             match via {
                 Via::Ssh => self.ssh.as_ref().expect("checked").exec(command, timeout).await.map_err(|e| e.to_string()),
                 Via::Serial => {
-                    let (Some(shell), Some(m)) = (self.serial.as_mut(), self.machine.as_mut()) else {
-                        unreachable!("checked: logged in, powered on")
-                    };
-                    shell.exec(&mut m.console, command, timeout).await.map_err(|e| e.to_string())
+                    let (shell, console) = self.serial_shell().map_err(|e| e.to_string())?;
+                    shell.exec(console, command, timeout).await.map_err(|e| e.to_string())
                 }
             }
         };
@@ -1451,10 +1462,8 @@ impl<'a> Run<'a> {
                 }
             }
             Via::Serial => {
-                let (Some(shell), Some(m)) = (self.serial.as_mut(), self.machine.as_mut()) else {
-                    unreachable!("checked: logged in, powered on")
-                };
-                match shell.exec_until(&mut m.console, command, timeout, Some(&re)).await {
+                let (shell, console) = self.serial_shell()?;
+                match shell.exec_until(console, command, timeout, Some(&re)).await {
                     Ok(e) => matches!(e, crate::serial_shell::Ended::Matched),
                     Err(e) => return Err(self.serial_failure(e)),
                 }

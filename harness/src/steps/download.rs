@@ -27,10 +27,8 @@ impl StepKind for Download {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let d = self;
         if r.via(d.via) == crate::device::Via::Serial {
-            let (Some(shell), Some(m)) = (r.serial.as_mut(), r.machine.as_mut()) else {
-                return Err(r.failure("no serial login (add a login step with via = \"serial\")".into()));
-            };
-            let got = shell.download(&mut m.console, &d.from, Duration::from_secs(120)).await;
+            let (shell, console) = r.serial_shell()?;
+            let got = shell.download(console, &d.from, Duration::from_secs(120)).await;
             let bytes = got.map_err(|e| r.serial_failure(e))?;
             return save_download(r, d, &bytes);
         }

@@ -46,10 +46,8 @@ impl StepKind for Reboot {
                 let _ = r.ssh()?.exec(&self.command, Duration::from_secs(15)).await;
             }
             Via::Serial => {
-                let (Some(shell), Some(m)) = (r.serial.as_mut(), r.machine.as_mut()) else {
-                    return Err(r.failure("no serial login (add a login step with via = \"serial\")".into()));
-                };
-                let sent = shell.send_only(&mut m.console, &self.command).await;
+                let (shell, console) = r.serial_shell()?;
+                let sent = shell.send_only(console, &self.command).await;
                 sent.map_err(|e| r.serial_failure(e))?;
             }
         }

@@ -43,10 +43,8 @@ impl StepKind for Upload {
                 sent.map_err(|e| r.failure(e.to_string()))?;
             }
             crate::device::Via::Serial => {
-                let (Some(shell), Some(m)) = (r.serial.as_mut(), r.machine.as_mut()) else {
-                    return Err(r.failure("no serial login (add a login step with via = \"serial\")".into()));
-                };
-                let out = shell.upload(&mut m.console, &data, &u.to, u.mode, Duration::from_secs(120)).await;
+                let (shell, console) = r.serial_shell()?;
+                let out = shell.upload(console, &data, &u.to, u.mode, Duration::from_secs(120)).await;
                 let out = out.map_err(|e| r.serial_failure(e))?;
                 if out.status != 0 {
                     return Err(r.failure(format!("upload to {} over serial: exit {}: {}", u.to, out.status, out.stdout.trim())));
