@@ -69,6 +69,27 @@ struct ProfileFile {
     marker: Vec<MarkerSpec>,
     #[serde(default)]
     suite: Option<SuiteTable>,
+    #[serde(default)]
+    netboot: Option<NetbootTable>,
+}
+
+/// `[netboot]`: the device's own network-boot kernel (its management OS
+/// or installer), booted by a PXE board whose disk does not boot.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetbootTable {
+    kernel: Spanned<String>,
+    #[serde(default)]
+    initrd: Option<Spanned<OneOrMore>>,
+    #[serde(default)]
+    cmdline: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMore {
+    One(String),
+    More(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -445,7 +466,22 @@ pub struct Device {
     pub markers: Markers,
     /// `[suite]` (none: the standard suite boots and logs in only).
     pub suite: Option<SuiteSpec>,
+    /// `[netboot]`: what a PXE board boots when its disk does not.
+    pub netboot: Option<Netboot>,
     text: String,
+}
+
+/// The device's own network boot (`[netboot]`), `{arch}` still in the paths.
+#[derive(Debug, Clone)]
+pub struct Netboot {
+    pub kernel: Spanned<String>,
+    /// Booted as one: the files are concatenated in order (an installer's
+    /// initrd, then a cpio of extra modules or firmware).
+    pub initrds: Spanned<Vec<String>>,
+    /// The kernel command line; `{server}` is the update server as the
+    /// device reaches it (`10.0.2.2:<port>`), `{arch}` the arch,
+    /// `{console}` the board's serial console (`ttyS0,115200`, `ttyAMA0`).
+    pub cmdline: String,
 }
 
 impl std::fmt::Debug for Device {
@@ -609,6 +645,19 @@ impl Device {
             update,
             markers: Markers::new(all),
             suite,
+            netboot: file.netboot.as_ref().map(|n| {
+                let (span, initrds) = match &n.initrd {
+                    None => (n.kernel.span(), Vec::new()),
+                    Some(i) => (
+                        i.span(),
+                        match i.get_ref() {
+                            OneOrMore::One(one) => vec![one.clone()],
+                            OneOrMore::More(more) => more.clone(),
+                        },
+                    ),
+                };
+                Netboot { kernel: n.kernel.clone(), initrds: Spanned::new(span, initrds), cmdline: n.cmdline.clone() }
+            }),
             text: text.to_string(),
         })
     }
@@ -684,6 +733,20 @@ impl Device {
                 return Err(self.error_at(*k, "key", msg));
             }
         }
+        if let (Some(n), Some((kernel, initrds))) = (&self.netboot, self.netboot_files(arch)) {
+            let fields = std::iter::once((&kernel, n.kernel.span().start, "kernel"))
+                .chain(initrds.iter().map(|i| (i, n.initrds.span().start, "initrd")));
+            for (file, at, field) in fields {
+                if let Err(e) = std::fs::File::open(file)
+                    .and_then(|f| f.metadata())
+                    .and_then(|m| m.is_file().then_some(()).ok_or_else(|| std::io::Error::other("not a file")))
+                {
+                    let msg =
+                        format!("{} cannot be read: {e} (the device's netboot {field} for {arch})", file.display());
+                    return Err(self.error_at(at, field, msg));
+                }
+            }
+        }
         for (name, v) in self.update.iter().flat_map(|u| u.artifacts.iter()) {
             let p = resolve(&self.path, &for_arch(v.get_ref().path(), arch));
             let problem = match v.get_ref().ostree_ref(arch) {
@@ -697,6 +760,13 @@ impl Device {
             }
         }
         Ok(())
+    }
+
+    /// The netboot kernel and initrds for `arch` (`[netboot]`).
+    pub fn netboot_files(&self, arch: Arch) -> Option<(PathBuf, Vec<PathBuf>)> {
+        let n = self.netboot.as_ref()?;
+        let file = |p: &str| resolve(&self.path, &for_arch(p, arch));
+        Some((file(n.kernel.get_ref()), n.initrds.get_ref().iter().map(|i| file(i)).collect()))
     }
 
     /// The artifact `name` for `arch`: its file, or its OSTree repo's folder.

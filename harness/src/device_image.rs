@@ -155,7 +155,7 @@ pub fn built_image(
 }
 
 /// Every file of the device's profile for each of its arches (image,
-/// firmware, artifacts, SSH key), each with its identity (size, mtime,
+/// firmware, artifacts, netboot kernel and initrds, SSH key), each with its identity (size, mtime,
 /// inode): compared before and after a suite, a change means something
 /// wrote the user's files. A file that cannot be read is "missing".
 pub fn identities(d: &crate::device::Device) -> Vec<(PathBuf, String)> {
@@ -168,6 +168,10 @@ pub fn identities(d: &crate::device::Device) -> Vec<(PathBuf, String)> {
         }
         if let Some(u) = &d.update {
             files.extend(u.artifacts.keys().flat_map(|a| d.artifact_files(a, arch)));
+        }
+        if let Some((kernel, initrds)) = d.netboot_files(arch) {
+            files.push(kernel);
+            files.extend(initrds);
         }
     }
     files.sort();

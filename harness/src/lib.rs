@@ -18,6 +18,7 @@ pub mod kept;
 pub mod labnet;
 pub mod machine;
 pub mod markers;
+pub mod netboot;
 pub mod ostree;
 pub mod plan;
 pub mod provision;

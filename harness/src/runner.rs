@@ -933,6 +933,8 @@ pub struct Run<'a> {
     /// The provisioning service and its files (`[provision]`), started
     /// before the first power-on.
     pub(crate) lab: Option<crate::provision::Lab>,
+    /// The TFTP folder of a device's own netboot (`crate::netboot`).
+    pub(crate) netboot_tftp: Option<PathBuf>,
     /// The provisioning service (a handle; the lab itself is the first
     /// machine's in a run with several, and this is every machine's).
     pub(crate) service: Option<devlab_provision::Service>,
@@ -995,6 +997,7 @@ impl<'a> Run<'a> {
             paused: false,
             ostree: crate::ostree::Commits::default(),
             lab: None,
+            netboot_tftp: None,
             service: None,
             per_arch_profiles: false,
             net: None,
@@ -1684,6 +1687,16 @@ impl<'a> Run<'a> {
             self.service = Some(lab.service.clone());
             self.lab = Some(lab);
         }
+        // A device's own netboot kernel, on a PXE board of the user network.
+        let netboot = self.scenario.device.as_ref().filter(|d| d.netboot.is_some());
+        if let (None, None, Some(pxe), Some(device)) = (&self.lab, &self.netboot_tftp, self.board.pxe, netboot) {
+            self.start_server().await?;
+            let server = self.server.clone().expect("started");
+            let (run_dir, arch) = (self.run_dir.clone(), self.board.arch);
+            let device = device.clone();
+            let tftp = blocking(move || crate::netboot::prepare(&run_dir, &device, arch, pxe, &server)).await?;
+            self.netboot_tftp = Some(tftp);
+        }
         Ok(())
     }
 
@@ -1720,8 +1733,11 @@ impl<'a> Run<'a> {
         let base_disk = self.base_disk()?;
         // On the user network QEMU's own TFTP serves the lab's files; on a
         // lab network, dnsmasq does.
-        let tftp =
-            self.lab.as_ref().filter(|_| self.board.pxe.is_some() && self.netns.is_none()).map(|l| l.tftp.clone());
+        let tftp = match &self.lab {
+            Some(l) => Some(l.tftp.clone()),
+            None => self.netboot_tftp.clone(),
+        };
+        let tftp = tftp.filter(|_| self.board.pxe.is_some() && self.netns.is_none());
         let spec = MachineSpec {
             board: self.board,
             accel: self.accel.accel,

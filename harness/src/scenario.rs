@@ -576,9 +576,11 @@ impl Scenario {
             let offset = crate::board::find_key(&self.text, "network").unwrap_or(0);
             return Err(at(offset, "network", "a lab network needs a [provision] table (its service)".into()));
         }
-        if self.any_blank_disk() && self.provision.is_none() {
+        let netboot = self.device.as_ref().is_some_and(|d| d.netboot.is_some());
+        if self.any_blank_disk() && self.provision.is_none() && !netboot {
             let offset = crate::board::find_key(&self.text, "disk").unwrap_or(0);
-            return Err(at(offset, "disk", "a blank disk needs a [provision] table to install it".into()));
+            let msg = "a blank disk needs a [provision] table, or a device with [netboot], to install it";
+            return Err(at(offset, "disk", msg.into()));
         }
         let Some(spec) = &self.provision else { return Ok(()) };
         if spec.profiles.is_empty() {
@@ -650,6 +652,15 @@ impl Scenario {
         if self.machines.is_empty() {
             let image = self.header.image.clone();
             let disk = self.header.disk;
+            if disk == DiskStart::Blank && self.provision.is_none() && board.pxe.is_none() {
+                let msg = format!(
+                    "the blank disk is installed by the device's [netboot] kernel, and board {} does not boot \
+                     from the network (a PXE board does: qemu-x86_64-pxe, qemu-aarch64-pxe)",
+                    board.name
+                );
+                let offset = crate::board::find_key(&self.text, "disk").unwrap_or(0);
+                return Err(InputError::new(&self.path, msg).at(&self.text, offset).field("disk").into());
+            }
             return Ok(vec![MachinePlan {
                 name: String::new(),
                 board: self.device_board(board.clone()),
@@ -1273,7 +1284,10 @@ mod tests {
         assert_eq!(ok.header.disk, DiskStart::Blank);
 
         let err = parse(&format!("{PXE_HEAD}[[step]]\naction = \"power_on\"\n")).unwrap_err().to_string();
-        assert!(err.starts_with("s.toml:4:1: field `disk`: a blank disk needs a [provision] table"), "{err}");
+        assert!(
+            err.starts_with("s.toml:4:1: field `disk`: a blank disk needs a [provision] table, or a device"),
+            "{err}"
+        );
 
         let err = parse(&format!("{HEAD}[[step]]\naction = \"provision_table\"\n")).unwrap_err().to_string();
         assert!(err.contains("provision_table needs a [provision] table"), "{err}");
