@@ -11,9 +11,9 @@
 //!   folder's `boot.ipxe` tries `sanboot` on the first disk (an MBR without
 //!   its boot signature fails at once), then fetches kernel and initrd over
 //!   HTTP from the update server and boots them;
-//! - aarch64 (U-Boot: disk first, then DHCP): `boot.scr.uimg` reads
-//!   `pxelinux.cfg/default-arm`, which boots `netboot/kernel` and
-//!   `netboot/initrd` over TFTP.
+//! - U-Boot boards (aarch64 `virt`, x86_64 `pc` with the 32-bit ROM: both
+//!   try the disk, then DHCP): `boot.scr.uimg` reads `pxelinux.cfg/netboot`,
+//!   which boots `netboot/kernel` and `netboot/initrd` over TFTP.
 //!
 //! Layout under `<run>/netboot/tftp/`: the boot script, `pxelinux.cfg/`,
 //! and `netboot/kernel|initrd`: links to the team's files, or (several
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 /// The console line the iPXE script prints before it boots the device's
 /// netboot kernel (the disk did not boot).
-pub const IPXE_NETBOOT_LINE: &str = "devlab-netboot: the disk does not boot: the device's netboot kernel";
+pub const IPXE_NETBOOT_LINE: &str = "devlab-netboot: the disk does not boot: booting the device netboot kernel";
 
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::infra(format!("{}: {e}", what.display()))
@@ -57,6 +57,44 @@ pub fn ipxe_script(kernel_url: &str, initrd_url: Option<&str>, cmdline: &str) ->
         None => s += &format!("kernel {kernel_url} {cmdline}\n"),
     }
     s + "boot\n"
+}
+
+/// The PXELINUX config U-Boot's script reads, in the TFTP folder.
+pub const PXELINUX_CONFIG: &str = "pxelinux.cfg/netboot";
+
+/// The console line U-Boot's script prints before it boots the device's
+/// netboot kernel (its boot targets tried the disk first). No quote
+/// characters: U-Boot's shell would parse them.
+pub const UBOOT_NETBOOT_LINE: &str = "devlab-netboot: no disk booted: booting the device netboot kernel";
+
+/// The script U-Boot's `dhcp` boot target sources. aarch64: read
+/// [`PXELINUX_CONFIG`] and `pxe boot` it. x86's 32-bit U-Boot: plain
+/// commands (no `setexpr`, no `pxefile_addr_r`), and no `pxe boot` (2023.01
+/// hands `zboot` no usable initrd), so kernel and initrd are loaded over
+/// TFTP and `zboot`ed here, the initrd above the kernel's decompression
+/// window (`ramdisk_addr_r` 0x8000000, not the default 0x4000000). The
+/// command line goes in single quotes, so a `'` in it is left out.
+pub fn uboot_script(arch: Arch, has_initrd: bool, cmdline: &str) -> String {
+    let head = format!("echo {UBOOT_NETBOOT_LINE}\n");
+    match arch {
+        Arch::Aarch64 => {
+            head + &format!(
+                "if tftpboot ${{pxefile_addr_r}} {PXELINUX_CONFIG}; then pxe boot ${{pxefile_addr_r}}; fi\n"
+            )
+        }
+        Arch::X86_64 => {
+            let mut s = head + "setenv ramdisk_addr_r 0x8000000\n";
+            s += "tftpboot ${kernel_addr_r} netboot/kernel || exit\nsetenv nb_ksize ${filesize}\n";
+            let initrd = if has_initrd {
+                s += "tftpboot ${ramdisk_addr_r} netboot/initrd || exit\n";
+                " ${ramdisk_addr_r} ${filesize}"
+            } else {
+                ""
+            };
+            s += &format!("setenv bootargs '{}'\n", cmdline.replace('\'', ""));
+            s + &format!("zboot ${{kernel_addr_r}} ${{nb_ksize}}{initrd}\n")
+        }
+    }
 }
 
 /// The PXELINUX config U-Boot boots (paths relative to the TFTP root;
@@ -107,9 +145,10 @@ pub fn prepare(run_dir: &Path, device: &Device, arch: Arch, pxe: Pxe, server: &U
             write(&tftp.join(pxe.bootfile()), script.as_bytes())?;
         }
         Pxe::Uboot => {
-            use devlab_provision::pxelinux::{script_uimage, BOOT_SCRIPT, DEFAULT_NAME};
-            write(&tftp.join(pxe.bootfile()), &script_uimage("devlab netboot", BOOT_SCRIPT))?;
-            let config = tftp.join(DEFAULT_NAME);
+            let script = uboot_script(arch, !initrds.is_empty(), &cmdline);
+            let script = devlab_provision::pxelinux::script_uimage("devlab netboot", &script);
+            write(&tftp.join(pxe.bootfile()), &script)?;
+            let config = tftp.join(PXELINUX_CONFIG);
             std::fs::create_dir_all(config.parent().expect("in pxelinux.cfg/")).map_err(io(&config))?;
             write(&config, pxelinux_config(!initrds.is_empty(), &cmdline).as_bytes())?;
         }
@@ -135,6 +174,21 @@ mod tests {
         assert_eq!(lines[3], "initrd --name initrd http://h/i");
         assert_eq!(lines.last(), Some(&"boot"));
         assert!(!ipxe_script("http://h/k", None, "x").contains("initrd"));
+    }
+
+    #[test]
+    fn uboot_scripts_per_arch() {
+        let x86 = uboot_script(Arch::X86_64, true, "console=ttyS0,115200 it's");
+        assert!(x86.contains("setenv ramdisk_addr_r 0x8000000\n"), "{x86}");
+        assert!(x86.contains("setenv bootargs 'console=ttyS0,115200 its'\n"), "{x86}");
+        assert!(x86.ends_with("zboot ${kernel_addr_r} ${nb_ksize} ${ramdisk_addr_r} ${filesize}\n"), "{x86}");
+        assert!(!x86.contains("setexpr") && !x86.contains("pxe boot"), "{x86}");
+        assert!(uboot_script(Arch::X86_64, false, "").ends_with("zboot ${kernel_addr_r} ${nb_ksize}\n"));
+        let arm = uboot_script(Arch::Aarch64, true, "x");
+        assert!(
+            arm.contains("tftpboot ${pxefile_addr_r} pxelinux.cfg/netboot; then pxe boot ${pxefile_addr_r}"),
+            "{arm}"
+        );
     }
 
     #[test]
