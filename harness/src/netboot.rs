@@ -117,7 +117,11 @@ pub fn prepare(run_dir: &Path, device: &Device, arch: Arch, pxe: Pxe, server: &U
     let tftp = run_dir.join("netboot").join("tftp");
     let files = tftp.join("netboot");
     std::fs::create_dir_all(&files).map_err(io(&files))?;
-    let link = |from: &Path, to: &Path| std::os::unix::fs::symlink(from, to).map_err(io(to));
+    // Links resolve from the TFTP folder: they point at absolute paths.
+    let link = |from: &Path, to: &Path| {
+        let from = std::fs::canonicalize(from).map_err(io(from))?;
+        std::os::unix::fs::symlink(from, to).map_err(io(to))
+    };
     link(&kernel, &files.join("kernel"))?;
     let initrd = files.join("initrd");
     match initrds.as_slice() {
@@ -163,6 +167,32 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_tftp_folder_links_to_the_teams_files_even_from_a_relative_profile_path() {
+        let d = tempfile::tempdir().unwrap();
+        for (f, bytes) in [("k", "kernel"), ("i1", "one+"), ("i2", "two")] {
+            std::fs::write(d.path().join(f), bytes).unwrap();
+        }
+        let text = "[device]\nname = \"p\"\narches = [\"aarch64\"]\nimage = \"x.img\"\n[login.ssh]\npassword = \"x\"\n\
+            [netboot]\nkernel = \"k\"\ninitrd = [\"i1\", \"i2\"]\ncmdline = \"console={console} u={server}\"\n";
+        // As `device = "../device.toml"` in a scenario gives it: relative to the working folder.
+        let depth = std::env::current_dir().unwrap().components().count() - 1;
+        let relative = Path::new(&"../".repeat(depth)).join(d.path().strip_prefix("/").unwrap()).join("device.toml");
+        let device = Device::parse(&relative, text).unwrap();
+        let server = UpdateServer::start(d.path().join("http.log")).await.unwrap();
+        let run = d.path().join("run");
+        let tftp = prepare(&run, &device, Arch::Aarch64, Pxe::Uboot, &server).unwrap();
+        assert_eq!(
+            std::fs::read(tftp.join("netboot/kernel")).unwrap(),
+            b"kernel",
+            "the link resolves from the TFTP folder"
+        );
+        assert_eq!(std::fs::read(tftp.join("netboot/initrd")).unwrap(), b"one+two", "initrds concatenated in order");
+        let config = std::fs::read_to_string(tftp.join(PXELINUX_CONFIG)).unwrap();
+        assert!(config.contains(&format!("append console=ttyAMA0 u=10.0.2.2:{}\n", server.port())), "{config}");
+        assert_eq!(std::fs::read(d.path().join("i1")).unwrap(), b"one+", "the team's files are only read");
+    }
 
     #[test]
     fn ipxe_tries_the_disk_then_boots_the_devices_kernel() {
