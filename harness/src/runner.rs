@@ -1223,9 +1223,20 @@ impl<'a> Run<'a> {
     }
 
     /// The transport a command step uses: the step's own choice, else the
-    /// device's default, else SSH.
+    /// device's default (else, when only the other one is logged in, that
+    /// one), else SSH.
     pub(crate) fn via(&self, chosen: Option<Via>) -> Via {
-        chosen.or(self.scenario.device.as_ref().map(|d| d.default_via)).unwrap_or(Via::Ssh)
+        if let Some(via) = chosen {
+            return via;
+        }
+        let Some(d) = &self.scenario.device else { return Via::Ssh };
+        // When only the other transport is logged in, that one (as planned:
+        // `CheckCx::resolved_via`).
+        match (d.default_via, self.ssh.is_some(), self.serial.is_some()) {
+            (Via::Ssh, false, true) => Via::Serial,
+            (Via::Serial, true, false) => Via::Ssh,
+            (default, _, _) => default,
+        }
     }
 
     /// Run `command` on the machine over `via` (SSH, or the serial shell).

@@ -58,7 +58,8 @@ impl StepKind for Login {
                 r.record(Event::Fact { name: "ready".into(), value: String::new() });
             }
         }
-        let via = r.via(self.via);
+        // The transport asked for, else the default (not "the one logged in").
+        let via = self.via.unwrap_or(device.default_via);
         match via {
             Via::Ssh => {
                 let t0 = r.machine()?.t0;

@@ -437,11 +437,26 @@ impl<'a> CheckCx<'a> {
         self.need(&[Power::Ssh], "runs over SSH")
     }
 
+    /// The transport a device's command step uses: `via`, else the
+    /// profile's default, else (only the other one logged in) that one. The
+    /// runner picks the same ([`crate::runner::Run::via`]). `None`: no device.
+    pub fn resolved_via(&self, via: Option<crate::device::Via>) -> Option<crate::device::Via> {
+        use crate::device::Via;
+        let d = self.scenario.device.as_ref()?;
+        Some(via.unwrap_or(
+            match (d.default_via, self.logins.contains(&Via::Ssh), self.logins.contains(&Via::Serial)) {
+                (Via::Ssh, false, true) => Via::Serial,
+                (Via::Serial, true, false) => Via::Ssh,
+                (default, _, _) => default,
+            },
+        ))
+    }
+
     /// A command step: over SSH on a devlab image; on a device, over `via`
-    /// (else its default transport), which a `login` must have opened.
+    /// (else its default transport, else the one logged in), which a
+    /// `login` must have opened.
     pub fn need_login(&self, via: Option<crate::device::Via>) -> Result<()> {
-        let Some(d) = &self.scenario.device else { return self.need_ssh() };
-        let via = via.unwrap_or(d.default_via);
+        let Some(via) = self.resolved_via(via) else { return self.need_ssh() };
         if self.logins.contains(&via) {
             return Ok(());
         }

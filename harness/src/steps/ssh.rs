@@ -64,8 +64,7 @@ impl SshRun {
 impl StepKind for SshRun {
     fn check(&self, cx: &mut CheckCx<'_>) -> Result<()> {
         cx.need_login(self.via)?;
-        let default = cx.scenario.device.as_ref().map(|d| d.default_via);
-        if self.via.or(default) == Some(crate::device::Via::Serial) {
+        if cx.resolved_via(self.via) == Some(crate::device::Via::Serial) {
             if cx.scenario.device.as_ref().is_none_or(|d| d.serial.is_none()) {
                 return Err(cx.at("via", "a serial shell needs a device profile with [login.serial]"));
             }
