@@ -2,11 +2,14 @@
 # example-debian-rauc: build a Debian bookworm "team product" image with
 # RAUC A/B updates through U-Boot, for x86_64 and aarch64 QEMU boards.
 #
-#   examples/debian-rauc/build.sh [x86_64|aarch64|all]     (default: all)
+#   examples/debian-rauc/build.sh [x86_64|aarch64|netboot|all]   (default: all)
+#
+# x86_64, aarch64: that arch's image and bundles; netboot: both arches' images
+# and the factory provisioning files below; all: everything.
 #
 # Output: ${DEVLAB_CACHE:-$HOME/.cache/devlab}/examples/debian-rauc/<hash>/,
 # <hash> = sha256 of this script and every input file it reads (boot.cmd,
-# mkrootfs.py, overlay/**); examples/debian-rauc/build is a symlink to it.
+# mkrootfs.py, overlay/**, netboot/**); examples/debian-rauc/build is a symlink to it.
 #   <arch>/disk.img.zst        GPT disk image (zstd; `zstd -d` gives a sparse raw image)
 #   <arch>/bundle-v2.raucb     RAUC bundle, rootfs version 2
 #   <arch>/bundle-bad.raucb    RAUC bundle, rootfs version 3 that panics at boot
@@ -14,6 +17,23 @@
 #   id_ed25519, id_ed25519.pub SSH key authorized for root (both arches)
 #   pki/                       the example's CA and bundle-signing cert/key
 #   manifest.txt               what was built, versions, sha256 of every artifact
+# Factory provisioning (target netboot): a blank device network-boots Debian
+# 12's own netboot installer (d-i), whose preseed/early_command writes
+# disk.img.gz onto /dev/vda and powers off (netboot/preseed.cfg says how).
+#   preseed.cfg                netboot/preseed.cfg (one file for both arches)
+#   <arch>/disk.img.gz         the disk image as gzip (what d-i's busybox gunzip reads)
+#   <arch>/netboot/linux       d-i's kernel       } copies of the files of
+#   <arch>/netboot/initrd.gz   d-i's initrd       } debian-installer-12-netboot-<debarch>
+#   <arch>/netboot/modules.cpio.gz  virtio_blk.ko of d-i's exact kernel (d-i's
+#                              initrd has no virtio_blk), from Debian's
+#                              linux-image-<ABI> package; goes after initrd.gz
+#   <arch>/netboot/source.txt  where each of them came from
+# <arch>/netboot is a symlink to netboot-<key>, <key> = sha256 of d-i's
+# linux and initrd.gz: an upgraded d-i package makes a new one (no rebuild of
+# the images). They are copies, not links into /usr/lib/debian-installer: a
+# symlink would change under its key when the package is upgraded, a hard
+# link fails across file systems (or as non-root on a root-owned file) and
+# anything writing through it would change the package's file.
 # Each <arch>/ is built in a temp dir and renamed into place, so an
 # interrupted build never leaves a complete-looking entry. The mmdebstrap
 # tarball (the slow part) is cached separately under base/, keyed by the
@@ -34,6 +54,14 @@
 #   openssl                         the example PKI
 #   openssh-client                  ssh-keygen
 #   zstd, python3, coreutils, util-linux (flock)
+#   netboot target only:
+#   debian-installer-12-netboot-amd64, debian-installer-12-netboot-arm64
+#                                   d-i's kernel and initrd (its text/ images)
+#   apt (apt-get download), dpkg (dpkg-deb), cpio, gzip, kmod (modinfo)
+#                                   virtio_blk.ko from the Debian mirror; for
+#                                   the other arch's kernel package apt needs
+#                                   `dpkg --add-architecture arm64` (or amd64)
+#                                   and `apt-get update`
 # To boot/verify the result (verify.py): qemu-system-x86 qemu-system-arm
 # (backports), u-boot-qemu, qemu-utils, python3-pexpect, openssh-client.
 #
@@ -66,20 +94,26 @@ PACKAGES=(
 die() { echo "build.sh: error: $*" >&2; exit 1; }
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
-usage() { echo "usage: $0 [x86_64|aarch64|all]" >&2; exit 2; }
+usage() { echo "usage: $0 [x86_64|aarch64|netboot|all]" >&2; exit 2; }
+NETBOOT=0
 case "${1:-all}" in
-    all) ARCHES=(x86_64 aarch64) ;;
+    all|netboot) ARCHES=(x86_64 aarch64); NETBOOT=1 ;;
     x86_64|aarch64) ARCHES=("$1") ;;
     *) usage ;;
 esac
 [ $# -le 1 ] || usage
 
 debarch() { case "$1" in x86_64) echo amd64 ;; aarch64) echo arm64 ;; esac; }
+# d-i's netboot kernel and initrd (package debian-installer-12-netboot-<debarch>).
+di_dir() { local da; da=$(debarch "$1"); echo "/usr/lib/debian-installer/images/12/$da/text/debian-installer/$da"; }
+di_pkg() { echo "debian-installer-12-netboot-$(debarch "$1")"; }
+# Key of a netboot dir: the content of d-i's linux and initrd.gz in DIR.
+di_key() { (cd "$1" && sha256sum linux initrd.gz) | sha256sum | cut -c1-16; }
 
 # ---------------------------------------------------------------- inputs, cache
 INPUTS=(build.sh boot.cmd mkrootfs.py)
 while IFS= read -r -d '' f; do INPUTS+=("${f#./}"); done \
-    < <(cd "$HERE" && find ./overlay -type f -print0 | LC_ALL=C sort -z)
+    < <(cd "$HERE" && find ./overlay ./netboot -type f -print0 | LC_ALL=C sort -z)
 # Content, mode (an overlay file's x bit lands in the image) and path of each input.
 HASH=$(cd "$HERE" && for f in "${INPUTS[@]}"; do
            printf '%s %s %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$(stat -c %a "$f")" "$f"
@@ -97,6 +131,16 @@ complete() {
     local a
     for a in "${ARCHES[@]}"; do [ -d "$OUT/$a" ] || return 1; done
     for a in "${ARCHES[@]}"; do grep -q "^\[$a\]" "$OUT/manifest.txt" || return 1; done
+    [ "$NETBOOT" = 1 ] || return 0
+    [ -f "$OUT/preseed.cfg" ] || return 1
+    local key
+    for a in "${ARCHES[@]}"; do
+        [ -f "$OUT/$a/disk.img.gz" ] && [ -f "$(di_dir "$a")/initrd.gz" ] || return 1
+        key=$(di_key "$(di_dir "$a")")
+        # Made from the d-i now installed, and in the manifest.
+        [ "$(readlink "$OUT/$a/netboot")" = "netboot-$key" ] || return 1
+        grep -qx "\[$a netboot\] netboot-$key" "$OUT/manifest.txt" || return 1
+    done
 }
 
 if complete; then
@@ -114,7 +158,21 @@ check_host() {
              zstd:zstd python3:python3 flock:util-linux mke2fs:e2fsprogs; do
         command -v "${c%%:*}" >/dev/null || missing+=("${c%%:*} (package ${c#*:})")
     done
+    if [ "$NETBOOT" = 1 ]; then
+        for c in apt-get:apt dpkg-deb:dpkg cpio:cpio gzip:gzip modinfo:kmod; do
+            command -v "${c%%:*}" >/dev/null || missing+=("${c%%:*} (package ${c#*:})")
+        done
+    fi
     [ ${#missing[@]} -eq 0 ] || die "missing host commands: ${missing[*]}"
+    if [ "$NETBOOT" = 1 ]; then
+        local a k nodi=()
+        for a in "${ARCHES[@]}"; do
+            k=$(di_dir "$a")
+            [ -f "$k/linux" ] && [ -f "$k/initrd.gz" ] || nodi+=("$(di_pkg "$a")")
+        done
+        [ ${#nodi[@]} -eq 0 ] || die "the netboot target needs Debian 12's netboot installer (d-i):" \
+            "install ${nodi[*]} (its kernel and initrd, under /usr/lib/debian-installer/images/12/)"
+    fi
 
     local v
     v=$(mke2fs -V 2>&1 | sed -n 's/^mke2fs \([0-9.]*\).*/\1/p')
@@ -335,6 +393,130 @@ EOF
     log "done: $OUT/$arch"
 }
 
+# ---------------------------------------------------------------- netboot
+# The preseed d-i loads (one file for both arches). Nothing in it varies
+# per build; its early_command is checked with `sh -n` here rather than
+# found broken by a factory device.
+make_preseed() {
+    [ -f "$OUT/preseed.cfg" ] && return 0
+    local t cmd
+    t=$(mktemp "$OUT/.tmp-preseed.XXXXXX")
+    cp "$HERE/netboot/preseed.cfg" "$t"
+    # Join backslash-continued lines as d-i's preseed parser does.
+    cmd=$(sed -e ':a' -e '/\\$/{N;s/\\\n//;ba' -e '}' "$t" \
+          | sed -n 's/^d-i preseed\/early_command string //p')
+    [ -n "$cmd" ] || die "netboot/preseed.cfg has no d-i preseed/early_command"
+    sh -n -c "$cmd" || die "netboot/preseed.cfg: preseed/early_command is not valid sh"
+    chmod 644 "$t"
+    mv -T "$t" "$OUT/preseed.cfg"
+    log "netboot: preseed.cfg"
+}
+
+# <arch>/disk.img.gz and <arch>/netboot for one arch (its image is built).
+build_netboot() {
+    local arch=$1 da K T key abi kver pkg mod deps d m
+    da=$(debarch "$arch")
+    K=$(di_dir "$arch")
+    T=$(mktemp -d "$OUT/.tmp-netboot-$arch.XXXXXX")
+    # shellcheck disable=SC2064  # expand now: T is local
+    trap "rm -rf '$T'" EXIT
+    trap 'exit 130' INT TERM
+
+    if [ ! -f "$OUT/$arch/disk.img.gz" ]; then
+        log "netboot: disk.img.gz (zstd -d | gzip -1)"
+        zstd -dcq "$OUT/$arch/disk.img.zst" | gzip -1 -n > "$T/disk.img.gz" \
+            || die "$arch: disk.img.zst -> disk.img.gz failed"
+        chmod 644 "$T/disk.img.gz"
+        mv -T "$T/disk.img.gz" "$OUT/$arch/disk.img.gz"
+    fi
+
+    key=$(di_key "$K")
+    if [ "$(readlink "$OUT/$arch/netboot" 2>/dev/null)" = "netboot-$key" ]; then
+        log "netboot: d-i $key already done"
+        return 0
+    fi
+    mkdir "$T/nb" "$T/deb" "$T/x" "$T/cpio"
+    # Everything below is read from the copies: the dir's name is their content.
+    cp "$K/linux" "$K/initrd.gz" "$T/nb/"
+    key=$(di_key "$T/nb")
+
+    # d-i's kernel ABI is the one module dir in its initrd; its Debian version
+    # is in the kernel's banner (bzImage header / arm64 Image).
+    zcat "$T/nb/initrd.gz" | cpio -t --quiet > "$T/initrd.list" \
+        || die "$arch: cannot list d-i's initrd $K/initrd.gz"
+    abi=$(sed -n 's#^lib/modules/\([^/]*\)$#\1#p' "$T/initrd.list")
+    [ -n "$abi" ] && [ "$(printf '%s\n' "$abi" | wc -l)" = 1 ] \
+        || die "$arch: expected one lib/modules/<ABI> in d-i's initrd, found: ${abi:-none}"
+    kver=$(LC_ALL=C grep -a -o -E -m1 "SMP [A-Z_ ]*Debian [0-9][^ ]*" "$T/nb/linux" | head -n1 || true)
+    kver=${kver##* }
+    log "netboot: $(di_pkg "$arch") $(dpkg-query -W -f='${Version}' "$(di_pkg "$arch")" 2>/dev/null || echo '?'), kernel $abi ${kver:-?}"
+    if grep -q "^lib/modules/$abi/.*/virtio_blk\.ko" "$T/initrd.list"; then
+        die "$arch: d-i's initrd has virtio_blk.ko already; modules.cpio.gz is not needed (update build.sh)"
+    fi
+
+    # virtio_blk.ko from the kernel package of the same ABI: d-i's exact
+    # version if the mirror still has it, else the current one (same ABI:
+    # Debian keeps the module interface of an ABI stable).
+    pkg=linux-image-$abi
+    if [ "$da" != "$(dpkg --print-architecture)" ] \
+            && ! dpkg --print-foreign-architectures | grep -qx "$da"; then
+        die "apt cannot fetch $da packages ($pkg for the $arch netboot):" \
+            "dpkg --add-architecture $da && apt-get update"
+    fi
+    log "netboot: apt-get download $pkg:$da ${kver:+(=$kver)}"
+    if ! { [ -n "$kver" ] && (cd "$T/deb" && apt-get download "$pkg:$da=$kver") > "$T/apt.log" 2>&1; }; then
+        [ -z "$kver" ] || log "netboot: $pkg $kver is not in the apt lists; taking the current $pkg"
+        if ! (cd "$T/deb" && apt-get download "$pkg:$da") > "$T/apt.log" 2>&1; then
+            tail -n 20 "$T/apt.log" >&2
+            die "$arch: apt-get download $pkg:$da failed (apt-get update? a mirror with bookworm" \
+                "and bookworm-security in the sources)"
+        fi
+    fi
+    d=$(find "$T/deb" -name "${pkg}_*_$da.deb")
+    [ -f "$d" ] || die "$arch: apt-get download left no ${pkg}_*_$da.deb"
+    dpkg-deb --fsys-tarfile "$d" | tar -x -C "$T/x" --wildcards '*/virtio_blk.ko' \
+        || die "$arch: no virtio_blk.ko in $(basename "$d")"
+    mod=$(cd "$T/x" && find . -name virtio_blk.ko | sed 's#^\./##')
+    [ "$mod" = "lib/modules/$abi/kernel/drivers/block/virtio_blk.ko" ] \
+        || die "$arch: virtio_blk.ko is at '${mod:-nowhere}' in $(basename "$d"), the preseed insmods" \
+               "lib/modules/$abi/kernel/drivers/block/virtio_blk.ko"
+    [ "$(modinfo -F vermagic "$T/x/$mod" | cut -d' ' -f1)" = "$abi" ] \
+        || die "$arch: $mod is not for kernel $abi: $(modinfo -F vermagic "$T/x/$mod")"
+    # What it needs must be in d-i's initrd (a module there, or built in).
+    deps=$(modinfo -F depends "$T/x/$mod")
+    zcat "$T/nb/initrd.gz" | cpio -i --quiet --to-stdout "lib/modules/$abi/modules.builtin" \
+        > "$T/builtin" || die "$arch: no lib/modules/$abi/modules.builtin in d-i's initrd"
+    for m in ${deps//,/ }; do
+        grep -q "^lib/modules/$abi/.*/$m\.ko$" "$T/initrd.list" || grep -q "/$m\.ko$" "$T/builtin" \
+            || die "$arch: virtio_blk needs $m, which d-i's initrd has neither as module nor built in"
+    done
+
+    # A newc cpio of just that file (and its dirs), owned by root, fixed mtime.
+    mkdir -p "$T/cpio/$(dirname "$mod")"
+    cp "$T/x/$mod" "$T/cpio/$mod"
+    chmod 644 "$T/cpio/$mod"
+    find "$T/cpio" -type d -exec chmod 755 {} +
+    find "$T/cpio" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+    (cd "$T/cpio" && find lib | LC_ALL=C sort \
+        | cpio -o -H newc -R 0:0 --reproducible --quiet) | gzip -9 -n > "$T/nb/modules.cpio.gz" \
+        || die "$arch: packing modules.cpio.gz failed"
+
+    {
+        echo "d-i: $(di_pkg "$arch") $(dpkg-query -W -f='${Version}' "$(di_pkg "$arch")" 2>/dev/null || echo '?') ($K)"
+        echo "kernel: $abi ${kver:-?}"
+        echo "virtio_blk.ko: $mod from $(basename "$d") (depends: ${deps:-none})"
+    } > "$T/nb/source.txt"
+    chmod 644 "$T/nb"/*
+    chmod 755 "$T/nb"
+    rm -rf "$OUT/$arch/netboot-$key"
+    mv -T "$T/nb" "$OUT/$arch/netboot-$key"
+    ln -sfn "netboot-$key" "$OUT/$arch/netboot.tmp.$$"
+    mv -T "$OUT/$arch/netboot.tmp.$$" "$OUT/$arch/netboot"
+    # Those of an older d-i.
+    find "$OUT/$arch" -maxdepth 1 -name 'netboot-*' ! -name "netboot-$key" -exec rm -rf {} +
+    log "netboot: done: $OUT/$arch/netboot -> netboot-$key"
+}
+
 # ---------------------------------------------------------------- manifest
 pkgver() { awk -v p="$1" '$1 == p { print $2 }' "$2"; }
 
@@ -362,6 +544,15 @@ write_manifest() {
             echo "  openssh-server: $(pkgver openssh-server "$f")"
             (cd "$OUT" && sha256sum "$a"/*.zst "$a"/*.raucb "$a"/packages.txt | sed 's/^/  /')
         done
+        [ -f "$OUT/preseed.cfg" ] && echo "netboot:" \
+            && (cd "$OUT" && sha256sum preseed.cfg | sed 's/^/  /')
+        for a in x86_64 aarch64; do
+            [ -L "$OUT/$a/netboot" ] && [ -f "$OUT/$a/disk.img.gz" ] || continue
+            echo "[$a netboot] $(readlink "$OUT/$a/netboot")"
+            sed 's/^/  /' "$OUT/$a/netboot/source.txt"
+            (cd "$OUT" && sha256sum "$a"/disk.img.gz "$a"/netboot/linux "$a"/netboot/initrd.gz \
+                          "$a"/netboot/modules.cpio.gz | sed 's/^/  /')
+        done
     } > "$m"
     chmod 644 "$m"
     mv -T "$m" "$OUT/manifest.txt"
@@ -374,15 +565,21 @@ ln -sfn common/id_ed25519 "$OUT/id_ed25519"
 ln -sfn common/id_ed25519.pub "$OUT/id_ed25519.pub"
 ln -sfn common/pki "$OUT/pki"
 
+[ "$NETBOOT" = 0 ] || make_preseed
+
+# One arch: its image and bundles if missing, then (netboot) the rest.
+one_arch() {
+    if [ -d "$OUT/$1" ]; then log "$1: already built"; else ( build_arch "$1" ); fi
+    [ "$NETBOOT" = 0 ] || ( build_netboot "$1" )
+}
 pids=()
 for a in "${ARCHES[@]}"; do
-    [ -d "$OUT/$a" ] && { log "$a: already built"; continue; }
     if [ ${#ARCHES[@]} -gt 1 ]; then
         # Both arches at once (2 cores: arm64's qemu-user bootstrap is the long pole).
-        ( build_arch "$a" ) > >(sed -u "s/^/[$a] /") 2>&1 &
+        ( one_arch "$a" ) > >(sed -u "s/^/[$a] /") 2>&1 &
         pids+=($!)
     else
-        ( build_arch "$a" )
+        ( one_arch "$a" )
     fi
 done
 rc=0

@@ -50,6 +50,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-user-static", "1:10.0"),
     ("arch-test", ""),
     ("python3", ""),
+    // Its factory provisioning: Debian's own netboot installer, preseeded,
+    // booted by the PXE boards as the device's [netboot] kernel.
+    ("debian-installer-12-netboot-amd64", ""),
+    ("debian-installer-12-netboot-arm64", ""),
     // Build dependencies of the harness (ssh2 → libssh2 → OpenSSL).
     ("libssl-dev", ""),
     ("pkg-config", ""),
