@@ -563,32 +563,7 @@ impl Device {
                 shell_prompt: regex(&s.shell_prompt, "shell_prompt")?,
             }),
         };
-        let default_via = match (&login.default, &ssh, &serial) {
-            (None, Some(_), None) => Via::Ssh,
-            (None, None, Some(_)) => Via::Serial,
-            (None, None, None) => {
-                let msg = "say how to log in: [login.ssh] and/or [login.serial]";
-                return Err(at(text.find("[login").unwrap_or(0), "login", msg.into()));
-            }
-            (None, _, _) => {
-                let msg = "say which transport command steps use: default = \"ssh\" or \"serial\"";
-                return Err(at(text.find("[login").unwrap_or(0), "default", msg.into()));
-            }
-            (Some(d), _, _) => {
-                let default_at = d.span().start;
-                match d.get_ref() {
-                    Via::Ssh if ssh.is_none() => {
-                        let msg = "command steps go over SSH, but there is no [login.ssh]";
-                        return Err(at(default_at, "default", msg.into()));
-                    }
-                    Via::Serial if serial.is_none() => {
-                        let msg = "command steps go over the serial console, but there is no [login.serial]";
-                        return Err(at(default_at, "default", msg.into()));
-                    }
-                    via => *via,
-                }
-            }
-        };
+        let default_via = default_via(login.default.as_ref(), ssh.is_some(), serial.is_some(), text, &at)?;
         let facts = facts(path, text, &file.facts)?;
         let firmware = file.firmware.as_ref().and_then(|f| f.uboot.clone());
         let env_flash = file.firmware.as_ref().and_then(|f| f.env_flash.clone());
@@ -645,19 +620,7 @@ impl Device {
             update,
             markers: Markers::new(all),
             suite,
-            netboot: file.netboot.as_ref().map(|n| {
-                let (span, initrds) = match &n.initrd {
-                    None => (n.kernel.span(), Vec::new()),
-                    Some(i) => (
-                        i.span(),
-                        match i.get_ref() {
-                            OneOrMore::One(one) => vec![one.clone()],
-                            OneOrMore::More(more) => more.clone(),
-                        },
-                    ),
-                };
-                Netboot { kernel: n.kernel.clone(), initrds: Spanned::new(span, initrds), cmdline: n.cmdline.clone() }
-            }),
+            netboot: file.netboot.as_ref().map(Netboot::from_table),
             text: text.to_string(),
         })
     }
@@ -890,6 +853,56 @@ fn marker_file_stem(file: &str) -> &str {
 /// `{arch}` replaced by the arch's name.
 fn for_arch(template: &str, arch: Arch) -> String {
     template.replace("{arch}", arch.uname())
+}
+
+/// The transport command steps use by default: `[login] default`, or the
+/// one transport described; an error at the field otherwise.
+fn default_via(
+    default: Option<&Spanned<Via>>,
+    ssh: bool,
+    serial: bool,
+    text: &str,
+    at: &dyn Fn(usize, &str, String) -> crate::error::Error,
+) -> Result<Via> {
+    let login_at = text.find("[login").unwrap_or(0);
+    match (default, ssh, serial) {
+        (None, true, false) => Ok(Via::Ssh),
+        (None, false, true) => Ok(Via::Serial),
+        (None, false, false) => {
+            Err(at(login_at, "login", "say how to log in: [login.ssh] and/or [login.serial]".into()))
+        }
+        (None, true, true) => {
+            let msg = "say which transport command steps use: default = \"ssh\" or \"serial\"";
+            Err(at(login_at, "default", msg.into()))
+        }
+        (Some(d), _, _) => match d.get_ref() {
+            Via::Ssh if !ssh => {
+                let msg = "command steps go over SSH, but there is no [login.ssh]";
+                Err(at(d.span().start, "default", msg.into()))
+            }
+            Via::Serial if !serial => {
+                let msg = "command steps go over the serial console, but there is no [login.serial]";
+                Err(at(d.span().start, "default", msg.into()))
+            }
+            via => Ok(*via),
+        },
+    }
+}
+
+impl Netboot {
+    fn from_table(n: &NetbootTable) -> Netboot {
+        let (span, initrds) = match &n.initrd {
+            None => (n.kernel.span(), Vec::new()),
+            Some(i) => (
+                i.span(),
+                match i.get_ref() {
+                    OneOrMore::One(one) => vec![one.clone()],
+                    OneOrMore::More(more) => more.clone(),
+                },
+            ),
+        };
+        Netboot { kernel: n.kernel.clone(), initrds: Spanned::new(span, initrds), cmdline: n.cmdline.clone() }
+    }
 }
 
 /// Why `repo` cannot be served as an OSTree repo with `reference` (over
