@@ -1239,7 +1239,6 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Run `command` on the machine over `via` (SSH, or the serial shell).
     /// The serial shell and the console it types on, or a failure saying
     /// to log in over serial first.
     pub(crate) fn serial_shell(
@@ -1252,6 +1251,7 @@ impl<'a> Run<'a> {
         Ok((shell, &mut m.console))
     }
 
+    /// Run `command` on the machine over `via` (SSH, or the serial shell).
     pub(crate) async fn exec_via(&mut self, command: &str, timeout: Duration, via: Via) -> Result<crate::ssh::Output> {
         match via {
             Via::Ssh => self.ssh()?.exec(command, timeout).await.map_err(|e| self.failure(e.to_string())),
