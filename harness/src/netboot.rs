@@ -152,9 +152,12 @@ pub fn prepare(run_dir: &Path, device: &Device, arch: Arch, pxe: Pxe, server: &U
             let script = uboot_script(arch, !initrds.is_empty(), &cmdline);
             let script = devlab_provision::pxelinux::script_uimage("devlab netboot", &script);
             write(&tftp.join(pxe.bootfile()), &script)?;
-            let config = tftp.join(PXELINUX_CONFIG);
-            std::fs::create_dir_all(config.parent().expect("in pxelinux.cfg/")).map_err(io(&config))?;
-            write(&config, pxelinux_config(!initrds.is_empty(), &cmdline).as_bytes())?;
+            // x86's script loads and zboots the files itself.
+            if arch == Arch::Aarch64 {
+                let config = tftp.join(PXELINUX_CONFIG);
+                std::fs::create_dir_all(config.parent().expect("in pxelinux.cfg/")).map_err(io(&config))?;
+                write(&config, pxelinux_config(!initrds.is_empty(), &cmdline).as_bytes())?;
+            }
         }
     }
     Ok(tftp)

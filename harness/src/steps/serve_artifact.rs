@@ -55,14 +55,13 @@ impl StepKind for ServeArtifact {
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let device = r.scenario.device.clone().expect("checked: a device scenario");
         r.start_server().await?;
+        let source = device.update.as_ref().and_then(|u| u.artifacts.get(&self.artifact)).expect("checked").get_ref();
+        let name = served_name(&self.artifact, source);
         let arches = r.lab_arches.clone();
         for arch in arches {
-            let source = device.update.as_ref().and_then(|u| u.artifacts.get(&self.artifact)).expect("checked");
-            let name = served_name(&self.artifact, source.get_ref());
             let path = device.artifact(&self.artifact, arch).expect("checked: the artifact exists");
-            let server = r.server.as_ref().expect("started");
-            if let ArtifactSource::Ostree { .. } = source.get_ref() {
-                server.add_dir(arch.uname(), &name, path);
+            if let ArtifactSource::Ostree { .. } = source {
+                r.server.as_ref().expect("started").add_dir(arch.uname(), &name, path);
                 continue;
             }
             let bytes = blocking(move || {
@@ -71,12 +70,8 @@ impl StepKind for ServeArtifact {
             .await?;
             r.server.as_ref().expect("started").add_file(arch.uname(), &name, bytes);
         }
-        let source = device.update.as_ref().and_then(|u| u.artifacts.get(&self.artifact)).expect("checked");
-        r.record(Event::ArtifactServed {
-            name: self.artifact.clone(),
-            file: served_name(&self.artifact, source.get_ref()),
-            ostree_ref: source.get_ref().ostree_ref(r.board.arch),
-        });
+        let ostree_ref = source.ostree_ref(r.board.arch);
+        r.record(Event::ArtifactServed { name: self.artifact.clone(), file: name, ostree_ref });
         Ok(())
     }
 }
