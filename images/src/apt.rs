@@ -159,7 +159,12 @@ pub fn resolve(
     if let Some(r) = memo.lock().unwrap().get(&memo_key) {
         return Ok(r.clone());
     }
-    let r = resolve_uncached(cache_root, arch, packages, exclude, kernel)?;
+    // Parallel builds share the private apt cache: one apt at a time.
+    let r = {
+        std::fs::create_dir_all(cache_root.join("apt")).map_err(ImageError::io(cache_root.join("apt")))?;
+        let _lock = crate::cache::lock(&cache_root.join("apt/.devlab.lock"))?;
+        resolve_uncached(cache_root, arch, packages, exclude, kernel)?
+    };
     memo.lock().unwrap().insert(memo_key, r.clone());
     Ok(r)
 }
@@ -298,20 +303,38 @@ fn deb_file_name(r: &Resolved, arch: &str) -> Vec<String> {
     vec![format!("{}_{}_{}.deb", r.name, v, arch), format!("{}_{}_all.deb", r.name, v)]
 }
 
+/// Whether `version` of `r` can still be had: its `.deb` is in the
+/// download folder `dir`, or the apt sources list it (`apt-cache madison`).
+pub fn available(cache_root: &Path, dir: &Path, arch: Arch, r: &Resolved, version: &str) -> Result<bool, ImageError> {
+    let pinned = Resolved { version: version.to_string(), ..r.clone() };
+    if deb_file_name(&pinned, arch.debian()).iter().any(|f| dir.join(f).is_file()) {
+        return Ok(true);
+    }
+    let out = Tool::new("apt-cache")?.args(apt_options(cache_root)).arg("madison").arg(&r.apt_name).run()?;
+    Ok(String::from_utf8_lossy(&out).lines().any(|l| l.split('|').nth(1).is_some_and(|v| v.trim() == version)))
+}
+
 /// Makes sure every package is in `dir` (downloading the missing ones in one
 /// apt call) and returns the .deb paths in the same order.
 pub fn download(cache_root: &Path, dir: &Path, arch: Arch, pkgs: &[&Resolved]) -> Result<Vec<PathBuf>, ImageError> {
     std::fs::create_dir_all(dir).map_err(ImageError::io(dir))?;
     let find = |r: &Resolved| deb_file_name(r, arch.debian()).into_iter().map(|f| dir.join(f)).find(|p| p.is_file());
-    let missing: Vec<String> =
-        pkgs.iter().filter(|r| find(r).is_none()).map(|r| format!("{}={}", r.apt_name, r.version)).collect();
-    if !missing.is_empty() {
-        Tool::new("apt-get")?
-            .args(apt_options(cache_root))
-            .args(["download", "-q"])
-            .args(&missing)
-            .current_dir(dir)
-            .run()?;
+    let missing = || -> Vec<String> {
+        pkgs.iter().filter(|r| find(r).is_none()).map(|r| format!("{}={}", r.apt_name, r.version)).collect()
+    };
+    if !missing().is_empty() {
+        // One download at a time into `dir` (apt's partial files would
+        // clash); what another build fetched meanwhile is not fetched again.
+        let _lock = crate::cache::lock(&dir.join(".devlab.lock"))?;
+        let missing = missing();
+        if !missing.is_empty() {
+            Tool::new("apt-get")?
+                .args(apt_options(cache_root))
+                .args(["download", "-q"])
+                .args(&missing)
+                .current_dir(dir)
+                .run()?;
+        }
     }
     pkgs.iter()
         .map(|r| {

@@ -44,14 +44,20 @@ pub fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
     Ok(out)
 }
 
-/// Hash of everything the user edits: builder format, recipe bytes and every
-/// fixture file (path, mode, bytes). Cheap: no processes.
-pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8]) -> Result<String, ImageError> {
+/// Hash of everything the user edits: builder format, recipe bytes, the
+/// package lock (if any) and every fixture file (path, mode, bytes). Cheap:
+/// no processes.
+pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8], lock: Option<&[u8]>) -> Result<String, ImageError> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = Sha256::new();
     h.update(format!("devlab-images format {FORMAT_VERSION}\n"));
     h.update((recipe_bytes.len() as u64).to_le_bytes());
     h.update(recipe_bytes);
+    if let Some(lock) = lock {
+        h.update(b"lock\n");
+        h.update((lock.len() as u64).to_le_bytes());
+        h.update(lock);
+    }
     let (_, included) = crate::read_boot_script(&recipe.fixtures.boot_script)?;
     let mut roots = vec![
         ("boot_script", &recipe.fixtures.boot_script),
@@ -129,17 +135,37 @@ pub fn pointers_of(images: &Path, name: &str) -> Vec<PathBuf> {
 /// How many states of a recipe (checkouts) one cache keeps built at once.
 pub const KEEP_POINTERS: usize = 3;
 
-/// Writes `bytes` to `path` atomically (temp file in the same folder + rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    // Unique per call: threads of one process (parallel runs) share the pid.
+/// `tmp-<pid>-<n>`: a temp name's suffix unique per call, since threads of
+/// one process (parallel builds and runs) share the pid. [`remove_stale`]
+/// reads the pid back.
+pub fn tmp_suffix() -> String {
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-{}-{call}", std::process::id()));
+    format!("tmp-{}-{call}", std::process::id())
+}
+
+/// An exclusive `flock` on `path` (created if missing), held until the
+/// guard drops: serialises writers of one shared store (the apt cache, an
+/// OSTree repo) across threads and processes.
+pub fn lock(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, ImageError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(ImageError::io(path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| ImageError::io(path)(std::io::Error::from(e)))
+}
+
+/// Writes `bytes` to `path` atomically (temp file in the same folder + rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension(tmp_suffix());
     std::fs::write(&tmp, bytes).map_err(ImageError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(ImageError::io(path))
 }
 
-/// Removes `<prefix>*.tmp-<pid>` folders whose builder process is gone.
+/// Removes `<prefix>*.tmp-<pid>[-<n>]` folders whose builder process is gone.
 pub fn remove_stale(images: &Path, prefix: &str) {
     let Ok(rd) = std::fs::read_dir(images) else {
         return;
@@ -149,9 +175,10 @@ pub fn remove_stale(images: &Path, prefix: &str) {
         if !name.starts_with(prefix) {
             continue;
         }
-        let Some((_, pid)) = name.rsplit_once(".tmp-") else {
+        let Some((_, tail)) = name.rsplit_once(".tmp-") else {
             continue;
         };
+        let pid = tail.split('-').next().unwrap_or(tail);
         let alive =
             pid.parse::<u32>().is_ok_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
         if !alive {

@@ -21,9 +21,13 @@ pub enum ImageError {
     Resolve { arch: String, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("image {image} is not built ({path} missing): run `cargo xtask images`")]
+    #[error("image {image} is not built ({path} missing): a run builds it, or `cargo xtask images`")]
     NotBuilt { image: String, path: PathBuf },
-    #[error("image {image} is stale ({reason}): run `cargo xtask images`")]
+    #[error("{path}: {message}")]
+    Lock { path: PathBuf, message: String },
+    #[error("building image {image}: {source}")]
+    Build { image: String, source: Box<ImageError> },
+    #[error("image {image} is stale ({reason}): a run rebuilds it, or `cargo xtask images`")]
     Stale { image: String, reason: String },
 }
 

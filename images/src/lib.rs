@@ -7,10 +7,13 @@
 //! redundant env back from a powered-off disk).
 pub mod apt;
 pub mod arch;
+pub mod batch;
 pub mod cache;
 pub mod disk;
 mod error;
 pub mod initramfs;
+pub mod kernel;
+pub mod lock;
 pub mod ostree;
 pub mod rauc;
 pub mod recipe;
@@ -106,7 +109,7 @@ pub(crate) fn make_keys_once(
     let parent = root.join("keys");
     let dir = parent.join(name);
     std::fs::create_dir_all(&parent).map_err(ImageError::io(&parent))?;
-    let tmp = parent.join(format!("{name}.tmp-{}", std::process::id()));
+    let tmp = parent.join(format!("{name}.{}", cache::tmp_suffix()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
     if let Err(e) = make(&tmp) {
@@ -225,10 +228,16 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     let images = root.join("images");
     std::fs::create_dir_all(&images).map_err(ImageError::io(&images))?;
     let (recipe, bytes) = Recipe::load(recipe_path)?;
-    let inputs = cache::inputs_hash(&recipe, &bytes)?;
-    let res = timed(log, "resolve packages", || {
+    let lock_path = lock::path_for(recipe_path);
+    let locked = lock::read(&lock_path)?;
+    let inputs = cache::inputs_hash(&recipe, &bytes, locked.as_ref().map(|l| &l.1[..]))?;
+    let mut res = timed(log, "resolve packages", || {
         apt::resolve(&root, arch, &recipe.packages, &recipe.exclude, recipe.kernel_package(arch))
     })?;
+    if let Some((l, _)) = &locked {
+        let downloads = root.join("downloads").join(arch.debian());
+        lock::pin(l, &lock_path, arch, &mut res, &mut |r, v| apt::available(&root, &downloads, arch, r, v))?;
+    }
     let keys = arch_keys(&root, arch)?;
     let mut lock: Vec<String> = res.packages.iter().map(|r| r.lock_line()).collect();
     lock.push(format!("kernel:{}", res.kernel.lock_line()));
@@ -252,7 +261,7 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
             let _ = std::fs::remove_dir_all(&entry);
         }
         cache::remove_stale(&images, &format!("{name}-"));
-        let tmp = images.join(format!("{name}-{}.tmp-{}", &key[..16], std::process::id()));
+        let tmp = images.join(format!("{name}-{}.{}", &key[..16], cache::tmp_suffix()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(ImageError::io(&tmp))?;
         let t = Instant::now();
@@ -278,13 +287,34 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     open_entry(&entry)
 }
 
+/// `images.lock` refreshed from apt's candidates for every recipe and arch
+/// given (`cargo xtask images --lock`); returns its path.
+pub fn refresh_lock(recipe_paths: &[PathBuf], arches: &[Arch]) -> Result<PathBuf, ImageError> {
+    let root = cache_root();
+    let Some(first) = recipe_paths.first() else {
+        return Err(ImageError::invalid(".", "no recipes to lock"));
+    };
+    let path = lock::path_for(first);
+    let mut fresh = lock::Lock::new();
+    for recipe_path in recipe_paths {
+        let (recipe, _) = Recipe::load(recipe_path)?;
+        for &arch in arches {
+            let res = apt::resolve(&root, arch, &recipe.packages, &recipe.exclude, recipe.kernel_package(arch))?;
+            lock::record(&mut fresh, arch, &res);
+        }
+    }
+    lock::write(&path, &fresh)?;
+    Ok(path)
+}
+
 /// The last build for `recipe` and `arch`, if recipe and fixtures are
 /// unchanged since. Fast: reads files only, runs no process.
 pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> {
     let root = cache_root();
     let (recipe, bytes) = Recipe::load(recipe_path)?;
     let name = image_name(&recipe, arch);
-    let inputs = cache::inputs_hash(&recipe, &bytes)?;
+    let locked = lock::read(&lock::path_for(recipe_path))?;
+    let inputs = cache::inputs_hash(&recipe, &bytes, locked.as_ref().map(|l| &l.1[..]))?;
     let ptr_path = cache::pointer_path(&root, &recipe.name, arch, &inputs);
     let text = match std::fs::read(&ptr_path) {
         Ok(t) => t,
@@ -405,11 +435,9 @@ fn build_entry(
     let debs = timed(log, "download packages", || apt::download(root, &downloads, arch, &all))?;
     let (kernel_deb, pkg_debs) = debs.split_last().expect("kernel is last");
 
-    // Kernel: extract, pick vmlinuz and the module closure.
-    let kroot = work.join("kernel");
-    timed(log, "extract kernel", || {
-        tools::Tool::new("dpkg-deb")?.arg("-x").arg(kernel_deb).arg(&kroot).run().map(|_| ())
-    })?;
+    // Kernel: unpacked once per package version (shared, read-only), then
+    // pick vmlinuz and the module closure.
+    let kroot = timed(log, "unpack kernel", || kernel::unpacked(root, arch, kernel_deb))?;
     let mods_dir = kroot.join("lib/modules");
     let kver = std::fs::read_dir(&mods_dir)
         .map_err(ImageError::io(&mods_dir))?

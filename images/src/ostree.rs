@@ -45,7 +45,7 @@ pub fn ensure_repo(root: &Path, arch: Arch) -> Result<PathBuf, ImageError> {
     }
     let parent = repo.parent().expect("repo has a parent");
     std::fs::create_dir_all(parent).map_err(ImageError::io(parent))?;
-    let tmp = parent.join(format!("repo.tmp-{}", std::process::id()));
+    let tmp = parent.join(format!("repo.{}", crate::cache::tmp_suffix()));
     let _ = std::fs::remove_dir_all(&tmp);
     Tool::new("ostree")?.arg(format!("--repo={}", tmp.display())).args(["init", "--mode=archive"]).run()?;
     if std::fs::rename(&tmp, &repo).is_err() {
@@ -66,6 +66,8 @@ pub fn timestamp(version: &str) -> String {
 /// Commits `tar` (a root tree already in OSTree layout) to `branch` and
 /// returns the commit checksum.
 pub fn commit(repo: &Path, tar: &Path, branch: &str, version: &str, subject: &str) -> Result<String, ImageError> {
+    // Parallel builds commit to one repo: one commit at a time.
+    let _lock = crate::cache::lock(&repo.join(".devlab-commit.lock"))?;
     let out = Tool::new("ostree")?
         .arg(format!("--repo={}", repo.display()))
         .arg("commit")
