@@ -230,8 +230,8 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     }
     out.normalised = normalised(&runs, &lab, scenario.header.snapshot);
     out.timeline = merged(&runs, &lab);
-    let _ =
-        std::fs::write(run_dir.join("timeline.json"), serde_json::to_string_pretty(&out.timeline).unwrap_or_default());
+    let file = crate::timeline::TimelineFile::new(&out.timeline, &out.steps, runs[0].started, runs[0].t_first);
+    let _ = std::fs::write(run_dir.join("timeline.json"), serde_json::to_string_pretty(&file).unwrap_or_default());
     let mut result = result;
     if let Err(e) = &result {
         // The machine the failing step ran on (a lab step's: the first).

@@ -1,8 +1,9 @@
 //! The timeline of a run: typed events from the console (boot markers), QMP
 //! (RESET, SHUTDOWN, WATCHDOG …) and the runner's own steps, each with its
 //! time since power-on. Which console lines are markers is data
-//! (`harness/markers/`, loaded by [`crate::markers`]). `timeline.json` keeps
-//! the times; the normalised form (no times, redacted strings) is what insta
+//! (`harness/markers/`, loaded by [`crate::markers`]). `timeline.json`
+//! ([`TimelineFile`]) keeps the times, and each step's start and duration;
+//! the normalised form (no times, redacted strings) is what insta
 //! snapshots. Every snapshot goes through the one [`Redactor`]. Nothing here
 //! touches a machine.
 
@@ -258,6 +259,65 @@ impl Timeline {
     }
 }
 
+/// One step that ran, on the run's clock, as `timeline.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSpan {
+    /// 1-based index in the scenario.
+    pub index: usize,
+    pub action: String,
+    /// The line of its `[[step]]` header.
+    pub line: usize,
+    /// Seconds since the run started.
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub passed: bool,
+}
+
+impl From<&crate::runner::StepTime> for StepSpan {
+    fn from(s: &crate::runner::StepTime) -> StepSpan {
+        StepSpan {
+            index: s.index,
+            action: s.action.to_string(),
+            line: s.line,
+            start_s: s.start_s,
+            duration_s: s.duration_s,
+            passed: s.passed,
+        }
+    }
+}
+
+/// What `timeline.json` holds: the `entries` (times since the first
+/// power-on), each step that ran with its times since the run started, and
+/// `t0_s`, where the entries' time zero falls on the steps' clock (negative
+/// when a restored checkpoint's replayed entries predate the run). A file
+/// written before steps were recorded has only `entries`: no steps, `t0_s`
+/// unknown.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct TimelineFile {
+    pub entries: Vec<Entry>,
+    #[serde(default)]
+    pub steps: Vec<StepSpan>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t0_s: Option<f64>,
+}
+
+impl TimelineFile {
+    /// The file of a run: its timeline, its steps, and the instants the run
+    /// started and its entries' time zero (if a machine ever started).
+    pub fn new(
+        timeline: &Timeline,
+        steps: &[crate::runner::StepTime],
+        started: std::time::Instant,
+        zero: Option<std::time::Instant>,
+    ) -> TimelineFile {
+        let t0_s = zero.map(|z| match z.checked_duration_since(started) {
+            Some(d) => d.as_secs_f64(),
+            None => -started.duration_since(z).as_secs_f64(),
+        });
+        TimelineFile { entries: timeline.entries.clone(), steps: steps.iter().map(StepSpan::from).collect(), t0_s }
+    }
+}
+
 /// A console line that marks a boot stage, turned into its event: the
 /// first of the shipped markers (`harness/markers/*.toml`, see
 /// [`crate::markers`]) that matches it.
@@ -446,5 +506,40 @@ mod tests {
         assert_eq!(e, Some(Event::Qmp { name: "SHUTDOWN".into(), detail: Some("guest-shutdown".into()) }));
         assert_eq!(qmp_event("NIC_RX_FILTER_CHANGED", &serde_json::json!({})), None);
         assert_eq!(qmp_event("SOMETHING_NEW", &serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn timeline_json_keeps_its_entries_and_adds_the_steps() {
+        let mut t = Timeline::default();
+        t.push(0.0, Origin::Step, Event::PowerOn);
+        t.push(1.5, Origin::Console, Event::KernelStarted);
+        let steps = [crate::runner::StepTime {
+            index: 1,
+            action: "power_on",
+            line: 7,
+            start_s: 0.25,
+            duration_s: 2.0,
+            passed: true,
+        }];
+        let started = std::time::Instant::now();
+        let zero = started + std::time::Duration::from_millis(500);
+        let file = TimelineFile::new(&t, &steps, started, Some(zero));
+        let json = serde_json::to_value(&file).unwrap();
+        // The entries are written exactly as before.
+        assert_eq!(json["entries"], serde_json::to_value(&t).unwrap()["entries"]);
+        assert_eq!(json["steps"][0]["action"], "power_on");
+        assert_eq!(json["steps"][0]["line"], 7);
+        assert_eq!(json["steps"][0]["start_s"], 0.25);
+        assert!((json["t0_s"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{json}");
+        // A zero before the run's start (a restored checkpoint) is negative.
+        let early = TimelineFile::new(&t, &[], zero, Some(started));
+        assert!((early.t0_s.unwrap() + 0.5).abs() < 1e-9);
+        // A file written before steps were recorded still reads.
+        let old: TimelineFile =
+            serde_json::from_str(r#"{"entries":[{"t":0.0,"origin":"step","event":"power_on"}]}"#).unwrap();
+        assert_eq!(old.entries.len(), 1);
+        assert!(old.steps.is_empty() && old.t0_s.is_none());
+        let back: TimelineFile = serde_json::from_value(json).unwrap();
+        assert_eq!(back.steps, file.steps);
     }
 }
