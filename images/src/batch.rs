@@ -190,7 +190,7 @@ fn build_unique(jobs: &[(PathBuf, Arch)], workers: usize, verbose: bool) -> Resu
     for (i, res) in results.into_inner().expect("results") {
         match res {
             Ok(b) => out[i] = Some(b),
-            Err(e) => return Err(ImageError::Build { image: label(&jobs[i].0, jobs[i].1), source: Box::new(e) }),
+            Err(e) => return Err(ImageError::Build { image: label(&jobs[i].0, jobs[i].1), cause: Box::new(e) }),
         }
     }
     Ok(out.into_iter().map(|b| b.expect("every job built")).collect())

@@ -44,20 +44,14 @@ pub fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
     Ok(out)
 }
 
-/// Hash of everything the user edits: builder format, recipe bytes, the
-/// package lock (if any) and every fixture file (path, mode, bytes). Cheap:
-/// no processes.
-pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8], lock: Option<&[u8]>) -> Result<String, ImageError> {
+/// Hash of everything the user edits: builder format, recipe bytes and every
+/// fixture file (path, mode, bytes). Cheap: no processes.
+pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8]) -> Result<String, ImageError> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = Sha256::new();
     h.update(format!("devlab-images format {FORMAT_VERSION}\n"));
     h.update((recipe_bytes.len() as u64).to_le_bytes());
     h.update(recipe_bytes);
-    if let Some(lock) = lock {
-        h.update(b"lock\n");
-        h.update((lock.len() as u64).to_le_bytes());
-        h.update(lock);
-    }
     let (_, included) = crate::read_boot_script(&recipe.fixtures.boot_script)?;
     let mut roots = vec![
         ("boot_script", &recipe.fixtures.boot_script),
@@ -80,6 +74,25 @@ pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8], lock: Option<&[u8]>) ->
         }
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// What a pointer is keyed by: the recipe's inputs and, with a package
+/// lock, the arch's locked versions, so a changed lock makes
+/// [`crate::locate`] say stale. (The entry key holds the versions a build
+/// pinned, so a lock change that leaves an image's packages alone finds
+/// that image's entry again.)
+pub fn pointer_inputs(inputs: &str, locked: Option<&std::collections::BTreeMap<String, String>>) -> String {
+    match locked {
+        None => inputs.to_string(),
+        Some(versions) => {
+            let mut h = Sha256::new();
+            h.update(inputs.as_bytes());
+            for (name, version) in versions {
+                h.update(format!("\n{name}={version}"));
+            }
+            hex::encode(h.finalize())
+        }
+    }
 }
 
 /// Hex SHA-256 of `data`.
@@ -223,6 +236,17 @@ pub fn prune_superseded(images: &Path, name: &str, keep: &Path) {
 #[cfg(test)]
 mod prune_tests {
     use super::*;
+
+    #[test]
+    fn a_lock_keys_the_pointer_by_its_versions() {
+        let mut v = std::collections::BTreeMap::new();
+        v.insert("busybox-static".to_string(), "1".to_string());
+        let with = pointer_inputs("abc", Some(&v));
+        assert_eq!(pointer_inputs("abc", None), "abc", "no lock: the inputs as before");
+        assert_ne!(with, "abc");
+        v.insert("busybox-static".to_string(), "2".to_string());
+        assert_ne!(pointer_inputs("abc", Some(&v)), with, "a moved version makes the pointer stale");
+    }
 
     #[test]
     fn only_superseded_finished_entries_of_that_image_go() {

@@ -25,8 +25,9 @@ pub enum ImageError {
     NotBuilt { image: String, path: PathBuf },
     #[error("{path}: {message}")]
     Lock { path: PathBuf, message: String },
-    #[error("building image {image}: {source}")]
-    Build { image: String, source: Box<ImageError> },
+    /// `cause` is part of the message (not a `source`, which would print it twice).
+    #[error("building image {image}: {cause}")]
+    Build { image: String, cause: Box<ImageError> },
     #[error("image {image} is stale ({reason}): a run rebuilds it, or `cargo xtask images`")]
     Stale { image: String, reason: String },
 }

@@ -230,7 +230,8 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     let (recipe, bytes) = Recipe::load(recipe_path)?;
     let lock_path = lock::path_for(recipe_path);
     let locked = lock::read(&lock_path)?;
-    let inputs = cache::inputs_hash(&recipe, &bytes, locked.as_ref().map(|l| &l.1[..]))?;
+    let inputs = cache::inputs_hash(&recipe, &bytes)?;
+    let pointer_inputs = cache::pointer_inputs(&inputs, locked.as_ref().and_then(|l| l.0.get(&arch.to_string())));
     let mut res = timed(log, "resolve packages", || {
         apt::resolve(&root, arch, &recipe.packages, &recipe.exclude, recipe.kernel_package(arch))
     })?;
@@ -280,7 +281,7 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     } else {
         log(&format!("cached {}", entry.display()));
     }
-    let pointer = cache::Pointer { entry: entry.clone(), inputs };
+    let pointer = cache::Pointer { entry: entry.clone(), inputs: pointer_inputs };
     let json = serde_json::to_vec_pretty(&pointer).expect("pointer serialises");
     cache::write_atomic(&cache::pointer_path(&root, &recipe.name, arch, &pointer.inputs), &json)?;
     cache::prune_superseded(&images, &name, &entry);
@@ -314,7 +315,8 @@ pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> 
     let (recipe, bytes) = Recipe::load(recipe_path)?;
     let name = image_name(&recipe, arch);
     let locked = lock::read(&lock::path_for(recipe_path))?;
-    let inputs = cache::inputs_hash(&recipe, &bytes, locked.as_ref().map(|l| &l.1[..]))?;
+    let inputs = cache::inputs_hash(&recipe, &bytes)?;
+    let inputs = cache::pointer_inputs(&inputs, locked.as_ref().and_then(|l| l.0.get(&arch.to_string())));
     let ptr_path = cache::pointer_path(&root, &recipe.name, arch, &inputs);
     let text = match std::fs::read(&ptr_path) {
         Ok(t) => t,
@@ -325,7 +327,7 @@ pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> 
         {
             return Err(ImageError::Stale {
                 image: name,
-                reason: format!("{} or its fixtures changed", recipe_path.display()),
+                reason: format!("{}, its fixtures or images.lock changed", recipe_path.display()),
             })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -338,7 +340,7 @@ pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> 
     if pointer.inputs != inputs {
         return Err(ImageError::Stale {
             image: name,
-            reason: format!("{} or its fixtures changed", recipe_path.display()),
+            reason: format!("{}, its fixtures or images.lock changed", recipe_path.display()),
         });
     }
     if !pointer.entry.join("manifest.json").is_file() {

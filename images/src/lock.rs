@@ -3,7 +3,10 @@
 //! Debian point release changes nothing until someone refreshes the lock on
 //! purpose (`cargo xtask images --lock`). Read by every build: the package
 //! closure is still resolved with apt, and each package's version is taken
-//! from the lock; the file's bytes are part of every image's inputs hash.
+//! from the lock. The arch's locked versions key each image's pointer (a
+//! changed lock makes `locate` say stale) and the versions a build pinned
+//! key its entry, so a refresh that moves no package of an image finds its
+//! entry again instead of rebuilding it.
 //!
 //! Invariants: a package the lock does not list, or a locked version that
 //! neither the download cache nor the apt sources have, is an error naming
