@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use harness::board::{self, Board};
 use harness::error::{Error, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INFRA, EXIT_INTERRUPTED, EXIT_PASSED};
 use harness::plan::{self, Job, Shard};
-use harness::report::{self, Record, Status};
+use harness::report::{self, Record, ShardTimes, Status};
 use harness::runner::{self, RunOptions, SnapshotMode};
 use harness::scenario::Scenario;
 use std::path::{Path, PathBuf};
@@ -118,6 +118,11 @@ struct Common {
     /// Run only the K-th of N disjoint parts (for N CI machines).
     #[arg(long, value_name = "K/N")]
     shard: Option<Shard>,
+    /// With --shard: balance the shards by the run times in an earlier
+    /// summary.json (or a report folder holding one), longest first onto the
+    /// least-loaded shard; runs it has no time for are dealt as without it.
+    #[arg(long, value_name = "FILE", requires = "shard")]
+    durations: Option<PathBuf>,
     /// Retry a failed run up to N times; a later pass is reported as flaky.
     #[arg(long, default_value_t = 0)]
     retries: u32,
@@ -270,8 +275,12 @@ fn main() {
             Err(e) => report_error(&e),
         },
         Cmd::Report { cmd: ReportCmd::Merge { dirs, out } } => match report::merge(&dirs, &out) {
-            Ok((n, _)) => {
-                println!("merged {n} runs from {} reports into {}", dirs.len(), out.display());
+            Ok(merged) => {
+                println!("merged {} runs from {} reports into {}", merged.runs, dirs.len(), out.display());
+                for s in &merged.shards {
+                    let predicted = s.predicted_s.map_or(String::new(), |p| format!(", predicted {p:.0} s"));
+                    println!("  shard {}/{}: {} runs in {:.0} s{predicted}", s.k, s.n, s.runs, s.actual_s);
+                }
                 EXIT_PASSED
             }
             Err(e) => {
@@ -488,18 +497,29 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common, skip
         );
         return EXIT_BAD_INPUT;
     }
+    let durations = match c.durations.as_deref().map(plan::load_durations).transpose() {
+        Ok(d) => d,
+        Err(e) => return report_error(&e),
+    };
     let selected = planned.len();
-    let jobs = plan::shard(planned, c.shard);
+    let part = plan::shard(planned, c.shard, durations.as_ref());
+    let parallel = if c.keep { 1 } else { c.jobs.unwrap_or_else(plan::default_jobs).max(1) };
+    let times = shard_times(c, &part, parallel);
+    let jobs = part.jobs;
     let report_dir =
         c.report_dir.clone().unwrap_or_else(|| harness::rundir::workspace_root().join("target/devlab-report"));
     if jobs.is_empty() {
         // Only a shard can be empty here (load_all refuses an empty
         // selection): the other shards have the runs, which is fine.
-        return empty_shard(c, selected, &report_dir);
+        return empty_shard(c, selected, &report_dir, times.as_ref());
     }
     if c.list {
         for j in &jobs {
-            println!("{}", j.id);
+            // With --durations, each run's known time (`-`: none).
+            match &durations {
+                Some(d) => println!("{}\t{}", j.id, d.get(&j.id).map_or("-".to_string(), |s| format!("{s:.1}"))),
+                None => println!("{}", j.id),
+            }
         }
         return EXIT_PASSED;
     }
@@ -517,24 +537,59 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common, skip
         keep_disks: c.keep_disks,
         ..RunOptions::default()
     };
-    let parallel = if c.keep { 1 } else { c.jobs.unwrap_or_else(plan::default_jobs).max(1) };
     // A current-thread runtime: QEMU is spawned from the main thread, which
     // PR_SET_PDEATHSIG ties it to.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     // Runs share this thread (a LocalSet), so spawning stays on it.
     let local = tokio::task::LocalSet::new();
-    rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, &report_dir, skipped)))
+    let report = Reporting { dir: report_dir, skipped, shard: times };
+    rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, report)))
+}
+
+/// With `--shard`: the shard's figures for its summary.json, its predicted
+/// wall time (with `--durations`) said on stderr, one line that scripts
+/// read (`cargo xtask bench shards`): `shard K/N predicted: wall_s=… load_s=…
+/// longest_s=… jobs=… runs=… unknown_runs=…`.
+fn shard_times(c: &Common, part: &plan::ShardPlan, parallel: usize) -> Option<ShardTimes> {
+    let s = c.shard?;
+    let predicted_s = part.predicted_wall_s(parallel);
+    if let (Some(wall), Some(load)) = (predicted_s, part.load_s) {
+        eprintln!(
+            "shard {}/{} predicted: wall_s={wall:.1} load_s={load:.1} longest_s={:.1} jobs={parallel} runs={} unknown_runs={}",
+            s.k,
+            s.n,
+            part.longest_s,
+            part.jobs.len(),
+            part.unknown
+        );
+    }
+    Some(ShardTimes {
+        k: s.k,
+        n: s.n,
+        runs: part.jobs.len(),
+        predicted_s,
+        unknown_runs: c.durations.as_ref().map(|_| part.unknown),
+        actual_s: 0.0,
+    })
+}
+
+/// Where and what `execute` reports: the report folder, the records of
+/// flows a device suite cannot run, and the shard's figures.
+struct Reporting {
+    dir: PathBuf,
+    skipped: Vec<Record>,
+    shard: Option<ShardTimes>,
 }
 
 /// A shard that got none of the `selected` runs: say so, and (unless
 /// `--list`) write empty reports so `devlab report merge` finds every shard's.
-fn empty_shard(c: &Common, selected: usize, report_dir: &Path) -> i32 {
+fn empty_shard(c: &Common, selected: usize, report_dir: &Path, times: Option<&ShardTimes>) -> i32 {
     let shard = c.shard.map_or("?".to_string(), |s| format!("{}/{}", s.k, s.n));
     eprintln!("shard {shard} is empty: all {selected} selected run(s) went to the other shards");
     if c.list {
         return EXIT_PASSED;
     }
-    match report::write(report_dir, &[], 0.0) {
+    match report::write_shard(report_dir, &[], 0.0, times) {
         Ok(()) => {
             eprintln!("reports (empty): {}", report_dir.display());
             EXIT_PASSED
@@ -584,16 +639,11 @@ impl Out {
     }
 }
 
-/// Run the jobs; `skipped` (flows a device suite cannot run) join the
-/// reports as not run.
-async fn execute(
-    jobs: Vec<Job>,
-    opts: RunOptions,
-    parallel: usize,
-    retries: u32,
-    report_dir: &Path,
-    skipped: Vec<Record>,
-) -> i32 {
+/// Run the jobs; `report.skipped` (flows a device suite cannot run) join
+/// the reports as not run.
+async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32, report: Reporting) -> i32 {
+    let Reporting { dir: report_dir, skipped, shard } = report;
+    let report_dir = report_dir.as_path();
     let started = Instant::now();
     let n = jobs.len();
     let out = Out::new();
@@ -670,7 +720,12 @@ async fn execute(
         .chain(skipped)
         .collect();
     let duration = started.elapsed().as_secs_f64();
-    match report::write(report_dir, &records, duration) {
+    let shard = shard.map(|s| ShardTimes { actual_s: duration, ..s });
+    if let Some(s) = &shard {
+        let predicted = s.predicted_s.map_or(String::new(), |p| format!(" (predicted {p:.0} s)"));
+        eprintln!("shard {}/{} took {duration:.0} s{predicted}", s.k, s.n);
+    }
+    match report::write_shard(report_dir, &records, duration, shard.as_ref()) {
         Ok(()) => eprintln!("reports: {}/{{junit.xml,summary.json,summary.md,report.html}}", report_dir.display()),
         Err(e) => {
             eprintln!("error: cannot write reports to {}: {e}", report_dir.display());

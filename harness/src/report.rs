@@ -10,6 +10,10 @@
 //! failure rate, min/median/max duration) and per step (keyed by index and
 //! action, from each attempt's step times). The stats are computed from the
 //! records alone, so `report merge` recomputes them for merged shards.
+//!
+//! A shard's report (`--shard K/N`) carries its [`ShardTimes`]: predicted
+//! (from `--durations`) and actual wall time; `report merge` lists every
+//! shard's in the merged report. Reports without them still merge.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -165,7 +169,7 @@ pub struct StepStats {
 
 /// Min, median (mean of the middle two for an even count) and max; None
 /// for no values.
-fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
+pub(crate) fn spread(values: &[f64]) -> Option<(f64, f64, f64)> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -244,6 +248,42 @@ pub fn percent(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{:.0}%", v * 100.0))
 }
 
+/// One shard's wall time, predicted (from `--durations`) and actual, in its
+/// `summary.json` (`shard`) and in a merged one (`shards`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardTimes {
+    pub k: usize,
+    pub n: usize,
+    /// Runs the shard had.
+    #[serde(default)]
+    pub runs: usize,
+    /// Predicted wall time, seconds (absent without `--durations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_s: Option<f64>,
+    /// Its runs the durations file had no time for (absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_runs: Option<usize>,
+    /// Wall time the shard took, seconds.
+    pub actual_s: f64,
+}
+
+/// The shards table of `summary.md`.
+fn markdown_shards(shards: &[ShardTimes]) -> String {
+    let mut md = String::from("\n## Shards\n\n| shard | runs | predicted | actual |\n|---|---|---|---|\n");
+    for s in shards {
+        let unknown = s.unknown_runs.filter(|&u| u > 0).map_or(String::new(), |u| format!(" ({u} unknown)"));
+        md.push_str(&format!(
+            "| {}/{} | {} | {}{unknown} | {} |\n",
+            s.k,
+            s.n,
+            s.runs,
+            secs(s.predicted_s),
+            secs(Some(s.actual_s))
+        ));
+    }
+    md
+}
+
 #[derive(Debug, Serialize)]
 struct Summary<'a> {
     total: usize,
@@ -257,6 +297,12 @@ struct Summary<'a> {
     harness_cpu_s: f64,
     /// Per scenario × board: runs, failures, durations, and per step.
     stats: Vec<GroupStats>,
+    /// A shard's own figures (`--shard`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<&'a ShardTimes>,
+    /// Every shard's figures, in a merged report.
+    #[serde(skip_serializing_if = "<[ShardTimes]>::is_empty")]
+    shards: &'a [ShardTimes],
     runs: &'a [Record],
 }
 
@@ -471,12 +517,22 @@ fn write_atomic(path: &Path, body: &str) -> std::io::Result<()> {
     })
 }
 
+/// What `report merge` joined: runs, the longest shard's wall time, and
+/// the shards' own figures (of the reports that have them, by shard).
+#[derive(Debug, PartialEq)]
+pub struct Merged {
+    pub runs: usize,
+    pub duration_s: f64,
+    pub shards: Vec<ShardTimes>,
+}
+
 /// Merge the `summary.json` of several report folders (one per CI shard)
 /// into one report: every run once, in id order; a run present in two
 /// shards is an error (the shards were not disjoint).
-pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, f64), String> {
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged, String> {
     let mut all: Vec<Record> = Vec::new();
     let mut duration: f64 = 0.0;
+    let mut shards = Vec::new();
     for d in dirs {
         let path = d.join("summary.json");
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -484,6 +540,11 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, f64), String> {
         let runs: Vec<Record> =
             serde_json::from_value(v["runs"].clone()).map_err(|e| format!("{}: field `runs`: {e}", path.display()))?;
         duration = duration.max(v["duration_s"].as_f64().unwrap_or(0.0));
+        if let Some(s) = v.get("shard") {
+            let s: ShardTimes =
+                serde_json::from_value(s.clone()).map_err(|e| format!("{}: field `shard`: {e}", path.display()))?;
+            shards.push(s);
+        }
         for r in runs {
             if all.iter().any(|a| a.id == r.id) {
                 return Err(format!("{} appears in more than one report (were the shards disjoint?)", r.id));
@@ -492,12 +553,28 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(usize, f64), String> {
         }
     }
     all.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    write(out, &all, duration).map_err(|e| format!("{}: {e}", out.display()))?;
-    Ok((all.len(), duration))
+    shards.sort_by_key(|s: &ShardTimes| (s.n, s.k));
+    write_all(out, &all, duration, None, &shards).map_err(|e| format!("{}: {e}", out.display()))?;
+    Ok(Merged { runs: all.len(), duration_s: duration, shards })
 }
 
 /// Write `junit.xml`, `summary.json`, `summary.md` and `report.html` into `dir`.
 pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result<()> {
+    write_all(dir, records, duration_s, None, &[])
+}
+
+/// [`write`] for one shard's report, with its figures (`--shard`).
+pub fn write_shard(dir: &Path, records: &[Record], duration_s: f64, shard: Option<&ShardTimes>) -> std::io::Result<()> {
+    write_all(dir, records, duration_s, shard, &[])
+}
+
+fn write_all(
+    dir: &Path,
+    records: &[Record],
+    duration_s: f64,
+    shard: Option<&ShardTimes>,
+    shards: &[ShardTimes],
+) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let summary = Summary {
         total: records.len(),
@@ -509,11 +586,18 @@ pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result
         duration_s,
         harness_cpu_s: own_cpu_seconds(),
         stats: stats(records),
+        shard,
+        shards,
         runs: records,
     };
+    let mut md = markdown(records, duration_s);
+    let listed: Vec<ShardTimes> = shard.into_iter().chain(shards).cloned().collect();
+    if !listed.is_empty() {
+        md.push_str(&markdown_shards(&listed));
+    }
     write_atomic(&dir.join("junit.xml"), &junit(records, duration_s))?;
     write_atomic(&dir.join("summary.json"), &serde_json::to_string_pretty(&summary).expect("json"))?;
-    write_atomic(&dir.join("summary.md"), &markdown(records, duration_s))?;
+    write_atomic(&dir.join("summary.md"), &md)?;
     write_atomic(&dir.join("report.html"), &crate::html::page(records, duration_s))
 }
 
@@ -608,7 +692,8 @@ mod tests {
         write(&a, &all[..2], 5.0).unwrap();
         write(&b, &all[2..], 7.0).unwrap();
         let out = d.path().join("merged");
-        assert_eq!(merge(&[a.clone(), b], &out).unwrap(), (5, 7.0));
+        let merged = merge(&[a.clone(), b], &out).unwrap();
+        assert_eq!((merged.runs, merged.duration_s, merged.shards.len()), (5, 7.0, 0));
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         assert_eq!(json["total"], 5);
@@ -695,7 +780,8 @@ mod tests {
         let new = d.path().join("new");
         write(&new, &repeated_sample()[..5], 50.0).unwrap();
         let out = d.path().join("merged");
-        assert_eq!(merge(&[old, new], &out).unwrap(), (6, 50.0));
+        let merged = merge(&[old, new], &out).unwrap();
+        assert_eq!((merged.runs, merged.duration_s), (6, 50.0));
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         assert_eq!(json["total"], 6);
@@ -723,6 +809,42 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         let ids: Vec<&str> = json["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["a@qemu-aarch64#1", "a@qemu-aarch64#2", "a@qemu-aarch64#10"]);
+    }
+
+    #[test]
+    fn shard_times_are_reported_and_merged() {
+        let d = tempfile::tempdir().unwrap();
+        let all = sample();
+        let (a, b, old) = (d.path().join("a"), d.path().join("b"), d.path().join("old"));
+        let times = |k, predicted_s, actual_s| ShardTimes {
+            k,
+            n: 3,
+            runs: 2,
+            predicted_s,
+            unknown_runs: predicted_s.map(|_| 1),
+            actual_s,
+        };
+        write_shard(&b, &all[2..4], 7.0, Some(&times(2, Some(6.0), 7.0))).unwrap();
+        write_shard(&a, &all[..2], 5.0, Some(&times(1, None, 5.0))).unwrap();
+        write(&old, &all[4..], 1.0).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(b.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(json["shard"]["predicted_s"], 6.0);
+        assert_eq!(json["shard"]["actual_s"], 7.0);
+        assert!(json.get("shards").is_none(), "{json}");
+        let md = std::fs::read_to_string(b.join("summary.md")).unwrap();
+        assert!(md.contains("| 2/3 | 2 | 6.0 s (1 unknown) | 7.0 s |"), "{md}");
+        // A report without shard figures (older, or not sharded) still merges.
+        let out = d.path().join("merged");
+        let merged = merge(&[b, old, a], &out).unwrap();
+        assert_eq!(merged.runs, 5);
+        assert_eq!(merged.shards, vec![times(1, None, 5.0), times(2, Some(6.0), 7.0)], "by shard");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+        assert_eq!(json["shards"][1]["predicted_s"], 6.0);
+        assert!(json["shards"][0].get("predicted_s").is_none(), "{json}");
+        let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+        assert!(md.contains("| 1/3 | 2 | - | 5.0 s |\n| 2/3 | 2 | 6.0 s (1 unknown) | 7.0 s |"), "{md}");
     }
 
     #[test]

@@ -31,6 +31,10 @@ const BENCH_SCENARIO: &str = "scenarios/bench/boot-ssh.toml";
 const BOOT_CMD: &str = "setenv devnum 0; virtio scan; load virtio 0:1 ${scriptaddr} boot.scr; source ${scriptaddr}\r";
 
 pub fn run(args: &[String]) -> Result<()> {
+    if let Some(at) = args.iter().position(|a| a == "shards") {
+        let rest: Vec<String> = args.iter().enumerate().filter(|(i, _)| *i != at).map(|(_, a)| a.clone()).collect();
+        return crate::bench_shards::run(&rest);
+    }
     let mut runs = 5usize;
     let mut explicit_runs = false;
     let mut arches = Vec::new();
@@ -69,7 +73,7 @@ pub fn run(args: &[String]) -> Result<()> {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...]");
+        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], or bench shards [--durations FILE]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();

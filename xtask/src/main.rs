@@ -9,6 +9,7 @@ mod bench;
 mod bench_device;
 mod bench_ostree;
 mod bench_pxe;
+mod bench_shards;
 mod setup;
 
 use anyhow::{bail, Context, Result};
@@ -30,7 +31,10 @@ commands:
   bench ostree     OSTree pull (objects vs static delta) + deploy, full pull, host image build; writes target/bench/
   bench pxe        PXE provisioning: one node per arch, fleets of 4 and 8 (root); writes target/bench/
   bench device     a device profile's product vs devlab's base image: power-on → first command over SSH
-                   and serial, serial round trip, 4 GiB sparse image; writes target/bench/";
+                   and serial, serial round trip, 4 GiB sparse image; writes target/bench/
+  bench shards [--durations FILE]
+                   the release suite on 2, 4, 8 machines from run times (ci/durations.json):
+                   slowest shard, modulo vs balanced split, against total / N; boots nothing";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
