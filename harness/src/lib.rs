@@ -21,6 +21,7 @@ pub mod markers;
 pub mod netboot;
 pub mod ostree;
 pub mod plan;
+pub mod prebuild;
 pub mod provision;
 pub mod qmp;
 pub mod rauc;

@@ -134,6 +134,14 @@ struct Common {
     /// Print the runs that would be made, and make none.
     #[arg(long)]
     list: bool,
+    /// Build the guest images the selected runs need (a run builds the
+    /// missing ones anyway), and run nothing.
+    #[arg(long, conflicts_with = "list")]
+    build_only: bool,
+    /// Never build images: a missing or stale one is bad input at the field
+    /// that names it (for machines that must use prebuilt images).
+    #[arg(long, conflicts_with = "build_only")]
+    no_build: bool,
     /// Where junit.xml, summary.json and summary.md go.
     #[arg(long, value_name = "DIR")]
     report_dir: Option<PathBuf>,
@@ -522,6 +530,17 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common, skip
             }
         }
         return EXIT_PASSED;
+    }
+    // The images these runs boot or serve, built if missing, before any run.
+    if !c.no_build {
+        match harness::prebuild::build_missing(&jobs) {
+            Ok(n) if c.build_only => {
+                eprintln!("{n} image(s) ready for {} run(s)", jobs.len());
+                return EXIT_PASSED;
+            }
+            Ok(_) => {}
+            Err(e) => return report_error(&e),
+        }
     }
     let snapshots = if c.update_snapshots {
         SnapshotMode::Update

@@ -256,7 +256,8 @@ fn a_full_disk_is_refused_before_anything_boots() {
 
 #[test]
 fn an_image_that_is_not_built_is_bad_input_at_its_field() {
-    // An empty cache: nothing is built. The served image is named too.
+    // An empty cache and --no-build: nothing is built, nothing may be. The
+    // served image is named too.
     let d = tempfile::tempdir().unwrap();
     let s = d.path().join("not-built.toml");
     std::fs::write(
@@ -266,7 +267,7 @@ fn an_image_that_is_not_built_is_bad_input_at_its_field() {
     )
     .unwrap();
     let out = devlab()
-        .args(["run", s.to_str().unwrap(), "--no-snapshots", "--report-dir"])
+        .args(["run", s.to_str().unwrap(), "--no-build", "--no-snapshots", "--report-dir"])
         .arg(d.path().join("reports"))
         .env("DEVLAB_RUNS", d.path().join("runs"))
         .env("DEVLAB_CACHE", d.path().join("cache"))
@@ -275,6 +276,7 @@ fn an_image_that_is_not_built_is_bad_input_at_its_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not-built.toml:4:9: field `image`: image ostree-aarch64 is not built"), "{err}");
-    assert!(err.contains("cargo xtask images"), "{err}");
+    assert!(err.contains("a run builds it, or `cargo xtask images`"), "{err}");
+    assert!(!d.path().join("cache/images").exists(), "--no-build built nothing");
     assert!(!d.path().join("runs").exists(), "nothing started");
 }

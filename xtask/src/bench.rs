@@ -14,8 +14,8 @@
 //! (cold: the first run of each prefix saves) and again (warm: every run
 //! restores). Wall times, ratios, and the harness's own CPU per machine-
 //! second (from `summary.json`). Writes `target/bench/suite.json` and `.md`.
-//! `cargo xtask bench ostree`, `cargo xtask bench pxe` and
-//! `cargo xtask bench device`: see their modules.
+//! `cargo xtask bench ostree`, `cargo xtask bench pxe`,
+//! `cargo xtask bench device` and `cargo xtask bench shards`: see their modules.
 
 use anyhow::{bail, Context, Result};
 use devlab_images::Arch;
@@ -31,9 +31,13 @@ const BENCH_SCENARIO: &str = "scenarios/bench/boot-ssh.toml";
 const BOOT_CMD: &str = "setenv devnum 0; virtio scan; load virtio 0:1 ${scriptaddr} boot.scr; source ${scriptaddr}\r";
 
 pub fn run(args: &[String]) -> Result<()> {
-    if let Some(at) = args.iter().position(|a| a == "shards") {
-        let rest: Vec<String> = args.iter().enumerate().filter(|(i, _)| *i != at).map(|(_, a)| a.clone()).collect();
-        return crate::bench_shards::run(&rest);
+    for (name, bench) in
+        [("shards", crate::bench_shards::run as fn(&[String]) -> Result<()>), ("setup", crate::bench_setup::run)]
+    {
+        if let Some(at) = args.iter().position(|a| a == name) {
+            let rest: Vec<String> = args.iter().enumerate().filter(|(i, _)| *i != at).map(|(_, a)| a.clone()).collect();
+            return bench(&rest);
+        }
     }
     let mut runs = 5usize;
     let mut explicit_runs = false;
@@ -73,7 +77,7 @@ pub fn run(args: &[String]) -> Result<()> {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], or bench shards [--durations FILE]");
+        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], bench shards [--durations FILE] or bench setup [--before REV]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();

@@ -9,6 +9,7 @@ mod bench;
 mod bench_device;
 mod bench_ostree;
 mod bench_pxe;
+mod bench_setup;
 mod bench_shards;
 mod setup;
 
@@ -21,10 +22,11 @@ use std::time::Instant;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  setup            install host packages (root; idempotent) and build guest images
+  setup            install host packages (root; idempotent) and build the smoke suite's images
   images [--recipe NAME].. [ARCH..]
-                   build guest images (cached) for x86_64 and/or aarch64;
+                   build guest images (cached, several at once) for x86_64 and/or aarch64;
                    every recipe in images/recipes unless --recipe is given
+  images --lock    refresh images/images.lock (exact package versions, both arches) from apt, then build
   test             setup, then cargo fmt --check, clippy -D warnings and every test
   bench boot       boot time, devlab vs bare QEMU, interleaved; writes target/bench/
   bench update     A/B update and rollback cycles, phase by phase; writes target/bench/
@@ -34,12 +36,15 @@ commands:
                    and serial, serial round trip, 4 GiB sparse image; writes target/bench/
   bench shards [--durations FILE]
                    the release suite on 2, 4, 8 machines from run times (ci/durations.json):
-                   slowest shard, modulo vs balanced split, against total / N; boots nothing";
+                   slowest shard, modulo vs balanced split, against total / N; boots nothing
+  bench setup [--before REV]
+                   the first result with packages installed and an empty image cache: the smoke
+                   suite's images, then boot-smoke; parallel vs one at a time (vs REV's way)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let res = match args.first().map(String::as_str) {
-        Some("setup") => setup::run().and_then(|_| images(&[])),
+        Some("setup") => setup::run().and_then(|_| smoke_images()),
         Some("images") => images(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench::run(&args[1..]),
@@ -59,12 +64,22 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
 }
 
+/// What the smoke suite boots, built by the harness itself (it reads the
+/// scenarios; every other image is built by the first run that needs it,
+/// or all at once by `cargo xtask images`).
+fn smoke_images() -> Result<()> {
+    cargo(&["run", "--release", "-q", "-p", "harness", "--", "suite", "smoke", "--build-only"])
+}
+
 fn images(args: &[String]) -> Result<()> {
     let mut recipe_names = Vec::new();
     let mut arches = Vec::new();
+    let mut relock = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        if a == "--recipe" {
+        if a == "--lock" {
+            relock = true;
+        } else if a == "--recipe" {
             recipe_names.push(it.next().context("--recipe NAME (a file in images/recipes/)")?.clone());
         } else {
             arches.push(Arch::parse(a).with_context(|| format!("unknown architecture `{a}` (x86_64, aarch64)"))?);
@@ -74,18 +89,20 @@ fn images(args: &[String]) -> Result<()> {
         arches = Arch::ALL.to_vec();
     }
     let dir = root().join("images/recipes");
+    if relock {
+        if args.len() > 1 {
+            bail!("--lock locks every recipe for both arches: give it alone");
+        }
+        let recipes: Vec<PathBuf> = all_recipes(&dir)?.iter().map(|n| dir.join(format!("{n}.toml"))).collect();
+        let path = devlab_images::refresh_lock(&recipes, &Arch::ALL)?;
+        eprintln!("wrote {}: review its diff, then build", path.display());
+    }
     // The example products build with their own scripts, beside devlab's
     // images (their slow part is an arm64 bootstrap under qemu-user).
     let mut examples = if recipe_names.is_empty() && args.is_empty() { start_examples()? } else { Vec::new() };
     if recipe_names.is_empty() {
-        // Every recipe (a cached one is a no-op); base first.
-        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let name = e?.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = name.strip_suffix(".toml") {
-                recipe_names.push(stem.to_string());
-            }
-        }
-        recipe_names.sort_by_key(|n| (n != "base", n.clone()));
+        // Every recipe (a cached one costs a lookup).
+        recipe_names = all_recipes(&dir)?;
     }
     let built = build_recipes(&dir, &recipe_names, &arches);
     // Never leave an example's build running behind a failed image build.
@@ -105,17 +122,27 @@ fn images(args: &[String]) -> Result<()> {
     built
 }
 
-fn build_recipes(dir: &Path, recipe_names: &[String], arches: &[Arch]) -> Result<()> {
-    for recipe_name in recipe_names {
-        let recipe = dir.join(format!("{recipe_name}.toml"));
-        for &arch in arches {
-            let started = Instant::now();
-            let img =
-                devlab_images::build(&recipe, arch, &mut |line: &str| eprintln!("  [{recipe_name} {arch}] {line}"))
-                    .with_context(|| format!("building the {recipe_name} {arch} image"))?;
-            eprintln!("image {recipe_name} {arch}: {} ({:.1}s)", img.dir.display(), started.elapsed().as_secs_f64());
+/// The name of every recipe in `dir`, sorted.
+fn all_recipes(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".toml") {
+            names.push(stem.to_string());
         }
     }
+    names.sort();
+    Ok(names)
+}
+
+/// Build every recipe × arch, several at once (cached ones cost a lookup).
+fn build_recipes(dir: &Path, recipe_names: &[String], arches: &[Arch]) -> Result<()> {
+    let jobs: Vec<(PathBuf, Arch)> =
+        recipe_names.iter().flat_map(|r| arches.iter().map(move |&a| (dir.join(format!("{r}.toml")), a))).collect();
+    let started = Instant::now();
+    let workers = devlab_images::batch::default_workers();
+    let built = devlab_images::batch::build_all(&jobs, workers, true)?;
+    eprintln!("images: {} ready in {:.1}s", built.len(), started.elapsed().as_secs_f64());
     Ok(())
 }
 
