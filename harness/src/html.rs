@@ -653,19 +653,7 @@ fn figure(r: &Record) -> Option<Figure> {
         .unwrap_or_default();
     let entries = file["entries"].as_array().cloned().unwrap_or_default();
     let last = r.steps.iter().map(|s| s.attempt).max();
-    let mut steps: Vec<StepSpan> = r
-        .steps
-        .iter()
-        .filter(|s| Some(s.attempt) == last)
-        .map(|s| StepSpan {
-            index: s.index,
-            action: s.action.clone(),
-            line: s.line,
-            start_s: s.start_s,
-            duration_s: s.duration_s,
-            passed: s.passed,
-        })
-        .collect();
+    let mut steps: Vec<StepSpan> = r.steps.iter().filter(|s| Some(s.attempt) == last).map(|s| s.step.clone()).collect();
     if steps.is_empty() {
         steps = serde_json::from_value(file["steps"].clone()).unwrap_or_default();
     }
@@ -975,12 +963,7 @@ mod tests {
             .unwrap();
         let step = |attempt, index, action: &str, passed| crate::report::StepRecord {
             attempt,
-            index,
-            action: action.into(),
-            line: 3,
-            start_s: 0.5,
-            duration_s: 2.0,
-            passed,
+            step: StepSpan { index, action: action.into(), line: 3, start_s: 0.5, duration_s: 2.0, passed },
         };
         let rec = Record {
             id: "s@b".into(),
@@ -1117,12 +1100,7 @@ mod tests {
     fn page_shows_repeated_runs_and_their_steps() {
         let step = |index, action: &str, duration_s, passed| crate::report::StepRecord {
             attempt: 1,
-            index,
-            action: action.into(),
-            line: 4,
-            start_s: 0.0,
-            duration_s,
-            passed,
+            step: StepSpan { index, action: action.into(), line: 4, start_s: 0.0, duration_s, passed },
         };
         let rep = |k: u32, status, secs: f64| Record {
             id: format!("s@b#{k}"),

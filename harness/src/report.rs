@@ -100,33 +100,26 @@ impl Record {
     }
 }
 
-/// One step of one attempt of a run, as reported.
+/// One step of one attempt of a run, as reported: the step as
+/// `timeline.json` keeps it, and which attempt it was (the JSON is flat).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// 1-based attempt (retries make more than one).
     pub attempt: u32,
-    /// 1-based index in the scenario.
-    pub index: usize,
-    pub action: String,
-    /// The line of its `[[step]]` header.
-    pub line: usize,
-    /// Seconds since the run started.
-    pub start_s: f64,
-    pub duration_s: f64,
-    pub passed: bool,
+    #[serde(flatten)]
+    pub step: crate::timeline::StepSpan,
 }
 
 impl StepRecord {
     pub fn new(attempt: u32, s: &crate::runner::StepTime) -> StepRecord {
-        StepRecord {
-            attempt,
-            index: s.index,
-            action: s.action.to_string(),
-            line: s.line,
-            start_s: s.start_s,
-            duration_s: s.duration_s,
-            passed: s.passed,
-        }
+        StepRecord { attempt, step: s.into() }
+    }
+}
+
+impl std::ops::Deref for StepRecord {
+    type Target = crate::timeline::StepSpan;
+    fn deref(&self) -> &crate::timeline::StepSpan {
+        &self.step
     }
 }
 
@@ -622,7 +615,15 @@ mod tests {
     }
 
     fn step(attempt: u32, index: usize, action: &str, duration_s: f64, passed: bool) -> StepRecord {
-        StepRecord { attempt, index, action: action.into(), line: index * 3, start_s: index as f64, duration_s, passed }
+        let step = crate::timeline::StepSpan {
+            index,
+            action: action.into(),
+            line: index * 3,
+            start_s: index as f64,
+            duration_s,
+            passed,
+        };
+        StepRecord { attempt, step }
     }
 
     /// Repetition `k` of `a@qemu-aarch64` taking `duration_s`, its `expect`
@@ -637,7 +638,7 @@ mod tests {
         if status == Status::NotRun {
             r.steps.clear();
         } else if status == Status::Flaky {
-            r.steps[1].passed = false;
+            r.steps[1].step.passed = false;
             r.steps.push(step(2, 1, "power_on", 0.5, true));
             r.steps.push(step(2, 2, "expect", 2.5, true));
         }
