@@ -12,7 +12,13 @@
 //! needs root (a network namespace, a bridge, taps): without it the run
 //! fails saying so, unless DEVLAB_SKIP_LAB_NETWORK=1 says the machine
 //! cannot, which marks those tests ignored (never passed).
+//!
+//! The runs that ran are also reported as a `devlab run` reports them, in
+//! `target/scenario-report/` (junit.xml, summary.json, summary.md,
+//! report.html): each run's time and steps, so CI keeps a report and its
+//! `summary.json` is a `--durations` file of measured times.
 
+use harness::report::{Record, Status, StepRecord};
 use harness::runner::{self, RunOptions, SnapshotMode};
 use harness::scenario::Scenario;
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -20,8 +26,21 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let args = Arguments::from_args();
-    libtest_mimic::run(&args, trials()).exit();
+    let started = std::time::Instant::now();
+    let conclusion = libtest_mimic::run(&args, trials());
+    let records = std::mem::take(&mut *RECORDS.lock().unwrap_or_else(|e| e.into_inner()));
+    if !records.is_empty() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").join("target/scenario-report");
+        match harness::report::write(&dir, &records, started.elapsed().as_secs_f64()) {
+            Ok(()) => eprintln!("scenario report: {}", dir.display()),
+            Err(e) => eprintln!("scenario report: cannot write {}: {e}", dir.display()),
+        }
+    }
+    conclusion.exit();
 }
+
+/// What each run that ran did, for the report.
+static RECORDS: std::sync::Mutex<Vec<Record>> = std::sync::Mutex::new(Vec::new());
 
 /// The shipped scenario files (`scenarios/*.toml`, not `Cargo.toml`, and
 /// the example products' `examples/*/scenarios/*.toml`), sorted.
@@ -82,10 +101,36 @@ impl Run {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let opts = RunOptions { snapshots: SnapshotMode::Skip, ..RunOptions::default() };
         let out = rt.block_on(runner::run(&self.scenario, &self.board, &opts));
+        let record = |status, message: Option<String>| {
+            let id = format!("{}@{}", self.scenario.name(), self.scenario.run_label(&self.board));
+            let rec = Record {
+                id,
+                scenario: self.scenario.name().to_string(),
+                board: self.scenario.run_label(&self.board),
+                status,
+                attempts: 1,
+                duration_s: out.duration.as_secs_f64(),
+                message,
+                run_dir: out.run_dir.clone(),
+                repetition: None,
+                steps: out.steps.iter().map(|s| StepRecord::new(1, s)).collect(),
+            };
+            RECORDS.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
+        };
         if let Err(e) = &out.result {
+            record(Status::Failed, Some(e.to_string()));
             panic!("{} on {} failed:\n{e}", out.scenario, out.board);
         }
-        harness::snapshot::assert(&self.scenario.snapshot_dir(), &out.snapshot_name(), &out.normalised);
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            harness::snapshot::assert(&self.scenario.snapshot_dir(), &out.snapshot_name(), &out.normalised)
+        }));
+        match checked {
+            Ok(()) => record(Status::Passed, None),
+            Err(panic) => {
+                record(Status::Failed, Some(format!("the timeline differs from snapshot {}", out.snapshot_name())));
+                std::panic::resume_unwind(panic);
+            }
+        }
         Ok(())
     }
 }
