@@ -158,6 +158,7 @@ fn build_unique(jobs: &[(PathBuf, Arch)], workers: usize, verbose: bool) -> Resu
                 let (recipe, arch) = (&jobs[i].0, jobs[i].1);
                 let name = label(recipe, arch);
                 let t = Instant::now();
+                let since = std::time::SystemTime::now();
                 let res = build(recipe, arch, &mut |l: &str| {
                     if verbose {
                         progress.line(&format!("  [{name}] {l}"));
@@ -168,8 +169,12 @@ fn build_unique(jobs: &[(PathBuf, Arch)], workers: usize, verbose: bool) -> Resu
                 st.running.remove(&i);
                 st.done += 1;
                 match &res {
-                    Ok(_) => {
-                        st.measured.insert(name.clone(), secs);
+                    Ok(img) => {
+                        if built_since(img, since) {
+                            // Only a real build's time (not a lookup of an
+                            // entry another build made) is an estimate.
+                            st.measured.insert(name.clone(), secs);
+                        }
                         let left_s = remaining(&st, &estimate, workers);
                         progress.finished(st.done, &format!("{name} ({secs:.1}s)"), left_s);
                     }
@@ -194,6 +199,12 @@ fn build_unique(jobs: &[(PathBuf, Arch)], workers: usize, verbose: bool) -> Resu
         }
     }
     Ok(out.into_iter().map(|b| b.expect("every job built")).collect())
+}
+
+/// Whether `img` was built at or after `since` (its manifest, written last,
+/// is that new), rather than found in the cache.
+fn built_since(img: &BuiltImage, since: std::time::SystemTime) -> bool {
+    std::fs::metadata(img.dir.join("manifest.json")).and_then(|m| m.modified()).is_ok_and(|m| m >= since)
 }
 
 /// Seconds left: the estimates of the images not started and what is left
