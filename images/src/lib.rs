@@ -216,6 +216,12 @@ fn image_name(recipe: &Recipe, arch: Arch) -> String {
     format!("{}-{}", recipe.name, arch)
 }
 
+/// What `build` writes and `locate` reads a pointer under: the recipe's
+/// inputs and the arch's locked versions.
+fn pointer_key(inputs: &str, locked: Option<&lock::Lock>, arch: Arch) -> String {
+    cache::pointer_inputs(inputs, locked.and_then(|l| l.get(&arch.to_string())))
+}
+
 /// The entry's kernel, for network boot.
 pub const NETBOOT_KERNEL: &str = "vmlinuz";
 /// The entry's initramfs, for network boot.
@@ -231,11 +237,11 @@ pub fn build(recipe_path: &Path, arch: Arch, log: &mut dyn FnMut(&str)) -> Resul
     let lock_path = lock::path_for(recipe_path);
     let locked = lock::read(&lock_path)?;
     let inputs = cache::inputs_hash(&recipe, &bytes)?;
-    let pointer_inputs = cache::pointer_inputs(&inputs, locked.as_ref().and_then(|l| l.0.get(&arch.to_string())));
+    let pointer_inputs = pointer_key(&inputs, locked.as_ref(), arch);
     let mut res = timed(log, "resolve packages", || {
         apt::resolve(&root, arch, &recipe.packages, &recipe.exclude, recipe.kernel_package(arch))
     })?;
-    if let Some((l, _)) = &locked {
+    if let Some(l) = &locked {
         let downloads = root.join("downloads").join(arch.debian());
         lock::pin(l, &lock_path, arch, &mut res, &mut |r, v| apt::available(&root, &downloads, arch, r, v))?;
     }
@@ -315,8 +321,7 @@ pub fn locate(recipe_path: &Path, arch: Arch) -> Result<BuiltImage, ImageError> 
     let (recipe, bytes) = Recipe::load(recipe_path)?;
     let name = image_name(&recipe, arch);
     let locked = lock::read(&lock::path_for(recipe_path))?;
-    let inputs = cache::inputs_hash(&recipe, &bytes)?;
-    let inputs = cache::pointer_inputs(&inputs, locked.as_ref().and_then(|l| l.0.get(&arch.to_string())));
+    let inputs = pointer_key(&cache::inputs_hash(&recipe, &bytes)?, locked.as_ref(), arch);
     let ptr_path = cache::pointer_path(&root, &recipe.name, arch, &inputs);
     let text = match std::fs::read(&ptr_path) {
         Ok(t) => t,

@@ -34,8 +34,8 @@ pub fn path_for(recipe_path: &Path) -> PathBuf {
     recipes.parent().unwrap_or(Path::new(".")).join(FILE)
 }
 
-/// The lock and its bytes, if there is one.
-pub fn read(path: &Path) -> Result<Option<(Lock, Vec<u8>)>, ImageError> {
+/// The lock, if there is one.
+pub fn read(path: &Path) -> Result<Option<Lock>, ImageError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -46,7 +46,7 @@ pub fn read(path: &Path) -> Result<Option<(Lock, Vec<u8>)>, ImageError> {
         let (line, column) = e.span().map_or((1, 1), |s| crate::recipe::line_col(&text, s.start));
         ImageError::Recipe { path: path.to_path_buf(), line, column, message: e.message().to_string() }
     })?;
-    Ok(Some((lock, bytes)))
+    Ok(Some(lock))
 }
 
 /// Writes `lock` to `path` (whole: temp file and rename).
@@ -115,9 +115,9 @@ mod tests {
         let mut lock = Lock::new();
         record(&mut lock, Arch::X86_64, &res(&[("linux-image-amd64", "6.1.1"), ("busybox-static", "1:1.35.0-4+b1")]));
         write(&path, &lock).unwrap();
-        let (back, bytes) = read(&path).unwrap().unwrap();
+        let back = read(&path).unwrap().unwrap();
         assert_eq!(back, lock);
-        assert!(String::from_utf8(bytes).unwrap().starts_with("# Exact package versions"));
+        assert!(std::fs::read_to_string(&path).unwrap().starts_with("# Exact package versions"));
         // apt moved on; the locked versions are still to be had.
         let mut now = res(&[("linux-image-amd64", "6.1.2"), ("busybox-static", "1:1.35.0-4+b1")]);
         let mut asked = Vec::new();
