@@ -49,7 +49,7 @@ pub fn walk(dir: &Path) -> Result<Vec<(String, PathBuf)>, ImageError> {
 pub fn inputs_hash(recipe: &Recipe, recipe_bytes: &[u8]) -> Result<String, ImageError> {
     use std::os::unix::fs::PermissionsExt;
     let mut h = Sha256::new();
-    h.update(format!("devlab-images format {FORMAT_VERSION}\n"));
+    h.update(format!("devlab-images format {FORMAT_VERSION}\n{}\n", crate::rewrap::IDENTITY));
     h.update((recipe_bytes.len() as u64).to_le_bytes());
     h.update(recipe_bytes);
     let (_, included) = crate::read_boot_script(&recipe.fixtures.boot_script)?;

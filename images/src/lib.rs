@@ -17,6 +17,7 @@ pub mod lock;
 pub mod ostree;
 pub mod rauc;
 pub mod recipe;
+pub mod rewrap;
 pub mod rootfs;
 pub mod tools;
 pub mod ubootenv;
@@ -452,7 +453,8 @@ fn build_entry(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .ok_or_else(|| ImageError::invalid(kernel_deb, "no lib/modules/<version>"))?;
-    let vmlinuz_path = kroot.join(format!("boot/vmlinuz-{kver}"));
+    // x86_64: the same vmlinux in a bzImage that unpacks fast under TCG.
+    let vmlinuz_path = timed(log, "kernel", || rewrap::vmlinuz(root, arch, &res.kernel, &kroot, &kver))?;
     let modules = timed(log, "resolve modules", || initramfs::module_closure(&kroot, &kver, &recipe.kernel.modules))?;
 
     // Root filesystem tree.

@@ -43,9 +43,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut explicit_runs = false;
     let mut arches = Vec::new();
     let mut what = None;
+    let mut before = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--before" => before = Some(it.next().context("--before REV (a git revision)")?.clone()),
             "--runs" => {
                 runs = it.next().context("--runs N")?.parse().context("--runs N")?;
                 explicit_runs = true;
@@ -77,7 +79,7 @@ pub fn run(args: &[String]) -> Result<()> {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], bench shards [--durations FILE] or bench setup [--before REV]");
+        bail!("usage: cargo xtask bench boot [--before REV]|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], bench shards [--durations FILE] or bench setup [--before REV]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();
@@ -86,8 +88,36 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::root();
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    let recipe = root.join("images/recipes/base.toml");
+    // `--before REV`: that revision's devlab (and the images it builds),
+    // booted in the same loop, for a before/after ratio on one machine.
+    let worktree = out_dir.join("boot-before");
+    let before = match before {
+        Some(rev) => Some((crate::bench_setup::checkout(&root, &worktree, &rev)?, rev)),
+        None => None,
+    };
+    let measured =
+        boot(&root, &out_dir, arches, runs, before.as_ref().map(|(_, rev)| (worktree.as_path(), rev.as_str())));
+    crate::bench_setup::remove_checkout(&root, &worktree);
+    let results = measured?;
+    let report = json!({ "benchmark": "boot", "what": "process start to first SSH command done", "results": results });
+    std::fs::write(out_dir.join("boot.json"), serde_json::to_string_pretty(&report)?)?;
+    let md = markdown(&results);
+    std::fs::write(out_dir.join("boot.md"), &md)?;
+    println!("{md}");
+    eprintln!("wrote {} and boot.md", out_dir.join("boot.json").display());
+    Ok(())
+}
 
+/// The boot samples of every arch: devlab and bare interleaved, and the
+/// `before` checkout's devlab (tree, revision) in the same loop.
+fn boot(
+    root: &Path,
+    out_dir: &Path,
+    arches: Vec<Arch>,
+    runs: usize,
+    before: Option<(&Path, &str)>,
+) -> Result<Vec<Value>> {
+    let recipe = root.join("images/recipes/base.toml");
     let mut results = Vec::new();
     for arch in arches {
         let started = Instant::now();
@@ -95,15 +125,24 @@ pub fn run(args: &[String]) -> Result<()> {
         let cached_build_s = started.elapsed().as_secs_f64();
         let board = format!("qemu-{arch}");
         eprintln!("bench boot {arch}: warm-up");
-        let warm = devlab_once(&root, &board, &out_dir)?;
+        let warm = devlab_once(root, &board, out_dir)?;
+        if let Some((tree, _)) = before {
+            // Builds the images that revision boots, if they are not cached.
+            devlab_once(tree, &board, out_dir)?;
+        }
         let argv: Vec<String> = serde_json::from_str(&std::fs::read_to_string(warm.run_dir.join("qemu.argv.json"))?)?;
-        let (mut d, mut b) = (Vec::new(), Vec::new());
+        let (mut d, mut b, mut o) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
-            let dr = devlab_once(&root, &board, &out_dir)?;
-            let br = bare_once(&argv, &image.disk, &image.ssh_key, &out_dir)?;
+            let dr = devlab_once(root, &board, out_dir)?;
+            let br = bare_once(&argv, &image.disk, &image.ssh_key, out_dir)?;
             eprintln!("  run {}: devlab {:.2}s  bare {:.2}s", i + 1, dr.wall, br.wall);
             d.push(dr);
             b.push(br);
+            if let Some((tree, rev)) = before {
+                let or = devlab_once(tree, &board, out_dir)?;
+                eprintln!("  run {}: devlab at {rev} {:.2}s", i + 1, or.wall);
+                o.push(or);
+            }
         }
         let ratios: Vec<f64> = d.iter().zip(&b).map(|(x, y)| x.wall / y.wall).collect();
         let phase = |v: &[Sample], f: fn(&Sample) -> Option<f64>| median(v.iter().filter_map(f).collect());
@@ -127,15 +166,16 @@ pub fn run(args: &[String]) -> Result<()> {
             },
             "cached_image_build_s": cached_build_s,
             "accel": warm.accel,
+            "before": before.map(|(_, rev)| json!({
+                "rev": rev,
+                "devlab_median_s": median(o.iter().map(|s| s.wall).collect()),
+                "kernel_start_s": phase(&o, |s| s.kernel),
+                "ssh_ready_s": phase(&o, |s| s.ssh),
+                "after_over_before": median(d.iter().zip(&o).map(|(x, y)| x.wall / y.wall).collect()),
+            })),
         }));
     }
-    let report = json!({ "benchmark": "boot", "what": "process start to first SSH command done", "results": results });
-    std::fs::write(out_dir.join("boot.json"), serde_json::to_string_pretty(&report)?)?;
-    let md = markdown(&results);
-    std::fs::write(out_dir.join("boot.md"), &md)?;
-    println!("{md}");
-    eprintln!("wrote {} and boot.md", out_dir.join("boot.json").display());
-    Ok(())
+    Ok(results)
 }
 
 #[derive(Debug)]
@@ -349,6 +389,27 @@ fn markdown(results: &[Value]) -> String {
             f(&r["bare"]["ssh_ready_s"]),
             f(&r["cached_image_build_s"]),
         ));
+    }
+    let befores: Vec<&Value> = results.iter().filter(|r| r["before"].is_object()).collect();
+    if !befores.is_empty() {
+        md.push_str(
+            "\nBefore/after, the same loop (`--before REV`: that revision's devlab and the images it builds):\n\n\
+             | arch | before (rev) | before median | after median | after / before (median of pairs) | before kernel / SSH |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        for r in befores {
+            let o = &r["before"];
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} / {} |\n",
+                r["arch"].as_str().unwrap_or("?"),
+                o["rev"].as_str().unwrap_or("?"),
+                f(&o["devlab_median_s"]),
+                f(&r["devlab_median_s"]),
+                f(&o["after_over_before"]),
+                f(&o["kernel_start_s"]),
+                f(&o["ssh_ready_s"]),
+            ));
+        }
     }
     md
 }

@@ -58,7 +58,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let measured: Result<Vec<Value>> = ways.iter_mut().enumerate().map(|(i, w)| measure(w, &work, i)).collect();
     if before.is_some() {
-        let _ = Command::new("git").args(["worktree", "remove", "--force"]).arg(&worktree).current_dir(&root).status();
+        remove_checkout(&root, &worktree);
     }
     let rows = measured?;
     let md = markdown(&rows, cargo_s, before.as_deref());
@@ -76,6 +76,17 @@ pub fn run(args: &[String]) -> Result<()> {
 /// `rev` checked out in `worktree` and compiled (untimed) with its own
 /// target dir; its images are built the way its `cargo xtask` did.
 fn before_way(root: &Path, worktree: &Path, rev: &str) -> Result<Way> {
+    let devlab = checkout(root, worktree, rev)?;
+    let mut images = Command::new(worktree.join("target/release/xtask"));
+    images.arg("images").current_dir(worktree);
+    Ok(Way { label: format!("before ({rev})"), tree: worktree.to_path_buf(), devlab, images })
+}
+
+/// `rev` checked out in `worktree` (a git worktree) and its `devlab` and
+/// `xtask` compiled into `worktree/target`; returns its `devlab`. Remove it
+/// with [`remove_checkout`].
+pub(crate) fn checkout(root: &Path, worktree: &Path, rev: &str) -> Result<PathBuf> {
+    remove_checkout(root, worktree);
     let ok = Command::new("git")
         .args(["worktree", "add", "--detach"])
         .arg(worktree)
@@ -94,16 +105,18 @@ fn before_way(root: &Path, worktree: &Path, rev: &str) -> Result<Way> {
         .env("CARGO_TARGET_DIR", &target)
         .status()?;
     if !built.success() {
+        remove_checkout(root, worktree);
         bail!("building {rev} failed");
     }
-    let mut images = Command::new(target.join("release/xtask"));
-    images.arg("images").current_dir(worktree);
-    Ok(Way {
-        label: format!("before ({rev})"),
-        tree: worktree.to_path_buf(),
-        devlab: target.join("release/devlab"),
-        images,
-    })
+    Ok(target.join("release/devlab"))
+}
+
+/// Removes a [`checkout`] (nothing if there is none).
+pub(crate) fn remove_checkout(root: &Path, worktree: &Path) {
+    if worktree.exists() {
+        let _ = Command::new("git").args(["worktree", "remove", "--force"]).arg(worktree).current_dir(root).status();
+        let _ = std::fs::remove_dir_all(worktree);
+    }
 }
 
 /// Both phases of one way, from an empty cache of its own.

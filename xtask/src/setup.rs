@@ -44,6 +44,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("socat", ""),
     ("xz-utils", ""),
     ("zstd", ""),
+    // x86_64 kernels re-wrapped with an LZ4 payload (images/src/rewrap.rs):
+    // arch/x86/boot of Kbuild runs from Debian's linux-source package.
+    ("lz4", ""),
+    ("make", ""),
+    ("gcc", ""),
+    ("flex", ""),
+    ("bison", ""),
+    ("bc", ""),
     // examples/debian-rauc, a product built the way a team builds one: a
     // full arm64 mmdebstrap runs its maintainer scripts under qemu-user
     // (registered with binfmt_misc below), and its build is Python.
