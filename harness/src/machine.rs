@@ -83,7 +83,8 @@ pub struct Machine {
     exit: Option<ExitStatus>,
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+/// A pidfd for `pid` (readable once it has exited), child or not.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
@@ -492,7 +493,7 @@ impl HalfRef<'_> {
 /// Remove socket folders (`devlab-<pid>-*` in the temp dir) whose harness
 /// process is gone: a SIGKILLed harness cannot clean up after itself, and
 /// its QEMU died with it (PDEATHSIG), so nothing uses them any more.
-fn remove_orphaned_socket_dirs() {
+pub(crate) fn remove_orphaned_socket_dirs() {
     let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else { return };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();

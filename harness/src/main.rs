@@ -81,6 +81,20 @@ enum Cmd {
     },
     /// End a kept machine (its `devlab run` tears it down and exits).
     Stop { id: String },
+    /// Serve the FleetLock reboot-lock protocol (`/v1/pre-reboot`,
+    /// `/v1/steady-state`) backed by a real etcd it starts, until Ctrl-C:
+    /// point your own devices' Zincati (or any FleetLock client) at it.
+    Fleetlock {
+        /// Reboot slots per group.
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Address to serve on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Where etcd's and the service's logs go.
+        #[arg(long, default_value = ".")]
+        log_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -250,6 +264,49 @@ fn asked_paths(paths: &[PathBuf]) -> PathBuf {
     PathBuf::from(paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "))
 }
 
+/// `devlab fleetlock`: etcd and the lock service until Ctrl-C or SIGTERM.
+fn fleetlock(slots: u32, listen: &str, log_dir: &Path) -> i32 {
+    if slots == 0 {
+        eprintln!("error: --slots: a lock with 0 slots lets nobody reboot");
+        return EXIT_BAD_INPUT;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    rt.block_on(async {
+        let etcd = match harness::etcd::Etcd::start(&log_dir.join("etcd.log")).await {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_INFRA;
+            }
+        };
+        println!("etcd: pid {}, data {}", etcd.pid().unwrap_or_default(), etcd.data_dir().display());
+        let lock =
+            match harness::fleetlock::FleetLock::start(listen, slots, etcd.client(), &log_dir.join("fleetlock.log"))
+                .await
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: serving on {listen}: {e}");
+                    return EXIT_INFRA;
+                }
+            };
+        println!(
+            "fleetlock: serving {} ({slots} slot(s) per group), decisions in {}",
+            lock.url(),
+            log_dir.join("fleetlock.log").display()
+        );
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        drop(lock);
+        drop(etcd);
+        EXIT_PASSED
+    })
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -323,6 +380,7 @@ fn main() {
             println!("stopped {}", k.run_id);
             Ok(())
         }),
+        Cmd::Fleetlock { slots, listen, log_dir } => fleetlock(slots, &listen, &log_dir),
         Cmd::Run { paths, opts } => {
             run_jobs(load_all(&paths, &opts.boards, false, &asked_paths(&paths)), &opts, Vec::new())
         }

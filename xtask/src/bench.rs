@@ -31,9 +31,11 @@ const BENCH_SCENARIO: &str = "scenarios/bench/boot-ssh.toml";
 const BOOT_CMD: &str = "setenv devnum 0; virtio scan; load virtio 0:1 ${scriptaddr} boot.scr; source ${scriptaddr}\r";
 
 pub fn run(args: &[String]) -> Result<()> {
-    for (name, bench) in
-        [("shards", crate::bench_shards::run as fn(&[String]) -> Result<()>), ("setup", crate::bench_setup::run)]
-    {
+    for (name, bench) in [
+        ("shards", crate::bench_shards::run as fn(&[String]) -> Result<()>),
+        ("setup", crate::bench_setup::run),
+        ("rollout", crate::bench_rollout::run),
+    ] {
         if let Some(at) = args.iter().position(|a| a == name) {
             let rest: Vec<String> = args.iter().enumerate().filter(|(i, _)| *i != at).map(|(_, a)| a.clone()).collect();
             return bench(&rest);
@@ -79,7 +81,7 @@ pub fn run(args: &[String]) -> Result<()> {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot [--before REV]|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], bench shards [--durations FILE] or bench setup [--before REV]");
+        bail!("usage: cargo xtask bench boot [--before REV]|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], bench shards [--durations FILE], bench setup [--before REV] or bench rollout [--pairs N]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();

@@ -9,6 +9,7 @@ mod bench;
 mod bench_device;
 mod bench_ostree;
 mod bench_pxe;
+mod bench_rollout;
 mod bench_setup;
 mod bench_shards;
 mod setup;

@@ -52,6 +52,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("flex", ""),
     ("bison", ""),
     ("bc", ""),
+    // Reboot coordination for fleets: FleetLock on a real etcd.
+    ("etcd-server", ""),
     // examples/debian-rauc, a product built the way a team builds one: a
     // full arm64 mmdebstrap runs its maintainer scripts under qemu-user
     // (registered with binfmt_misc below), and its build is Python.
