@@ -28,6 +28,7 @@ pub mod provision;
 pub mod qmp;
 pub mod rauc;
 pub mod report;
+pub mod rollout;
 pub mod rundir;
 pub mod runner;
 pub mod scenario;

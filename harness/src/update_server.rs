@@ -118,6 +118,8 @@ struct State {
     /// Paths requested so far, in arrival order; the watch counts them.
     requests: Vec<String>,
     request_count: tokio::sync::watch::Sender<usize>,
+    /// Channels, rollouts and the devices that checked in (`/v1/check-in`).
+    fleet: crate::rollout::Fleet,
 }
 
 impl State {
@@ -189,6 +191,7 @@ impl UpdateServer {
             ostree_deltas: false,
             requests: Vec::new(),
             request_count: tokio::sync::watch::channel(0).0,
+            fleet: crate::rollout::Fleet::default(),
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -201,6 +204,20 @@ impl UpdateServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Works on the fleet's channels and rollouts (publish, advance, pause,
+    /// read decisions) with the server's clock (seconds since it started).
+    pub fn fleet<R>(&self, f: impl FnOnce(&mut crate::rollout::Fleet, f64) -> R) -> R {
+        let mut s = self.state.lock().unwrap();
+        let t = s.t0.elapsed().as_secs_f64();
+        let before = s.fleet.decisions.len();
+        let r = f(&mut s.fleet, t);
+        let new: Vec<String> = s.fleet.decisions[before..].iter().map(decision_line).collect();
+        for line in new {
+            s.log(&line);
+        }
+        r
     }
 
     /// The API URL of a release as the guest sees it.
@@ -416,10 +433,49 @@ fn text(status: u16, body: &str) -> Reply {
     Reply { status, body: Arc::new(body.as_bytes().to_vec()), fault: None, release: false }
 }
 
+fn decision_line(d: &crate::rollout::Decision) -> String {
+    format!("fleet: {} channel={} id={} {}", d.what, d.channel, d.id, d.detail)
+}
+
+/// `/v1/check-in?id=&channel=&arch=&version=` and
+/// `/v1/report?id=&version=&result=ok|failed`: `key=value` lines, like the
+/// release API, so a shell agent reads them.
+fn fleet_route(s: &mut State, path: &str, query: &BTreeMap<&str, &str>) -> Reply {
+    let t = s.t0.elapsed().as_secs_f64();
+    let q = |k: &str| query.get(k).copied().unwrap_or_default();
+    let before = s.fleet.decisions.len();
+    let reply = match path {
+        "/v1/check-in" => match s.fleet.check_in(t, q("id"), q("channel"), q("arch"), q("version")) {
+            Ok(crate::rollout::Answer::Update { version, wave }) => text(
+                200,
+                &format!(
+                    "action=update\nversion={version}\nwave={}\nrelease=/api/releases/{version}?arch={}\n",
+                    wave + 1,
+                    q("arch")
+                ),
+            ),
+            Ok(crate::rollout::Answer::None { reason }) => text(200, &format!("action=none\nreason={reason}\n")),
+            Err(e) => text(404, &format!("error={e}\n")),
+        },
+        _ => match s.fleet.report(t, q("id"), q("version"), q("result") == "ok") {
+            Ok(()) => text(200, "ok\n"),
+            Err(e) => text(404, &format!("error={e}\n")),
+        },
+    };
+    let new: Vec<String> = s.fleet.decisions[before..].iter().map(decision_line).collect();
+    for line in new {
+        s.log(&line);
+    }
+    reply
+}
+
 fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mutex<State>>) -> Reply {
     let mut s = state.lock().unwrap();
     if method != "GET" {
         return text(405, "only GET\n");
+    }
+    if path == "/v1/check-in" || path == "/v1/report" {
+        return fleet_route(&mut s, path, query);
     }
     if let Some(version) = path.strip_prefix("/api/releases/") {
         let fault = s.take_fault(true);
@@ -706,6 +762,33 @@ mod tests {
         let target = url.split_once(&format!(":{}", s.port())).unwrap().1.to_string();
         let (status, body, complete) = get(s.port(), &target).await;
         (api, status, body, complete)
+    }
+
+    #[tokio::test]
+    async fn devices_check_in_on_their_channel_and_report() {
+        use crate::rollout::{Fleet, Rollout, Wave};
+        let (s, d, _) = server().await;
+        s.fleet(|f, t| {
+            *f = Fleet::new(["stable", "beta"]);
+            let waves = vec![Wave::Devices(vec!["n1".into()]), Wave::Devices(vec!["n2".into()])];
+            f.publish(t, "stable", Rollout::new("2", waves, 1, false).unwrap()).unwrap();
+        });
+        let body = |r: (u16, Vec<u8>, bool)| (r.0, String::from_utf8(r.1).unwrap());
+        let (st, a) = body(get(s.port(), "/v1/check-in?id=n1&channel=stable&arch=x86_64&version=1").await);
+        assert_eq!(st, 200);
+        assert_eq!((field(&a, "action"), field(&a, "version"), field(&a, "wave")), ("update", "2", "1"));
+        assert_eq!(field(&a, "release"), "/api/releases/2?arch=x86_64");
+        let (_, a) = body(get(s.port(), "/v1/check-in?id=n2&channel=stable&arch=aarch64&version=1").await);
+        assert_eq!(field(&a, "action"), "none");
+        assert!(field(&a, "reason").contains("wave 2 of 2 not open"));
+        let (st, a) = body(get(s.port(), "/v1/check-in?id=n3&channel=nightly&arch=x86_64&version=1").await);
+        assert_eq!((st, field(&a, "error")), (404, "unknown channel nightly"));
+        // One failed update halts this rollout: n1's report stops n2's wave.
+        assert_eq!(get(s.port(), "/v1/report?id=n1&version=2&result=failed").await.0, 200);
+        assert!(s.fleet(|f, t| !f.advance(t, "stable")));
+        let log = std::fs::read_to_string(d.path().join("http.log")).unwrap();
+        assert!(log.contains("fleet: halt channel=stable id= 1 failed update(s) in wave 1: rollout halted"), "{log}");
+        assert!(log.contains("fleet: check-in channel=stable id=n1 runs 1 (x86_64): update to 2 (wave 1)"), "{log}");
     }
 
     #[tokio::test]
