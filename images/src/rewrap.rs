@@ -89,7 +89,10 @@ fn prune(parent: &Path, stem: &str) {
     let Ok(rd) = std::fs::read_dir(parent) else { return };
     let mut others: Vec<(std::time::SystemTime, PathBuf)> = rd
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy() != stem && !e.file_name().to_string_lossy().contains('.'))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name != stem && !name.contains(".tmp-") && e.path().is_dir()
+        })
         .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
         .collect();
     others.sort_by_key(|o| std::cmp::Reverse(o.0));
@@ -290,26 +293,11 @@ fn unpack(img: &[u8], tool: &str, work: &Path) -> Result<Vec<u8>, ImageError> {
     Ok(all)
 }
 
-/// Builds the LZ4 bzImage in `work` and returns its path there.
-fn build(
-    work: &Path,
-    stock: &Path,
-    kroot: &Path,
-    kver: &str,
-    source_deb: &Path,
-    version: &str,
-) -> Result<PathBuf, ImageError> {
-    use std::os::unix::fs::PermissionsExt;
-    let log = work.join("rewrap.log");
-    let img = std::fs::read(stock).map_err(ImageError::io(stock))?;
-    let h = header(&img).map_err(|e| ImageError::invalid(stock, e))?;
-    let st = stamp(&h.version).map_err(|e| ImageError::invalid(stock, e))?;
-    let all = unpack(&img, "xz", work)?;
-    let parts = split(&all).map_err(|e| ImageError::invalid(stock, e))?;
-
-    // Only what Kconfig (every Kconfig file), `prepare`, the EFI stub and
-    // arch/x86/boot read.
-    run(Tool::new("dpkg-deb")?.arg("-x").arg(source_deb).arg(work.join("deb")), &log)?;
+/// The part of the kernel source this build reads (every Kconfig file, what
+/// `prepare`, the EFI stub and arch/x86/boot need), unpacked from the
+/// `linux-source` package into `work`; checked to be `version`'s.
+fn source_tree(work: &Path, source_deb: &Path, version: &str, log: &Path) -> Result<PathBuf, ImageError> {
+    run(Tool::new("dpkg-deb")?.arg("-x").arg(source_deb).arg(work.join("deb")), log)?;
     let src = work.join("deb/usr/src");
     let tarball = std::fs::read_dir(&src)
         .map_err(ImageError::io(&src))?
@@ -318,7 +306,7 @@ fn build(
         .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
         .ok_or_else(|| ImageError::invalid(source_deb, "no usr/src/linux-source-*.tar.xz inside"))?;
     let top = tarball.file_name().unwrap().to_string_lossy().trim_end_matches(".tar.xz").to_string();
-    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut tar = Tool::new("tar")?.arg("-C").arg(work).args(["-I", &format!("xz -T{jobs}"), "-xf"]).arg(&tarball);
     for d in ["dt-bindings", "net", "sound", "media", "drm", "soc", "scsi", "rdma"] {
         tar = tar.arg(format!("--exclude={top}/include/{d}"));
@@ -343,39 +331,25 @@ fn build(
     ] {
         tar = tar.arg(format!("{top}/{m}"));
     }
-    run(tar, &log)?;
+    run(tar, log)?;
     let _ = std::fs::remove_dir_all(work.join("deb"));
     let s = work.join(&top);
     let upstream =
-        String::from_utf8_lossy(&run(Tool::new("make")?.args(["-s", "-C"]).arg(&s).arg("kernelversion"), &log)?)
+        String::from_utf8_lossy(&run(Tool::new("make")?.args(["-s", "-C"]).arg(&s).arg("kernelversion"), log)?)
             .trim()
             .to_string();
     if !version.starts_with(&format!("{upstream}-")) && version != upstream {
         return Err(ImageError::invalid(source_deb, format!("source is {upstream}, the kernel package {version}")));
     }
+    Ok(s)
+}
 
-    // Debian's config, LZ4 payload; the compiler Debian used if it is here.
-    let config_path = kroot.join(format!("boot/config-{kver}"));
-    let config = std::fs::read_to_string(&config_path).map_err(ImageError::io(&config_path))?;
-    write(&s.join(".config"), lz4_config(&config))?;
-    let cc = config
-        .lines()
-        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT=\""))
-        .and_then(|t| t.split(' ').next())
-        .filter(|c| crate::tools::find(c).is_ok())
-        .unwrap_or("gcc")
-        .to_string();
-    let make = || -> Result<Tool, ImageError> {
-        Ok(Tool::new("make")?.arg("-C").arg(&s).arg(format!("-j{jobs}")).args(["ARCH=x86", &format!("CC={cc}")]))
-    };
-    run(make()?.arg("olddefconfig"), &log)?;
-    let config = std::fs::read_to_string(s.join(".config")).map_err(ImageError::io(s.join(".config")))?;
-    if !config.lines().any(|l| l == "CONFIG_KERNEL_LZ4=y") {
-        return Err(ImageError::invalid(&config_path, "CONFIG_KERNEL_LZ4=y did not survive olddefconfig"));
-    }
-
-    // The stock vmlinux stands in for a built one; Kbuild asks the two
-    // wrappers for what it would read from an unstripped one.
+/// The stock vmlinux as the top-level `vmlinux` of the tree `s`, and the
+/// two wrappers Kbuild asks for what it would read from an unstripped one:
+/// `NM` (voffset.h's symbols from the section headers, everything else from
+/// nm) and `CMD_RELOCS` (the stock payload's relocations).
+fn stand_in(work: &Path, s: &Path, all: &[u8], parts: &Split) -> Result<(PathBuf, PathBuf), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
     write(&s.join("vmlinux"), &all[..parts.elf_len])?;
     let (relocs, symbols) = (work.join("vmlinux.relocs"), work.join("vmlinux.syms"));
     write(&relocs, &all[parts.elf_len..])?;
@@ -408,6 +382,49 @@ fn build(
     for p in [&nm, &rel] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).map_err(ImageError::io(p))?;
     }
+    Ok((nm, rel))
+}
+
+/// Builds the LZ4 bzImage in `work` and returns its path there.
+fn build(
+    work: &Path,
+    stock: &Path,
+    kroot: &Path,
+    kver: &str,
+    source_deb: &Path,
+    version: &str,
+) -> Result<PathBuf, ImageError> {
+    let log = work.join("rewrap.log");
+    let img = std::fs::read(stock).map_err(ImageError::io(stock))?;
+    let h = header(&img).map_err(|e| ImageError::invalid(stock, e))?;
+    let st = stamp(&h.version).map_err(|e| ImageError::invalid(stock, e))?;
+    let all = unpack(&img, "xz", work)?;
+    let parts = split(&all).map_err(|e| ImageError::invalid(stock, e))?;
+
+    let s = source_tree(work, source_deb, version, &log)?;
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+
+    // Debian's config, LZ4 payload; the compiler Debian used if it is here.
+    let config_path = kroot.join(format!("boot/config-{kver}"));
+    let config = std::fs::read_to_string(&config_path).map_err(ImageError::io(&config_path))?;
+    write(&s.join(".config"), lz4_config(&config))?;
+    let cc = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT=\""))
+        .and_then(|t| t.split(' ').next())
+        .filter(|c| crate::tools::find(c).is_ok())
+        .unwrap_or("gcc")
+        .to_string();
+    let make = || -> Result<Tool, ImageError> {
+        Ok(Tool::new("make")?.arg("-C").arg(&s).arg(format!("-j{jobs}")).args(["ARCH=x86", &format!("CC={cc}")]))
+    };
+    run(make()?.arg("olddefconfig"), &log)?;
+    let config = std::fs::read_to_string(s.join(".config")).map_err(ImageError::io(s.join(".config")))?;
+    if !config.lines().any(|l| l == "CONFIG_KERNEL_LZ4=y") {
+        return Err(ImageError::invalid(&config_path, "CONFIG_KERNEL_LZ4=y did not survive olddefconfig"));
+    }
+
+    let (nm, rel) = stand_in(work, &s, &all, &parts)?;
     let kbuild = || -> Result<Tool, ImageError> {
         Ok(make()?
             .arg(format!("KERNELRELEASE={}", st.release))
@@ -571,6 +588,28 @@ mod tests {
         assert_eq!(out.matches("CONFIG_KERNEL_LZ4=y").count(), 1);
         assert!(out.contains("# CONFIG_KERNEL_XZ is not set") && !out.contains("CONFIG_KERNEL_XZ=y"));
         assert!(!out.contains("# CONFIG_KERNEL_LZ4 is not set"));
+    }
+
+    #[test]
+    fn only_the_most_recently_built_rewraps_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let mk = |n: &str, age: u64| {
+            let p = d.path().join(n);
+            std::fs::create_dir_all(&p).unwrap();
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+            std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
+            p
+        };
+        let current = mk("linux-image-6.1.0-57-amd64_6.1.192-3", 500);
+        let recent = mk("linux-image-6.1.0-56-amd64_6.1.190-1", 100);
+        let older = mk("linux-image-6.1.0-55-amd64_6.1.188-1", 200);
+        let oldest = mk("linux-image-6.1.0-54-amd64_6.1.185-1", 300);
+        let building = mk("linux-image-6.1.0-58-amd64_6.1.193-1.tmp-1-0", 400);
+        std::fs::write(d.path().join("linux-image-6.1.0-57-amd64_6.1.192-3.lock"), b"").unwrap();
+        prune(d.path(), "linux-image-6.1.0-57-amd64_6.1.192-3");
+        assert!(current.exists() && recent.exists() && older.exists() && building.exists());
+        assert!(!oldest.exists());
+        assert!(d.path().join("linux-image-6.1.0-57-amd64_6.1.192-3.lock").exists());
     }
 
     #[test]
