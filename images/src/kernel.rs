@@ -52,9 +52,10 @@ fn used(dir: PathBuf) -> PathBuf {
     dir
 }
 
-/// Removes unpacked kernels beyond the [`KEEP`] most recently used (by
-/// modification time), never `stem` itself nor a folder being unpacked.
-fn prune(parent: &Path, stem: &str) {
+/// Removes the folders in `parent` beyond the [`KEEP`] most recently used (by
+/// modification time), never `stem` itself nor a folder being made (unpacked
+/// kernels here, their LZ4 re-wraps in `rewrap`).
+pub(crate) fn prune(parent: &Path, stem: &str) {
     let Ok(rd) = std::fs::read_dir(parent) else { return };
     let mut others: Vec<(std::time::SystemTime, PathBuf)> = rd
         .flatten()

@@ -63,7 +63,8 @@ pub fn vmlinuz(root: &Path, arch: Arch, kernel: &Resolved, kroot: &Path, kver: &
     });
     let _ = std::fs::remove_dir_all(&work);
     kept?;
-    prune(&parent, &stem);
+    // The re-wraps of the most recently used kernels stay, as their packages do.
+    crate::kernel::prune(&parent, &stem);
     Ok(done)
 }
 
@@ -80,24 +81,6 @@ fn source_package(kernel: &Resolved) -> Result<Resolved, ImageError> {
             arch: "amd64".into(),
             message: format!("{} {}: no X.Y in the version to find its linux-source", kernel.name, kernel.version),
         }),
-    }
-}
-
-/// Keeps the re-wraps of the [`crate::kernel::KEEP`] most recently built
-/// kernels.
-fn prune(parent: &Path, stem: &str) {
-    let Ok(rd) = std::fs::read_dir(parent) else { return };
-    let mut others: Vec<(std::time::SystemTime, PathBuf)> = rd
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name != stem && !name.contains(".tmp-") && e.path().is_dir()
-        })
-        .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
-        .collect();
-    others.sort_by_key(|o| std::cmp::Reverse(o.0));
-    for (_, old) in others.into_iter().skip(crate::kernel::KEEP - 1) {
-        let _ = std::fs::remove_dir_all(old);
     }
 }
 
@@ -588,28 +571,6 @@ mod tests {
         assert_eq!(out.matches("CONFIG_KERNEL_LZ4=y").count(), 1);
         assert!(out.contains("# CONFIG_KERNEL_XZ is not set") && !out.contains("CONFIG_KERNEL_XZ=y"));
         assert!(!out.contains("# CONFIG_KERNEL_LZ4 is not set"));
-    }
-
-    #[test]
-    fn only_the_most_recently_built_rewraps_stay() {
-        let d = tempfile::tempdir().unwrap();
-        let mk = |n: &str, age: u64| {
-            let p = d.path().join(n);
-            std::fs::create_dir_all(&p).unwrap();
-            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
-            std::fs::File::open(&p).unwrap().set_modified(t).unwrap();
-            p
-        };
-        let current = mk("linux-image-6.1.0-57-amd64_6.1.192-3", 500);
-        let recent = mk("linux-image-6.1.0-56-amd64_6.1.190-1", 100);
-        let older = mk("linux-image-6.1.0-55-amd64_6.1.188-1", 200);
-        let oldest = mk("linux-image-6.1.0-54-amd64_6.1.185-1", 300);
-        let building = mk("linux-image-6.1.0-58-amd64_6.1.193-1.tmp-1-0", 400);
-        std::fs::write(d.path().join("linux-image-6.1.0-57-amd64_6.1.192-3.lock"), b"").unwrap();
-        prune(d.path(), "linux-image-6.1.0-57-amd64_6.1.192-3");
-        assert!(current.exists() && recent.exists() && older.exists() && building.exists());
-        assert!(!oldest.exists());
-        assert!(d.path().join("linux-image-6.1.0-57-amd64_6.1.192-3.lock").exists());
     }
 
     #[test]
