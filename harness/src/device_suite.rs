@@ -91,9 +91,15 @@ impl Gen<'_> {
         )
     }
 
-    /// Power on and log in over the default transport.
+    /// Power on and log in over the default transport. Over SSH the
+    /// machine is then saved: every flow starts the same way, so the first
+    /// one to get there stores it and the others start from it instead of
+    /// booting (a serial login is not saved, see the `checkpoint` step).
     fn up(&self, s: &mut Steps) {
         s.step("power_on", &[]).step("login", &[]);
+        if self.d.default_via == Via::Ssh {
+            s.step("checkpoint", &[("name", q("logged-in"))]);
+        }
     }
 
     /// After a reboot or power-on: log in, then the slot, version and data

@@ -143,6 +143,21 @@ fn profile_mistakes_are_bad_input_before_anything_boots() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("field `image`") && err.contains("has no partition table"), "{err}");
+    // A checkpoint after a serial login: the shell's login is not saved.
+    std::fs::write(&profile, &good).unwrap();
+    let steps = "[[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\"\n\
+        [[step]]\naction = \"login\"\n[[step]]\naction = \"checkpoint\"\nname = \"in\"\n";
+    let s = scenario(d.path(), "\"qemu-x86_64\"", steps);
+    let out = run(d.path(), &s);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "scenario.toml:13:1: field `action`: a checkpoint saves the machine, not the serial shell's login"
+        ),
+        "{err}"
+    );
+    assert!(!d.path().join("runs").exists(), "nothing started");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `checkpoint`: Save the machine here (RAM, devices and disk) so a later run of the same steps on the same image, board, firmware and QEMU starts from it instead of repeating them. At most one per scenario.
+//! `checkpoint`: Save the machine here (RAM, devices and disk) so a later run of the same steps on the same image, board, firmware and QEMU starts from it instead of repeating them. At most one per scenario, not after a serial login.
 
 use super::prelude::*;
 
@@ -16,6 +16,12 @@ impl StepKind for Checkpoint {
         cx.need_on()?;
         if cx.checkpoint_seen {
             return Err(cx.at("action", "only one checkpoint per scenario"));
+        }
+        if cx.logins.contains(&crate::device::Via::Serial) {
+            return Err(cx.at(
+                "action",
+                "a checkpoint saves the machine, not the serial shell's login: log in over serial after it",
+            ));
         }
         if cx.disk_errors_seen {
             return Err(cx.at("action", "a checkpoint cannot follow disk_errors (blkdebug disks are not saved)"));
