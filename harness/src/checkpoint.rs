@@ -5,9 +5,12 @@
 //! run's timeline equals a cold one's.
 //!
 //! Invariants: the key covers everything the saved state depends on (image
-//! key, board profile text, firmware bytes, QEMU's version, the accelerator
-//! and the canonical text of every step up to the checkpoint), so a stale
-//! checkpoint can never be used; an entry is built in a temp folder and
+//! key, the very disk file the overlay is backed by, board profile text,
+//! firmware bytes, QEMU's version, the accelerator and the canonical text
+//! of every step up to the checkpoint), so a stale checkpoint can never be
+//! used (image builds are not bit-for-bit reproducible: a rebuild under the
+//! same image key is another disk, and a saved guest's page cache and
+//! overlay over it would meet a file system it never wrote); an entry is built in a temp folder and
 //! renamed into place, so a half-written one is never seen.
 
 use crate::timeline::Entry;
@@ -40,6 +43,8 @@ pub fn root() -> PathBuf {
 /// Everything a key is made of.
 pub struct KeyInputs<'a> {
     pub image_key: &'a str,
+    /// The disk the run's overlay is backed by, as [`disk_identity`] says.
+    pub disk: &'a str,
     pub board_profile: &'a Path,
     pub firmware: &'a Path,
     pub qemu_version: &'a str,
@@ -55,6 +60,7 @@ pub struct KeyInputs<'a> {
 pub fn key(k: &KeyInputs<'_>) -> std::io::Result<String> {
     let mut h = Sha256::new();
     h.update(format!("devlab checkpoint {FORMAT}\n{}\n{}\n{}\n", k.image_key, k.qemu_version.trim(), k.accel));
+    h.update(format!("disk {}\n", k.disk));
     h.update(std::fs::read(k.board_profile)?);
     h.update(Sha256::digest(std::fs::read(k.firmware)?));
     for s in k.steps {
@@ -66,6 +72,14 @@ pub fn key(k: &KeyInputs<'_>) -> std::io::Result<String> {
         h.update(format!("machine {}\n", k.identity));
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// Which file `disk` is: device, inode, size and modification time (ns).
+/// Rebuilding an image, even under the same image key, makes a new file.
+pub fn disk_identity(disk: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(disk)?;
+    Ok(format!("{}:{}:{}:{}.{:09}", m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// The entry folder for `name` and `key`.
@@ -172,6 +186,7 @@ mod tests {
         let ki = |image: &str, accel: &str, steps: &[String], identity: &str| {
             key(&KeyInputs {
                 image_key: image,
+                disk: "1:2:3:4.5",
                 board_profile: &board,
                 firmware: &fw,
                 qemu_version: "QEMU emulator version 10.0.2",
@@ -193,6 +208,20 @@ mod tests {
         assert_ne!(base, k("img", "tcg", &[steps[0].clone(), "{\"action\":\"boot\"}".into()]));
         std::fs::write(&fw, b"firmware v2").unwrap();
         assert_ne!(base, k("img", "tcg", &steps));
+    }
+
+    #[test]
+    fn a_rebuilt_disk_is_another_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.raw");
+        std::fs::write(&disk, b"the same bytes").unwrap();
+        let first = disk_identity(&disk).unwrap();
+        assert_eq!(first, disk_identity(&disk).unwrap());
+        // Rebuilt: a new file in its place, even with the same bytes.
+        let tmp = d.path().join("disk.raw.tmp");
+        std::fs::write(&tmp, b"the same bytes").unwrap();
+        std::fs::rename(&tmp, &disk).unwrap();
+        assert_ne!(first, disk_identity(&disk).unwrap());
     }
 
     #[test]

@@ -1818,8 +1818,14 @@ impl<'a> Run<'a> {
             "" => String::new(),
             _ => format!("{} {:?} {:?}", self.board.nic.mac, self.board.smbios, self.disk_errors),
         };
+        // The file the overlay is backed by (a blank disk is the run's own,
+        // so a checkpoint over one is never found again).
+        let base = self.base_disk()?;
+        let disk = crate::checkpoint::disk_identity(&base)
+            .map_err(|e| Error::infra(format!("checkpoint key: {}: {e}", base.display())))?;
         crate::checkpoint::key(&crate::checkpoint::KeyInputs {
             image_key: &self.image.manifest.key,
+            disk: &disk,
             board_profile: &self.board.path,
             firmware: &self.board.firmware.path,
             qemu_version: &version,
