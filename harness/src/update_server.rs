@@ -123,6 +123,19 @@ struct State {
 }
 
 impl State {
+    /// Runs `f` on the fleet at the server's time; the decisions it made go
+    /// to the log.
+    fn with_fleet<R>(&mut self, f: impl FnOnce(&mut crate::rollout::Fleet, f64) -> R) -> R {
+        let t = self.t0.elapsed().as_secs_f64();
+        let before = self.fleet.decisions.len();
+        let r = f(&mut self.fleet, t);
+        let new: Vec<String> = self.fleet.decisions[before..].iter().map(decision_line).collect();
+        for line in new {
+            self.log(&line);
+        }
+        r
+    }
+
     fn log(&mut self, line: &str) {
         let t = self.t0.elapsed().as_secs_f64();
         if let Some(f) = self.log.as_mut() {
@@ -209,15 +222,7 @@ impl UpdateServer {
     /// Works on the fleet's channels and rollouts (publish, advance, pause,
     /// read decisions) with the server's clock (seconds since it started).
     pub fn fleet<R>(&self, f: impl FnOnce(&mut crate::rollout::Fleet, f64) -> R) -> R {
-        let mut s = self.state.lock().unwrap();
-        let t = s.t0.elapsed().as_secs_f64();
-        let before = s.fleet.decisions.len();
-        let r = f(&mut s.fleet, t);
-        let new: Vec<String> = s.fleet.decisions[before..].iter().map(decision_line).collect();
-        for line in new {
-            s.log(&line);
-        }
-        r
+        self.state.lock().unwrap().with_fleet(f)
     }
 
     /// The API URL of a release as the guest sees it.
@@ -441,11 +446,9 @@ fn decision_line(d: &crate::rollout::Decision) -> String {
 /// `/v1/report?id=&version=&result=ok|failed`: `key=value` lines, like the
 /// release API, so a shell agent reads them.
 fn fleet_route(s: &mut State, path: &str, query: &BTreeMap<&str, &str>) -> Reply {
-    let t = s.t0.elapsed().as_secs_f64();
     let q = |k: &str| query.get(k).copied().unwrap_or_default();
-    let before = s.fleet.decisions.len();
-    let reply = match path {
-        "/v1/check-in" => match s.fleet.check_in(t, q("id"), q("channel"), q("arch"), q("version")) {
+    s.with_fleet(|fleet, t| match path {
+        "/v1/check-in" => match fleet.check_in(t, q("id"), q("channel"), q("arch"), q("version")) {
             Ok(crate::rollout::Answer::Update { version, wave }) => text(
                 200,
                 &format!(
@@ -457,16 +460,11 @@ fn fleet_route(s: &mut State, path: &str, query: &BTreeMap<&str, &str>) -> Reply
             Ok(crate::rollout::Answer::None { reason }) => text(200, &format!("action=none\nreason={reason}\n")),
             Err(e) => text(404, &format!("error={e}\n")),
         },
-        _ => match s.fleet.report(t, q("id"), q("version"), q("result") == "ok") {
+        _ => match fleet.report(t, q("id"), q("version"), q("result") == "ok") {
             Ok(()) => text(200, "ok\n"),
             Err(e) => text(404, &format!("error={e}\n")),
         },
-    };
-    let new: Vec<String> = s.fleet.decisions[before..].iter().map(decision_line).collect();
-    for line in new {
-        s.log(&line);
-    }
-    reply
+    })
 }
 
 fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mutex<State>>) -> Reply {
