@@ -123,7 +123,11 @@ fn kind(event: &Event) -> (Colour, bool) {
         | Event::ReleaseServed { .. }
         | Event::BundleServed { .. }
         | Event::ArtifactServed { .. }
-        | Event::OstreeServed { .. } => (Update, true),
+        | Event::OstreeServed { .. }
+        | Event::Rollout { .. }
+        | Event::FleetAgent { .. }
+        | Event::Fleet { .. } => (Update, true),
+        Event::FleetAsserted { .. } => (Update, false),
         Event::VersionRunning { .. } | Event::RaucStatus { .. } | Event::OstreeStatus { .. } => (Update, false),
         Event::Health { .. } => (Health, true),
         Event::Provision { .. } | Event::NetBoot { .. } | Event::Agent { .. } | Event::Node { .. } => (Provision, true),

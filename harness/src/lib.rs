@@ -14,6 +14,7 @@ pub mod disk;
 pub mod error;
 pub mod etcd;
 pub mod firmware;
+pub mod fleet;
 pub mod fleetlock;
 pub mod html;
 pub mod kept;

@@ -140,6 +140,7 @@ impl Outcome {
 /// `[[machine]]` tables).
 pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outcome {
     let started = Instant::now();
+    let cpu_at_start = own_cpu_s();
     let mut out = Outcome {
         scenario: scenario.name().to_string(),
         board: scenario.run_label(board),
@@ -197,6 +198,9 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     let steps = async {
         if scenario.header.network == crate::scenario::Network::Lab {
             lab_network(&mut runs, &arches).await?;
+        }
+        if let Some(spec) = &scenario.fleet {
+            start_fleet(&mut runs, spec).await?;
         }
         match runs.as_mut_slice() {
             [one] => one.steps().await,
@@ -270,12 +274,24 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
             let _ = std::fs::remove_file(r.run_dir.join("blank.raw"));
         }
     }
-    write_run_json(&run_dir, scenario, &out, &runs, &result, disk_removed);
+    let cpu_s = own_cpu_s() - cpu_at_start;
+    write_run_json(&run_dir, scenario, &out, &runs, &result, (disk_removed, cpu_s));
     out.result = result;
     out
 }
 
-/// `run.json`: what ran where, how it ended, each step's time; with several
+/// The harness process's own CPU time (user + system, all its threads;
+/// not its children's: QEMU, etcd), in seconds.
+fn own_cpu_s() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        tv(u.user_time()) + tv(u.system_time())
+    })
+}
+
+/// `run.json`: what ran where, how it ended, each step's time, the
+/// harness's CPU time; with several
 /// machines, each machine's board, folder, accelerator and image.
 fn write_run_json(
     run_dir: &Path,
@@ -283,7 +299,7 @@ fn write_run_json(
     out: &Outcome,
     runs: &[Run<'_>],
     result: &Result<()>,
-    disk_removed: bool,
+    (disk_removed, cpu_s): (bool, f64),
 ) {
     let mut record = json!({
         "scenario": out.scenario,
@@ -297,6 +313,9 @@ fn write_run_json(
         "duration_s": out.duration.as_secs_f64(),
         "steps": out.steps,
         "disk_removed": disk_removed,
+        // The harness's own CPU time over the run (process-wide: runs in
+        // parallel in one process share it), not QEMU's or etcd's.
+        "harness_cpu_s": cpu_s,
     });
     if let (Some(d), Some(p)) = (&scenario.device, &runs[0].device_image) {
         // The user's image, named and hashed: which release this run tested.
@@ -466,6 +485,13 @@ async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
         }
         let start = runs[0].begin_step(i, placed);
         let res = if placed.on.is_empty() {
+            if placed.step.reads_machines() {
+                for r in runs.iter_mut() {
+                    r.drain(None);
+                }
+                let views = runs.iter().map(|r| (r.name.clone(), r.timeline.entries.clone())).collect();
+                runs[0].machine_views = views;
+            }
             let (first, rest) = runs.split_first_mut().expect("several");
             let mark = first.timeline.entries.len();
             let res = placed.step.run(first, placed).await;
@@ -506,6 +532,24 @@ async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
         };
         runs[0].end_step(start, res.is_ok());
         res?;
+    }
+    Ok(())
+}
+
+/// `[fleet]`: the update server with the fleet's channels, etcd and the
+/// FleetLock server, started before the first power-on and shared by every
+/// machine (the first machine's `Run` is dropped last, with them).
+async fn start_fleet(runs: &mut [Run<'_>], spec: &crate::scenario::FleetSpec) -> Result<()> {
+    let first = &mut runs[0];
+    first.start_server().await?;
+    let channels: Vec<&str> = spec.channels.iter().map(|c| c.get_ref().as_str()).collect();
+    first.server.as_ref().expect("started").fleet(|f, _| *f = crate::rollout::Fleet::new(channels));
+    let lab = crate::fleet::FleetLab::start(&first.lab_dir, *spec.lock_slots.get_ref()).await.map_err(Error::infra)?;
+    let lab = Some(std::sync::Arc::new(lab));
+    let server = first.server.clone();
+    for r in runs.iter_mut() {
+        r.fleet.clone_from(&lab);
+        r.server.clone_from(&server);
     }
     Ok(())
 }
@@ -953,6 +997,11 @@ pub struct Run<'a> {
     /// The run's start (for step times) and each step's time.
     pub(crate) started: Instant,
     pub(crate) step_times: Vec<StepTime>,
+    /// The fleet's etcd and lock server (`[fleet]`), every machine's.
+    pub(crate) fleet: Option<std::sync::Arc<crate::fleet::FleetLab>>,
+    /// Every machine's timeline as it stood when a lab step that reads the
+    /// machines (`Step::reads_machines`) began, by machine name.
+    pub(crate) machine_views: Vec<(String, Vec<Entry>)>,
 }
 
 impl<'a> Run<'a> {
@@ -997,6 +1046,8 @@ impl<'a> Run<'a> {
             paused: false,
             ostree: crate::ostree::Commits::default(),
             lab: None,
+            fleet: None,
+            machine_views: Vec::new(),
             netboot_tftp: None,
             service: None,
             per_arch_profiles: false,

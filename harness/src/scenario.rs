@@ -36,6 +36,42 @@ pub struct ProfileSpec {
     pub corrupt_image: bool,
 }
 
+/// `[fleet]`: the machines are a fleet polling the lab's update server
+/// (release channels, staged rollouts) and taking reboot slots from a
+/// FleetLock server backed by a real etcd, both started with the run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    /// The release channels (`stable`, `beta`, any plain name).
+    pub channels: Vec<toml::Spanned<String>>,
+    /// Reboot slots of the FleetLock semaphore: at most this many machines
+    /// reboot into a new version at once.
+    #[serde(default = "one_slot")]
+    pub lock_slots: toml::Spanned<u32>,
+    /// How often the machines' agents check in (compressed for tests).
+    #[serde(default = "default_interval")]
+    pub interval: Dur,
+}
+
+fn one_slot() -> toml::Spanned<u32> {
+    toml::Spanned::new(0..0, 1)
+}
+
+fn default_interval() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+
+impl FleetSpec {
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.channels.iter().any(|c| c.get_ref() == channel)
+    }
+
+    /// A machine's channel: its own, else the first.
+    pub fn channel_of(&self, machine: &MachineDecl) -> String {
+        machine.channel.as_ref().unwrap_or(&self.channels[0]).get_ref().clone()
+    }
+}
+
 /// Which events a scenario's snapshot holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +121,9 @@ pub struct MachineDecl {
     /// What its disk holds at the first power-on (else `[scenario] disk`).
     #[serde(default)]
     pub disk: Option<toml::Spanned<DiskStart>>,
+    /// Its release channel in a `[fleet]` (else the fleet's first).
+    #[serde(default)]
+    pub channel: Option<toml::Spanned<String>>,
 }
 
 /// A bad spot on a machine's disk: writes at `offset_mib` fail with EIO.
@@ -205,6 +244,8 @@ struct Raw {
     #[serde(default)]
     provision: Option<ProvisionSpec>,
     #[serde(default)]
+    fleet: Option<FleetSpec>,
+    #[serde(default)]
     machine: Vec<MachineDecl>,
     #[serde(default)]
     step: Vec<toml::Spanned<toml::Table>>,
@@ -216,6 +257,8 @@ pub struct Scenario {
     pub path: PathBuf,
     pub header: Header,
     pub provision: Option<ProvisionSpec>,
+    /// `[fleet]`: channels and reboot slots of a fleet of machines.
+    pub fleet: Option<FleetSpec>,
     /// `[[machine]]` tables (none: one machine, the run's board).
     pub machines: Vec<MachineDecl>,
     pub steps: Vec<PlacedStep>,
@@ -422,6 +465,7 @@ impl Scenario {
             }
         }
         check_machines(path, &text, &raw.scenario, &raw.machine)?;
+        check_fleet(path, &text, raw.fleet.as_ref(), &raw.machine)?;
         let names: Vec<String> = raw.machine.iter().map(|m| m.name.get_ref().clone()).collect();
         for (placed, spanned) in steps.iter_mut().zip(&raw.step) {
             placed.on = machines_on(path, &text, spanned, &placed.step, &names)?;
@@ -431,6 +475,7 @@ impl Scenario {
             path: path.to_path_buf(),
             header: raw.scenario,
             provision: raw.provision,
+            fleet: raw.fleet,
             machines: raw.machine,
             steps,
             variant: Vec::new(),
@@ -1017,6 +1062,53 @@ fn check_machines(path: &Path, text: &str, header: &Header, machines: &[MachineD
         return Err(at(boards_at, "boards", "every [[machine]] names its board: leave `boards` out".into()));
     }
     check_identities(path, text, header, machines)
+}
+
+/// `[fleet]`: channels plain and once each, at least one reboot slot, the
+/// machines' channels among them; `channel` only in a fleet.
+fn check_fleet(path: &Path, text: &str, fleet: Option<&FleetSpec>, machines: &[MachineDecl]) -> Result<()> {
+    let at = |offset: usize, field: &str, msg: String| -> crate::error::Error {
+        InputError::new(path, msg).at(text, offset).field(field).into()
+    };
+    let Some(fleet) = fleet else {
+        if let Some(c) = machines.iter().find_map(|m| m.channel.as_ref()) {
+            return Err(at(c.span().start, "machine.channel", "a `channel` needs a [fleet] table".into()));
+        }
+        return Ok(());
+    };
+    let fleet_at = text.find("[fleet]").unwrap_or(0);
+    if machines.is_empty() {
+        return Err(at(fleet_at, "fleet", "a [fleet] needs its machines, as [[machine]] tables".into()));
+    }
+    if fleet.channels.is_empty() {
+        return Err(at(fleet_at, "fleet.channels", "a fleet needs at least one channel".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &fleet.channels {
+        if !crate::fleetlock::valid_group(c.get_ref()) {
+            let msg = format!("channel {:?}: letters, digits, `.` and `-` only", c.get_ref());
+            return Err(at(c.span().start, "fleet.channels", msg));
+        }
+        if !seen.insert(c.get_ref()) {
+            return Err(at(c.span().start, "fleet.channels", format!("channel `{}` twice", c.get_ref())));
+        }
+    }
+    if *fleet.lock_slots.get_ref() == 0 {
+        let offset = fleet.lock_slots.span().start;
+        return Err(at(
+            offset,
+            "fleet.lock_slots",
+            "a lock with 0 slots: nobody could ever reboot (at least 1)".into(),
+        ));
+    }
+    for m in machines {
+        if let Some(c) = m.channel.as_ref().filter(|c| !fleet.has_channel(c.get_ref())) {
+            let known: Vec<&str> = fleet.channels.iter().map(|c| c.get_ref().as_str()).collect();
+            let msg = format!("unknown channel `{}` (the fleet's: {})", c.get_ref(), known.join(", "));
+            return Err(at(c.span().start, "machine.channel", msg));
+        }
+    }
+    Ok(())
 }
 
 /// Machines' own MACs and UUIDs are well formed and not shared; on a lab

@@ -198,6 +198,24 @@ pub enum Event {
         name: String,
         active: bool,
     },
+    /// A line of a machine's fleet agent (`devlab-fleet: ...`).
+    Fleet {
+        what: String,
+    },
+    /// A machine's fleet agent configured (and started) on a channel.
+    FleetAgent {
+        channel: String,
+    },
+    /// The operator on a channel's rollout: a version published in waves,
+    /// a wave opened, a pause, resume or abort.
+    Rollout {
+        channel: String,
+        detail: String,
+    },
+    /// What `assert_fleet` found in the machines' timelines.
+    FleetAsserted {
+        detail: String,
+    },
     Failed {
         step: String,
     },
@@ -422,6 +440,11 @@ mod tests {
             Some(Event::SlotChosen { slot: "B".into(), tries_left: 1 })
         );
         assert_eq!(console_marker("devlab-boot: env b"), Some(Event::EnvCopy { copy: "b".into() }));
+        // The fleet agent's lines, even behind a shell prompt's escape.
+        assert_eq!(
+            console_marker("devlab:/# \x1b[6ndevlab-fleet: reported 2 ok "),
+            Some(Event::Fleet { what: "reported 2 ok".into() })
+        );
         assert_eq!(
             console_marker("devlab-init: root slot=A dev=/dev/vda4"),
             Some(Event::RootMounted { slot: "A".into() })

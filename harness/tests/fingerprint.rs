@@ -230,6 +230,10 @@ fn samples() -> Vec<Event> {
         Event::Fact { name: "slot".into(), value: "B".into() },
         Event::LoggedIn { via: "serial".into() },
         Event::ArtifactServed { name: "good".into(), file: "good.raucb".into(), ostree_ref: None },
+        Event::Fleet { what: "reported 2 ok".into() },
+        Event::FleetAgent { channel: "stable".into() },
+        Event::Rollout { channel: "stable".into(), detail: "advance: wave 2 open".into() },
+        Event::FleetAsserted { detail: "at most 2 rebooting at once".into() },
     ];
     for e in &all {
         match e {
@@ -287,6 +291,10 @@ fn samples() -> Vec<Event> {
             | Event::Fact { .. }
             | Event::LoggedIn { .. }
             | Event::ArtifactServed { .. }
+            | Event::Fleet { .. }
+            | Event::FleetAgent { .. }
+            | Event::Rollout { .. }
+            | Event::FleetAsserted { .. }
             | Event::Failed { .. } => {}
         }
     }

@@ -63,6 +63,12 @@ pub(crate) trait StepKind {
         None
     }
 
+    /// Does this lab step read every machine's timeline (given to it in
+    /// [`Run::machine_views`], each drained first)?
+    fn reads_machines(&self) -> bool {
+        false
+    }
+
     fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
         None
     }
@@ -130,6 +136,13 @@ macro_rules! steps {
             pub fn lab(&self) -> bool {
                 match self {
                     $(Step::$variant(s) => StepKind::lab(s),)*
+                }
+            }
+
+            /// Does this lab step read every machine's timeline?
+            pub fn reads_machines(&self) -> bool {
+                match self {
+                    $(Step::$variant(s) => StepKind::reads_machines(s),)*
                 }
             }
 
@@ -218,6 +231,11 @@ steps! {
     "install" => install::Install(Install),
     "assert_fact" => assert_fact::AssertFact(AssertFact),
     "reboot" => reboot::Reboot(Reboot),
+    "fleet_agent" => fleet_agent::FleetAgent(FleetAgent),
+    "publish" => publish::Publish(Publish),
+    "rollout" => rollout::RolloutOp(RolloutOp),
+    "wait_fleet" => wait_fleet::WaitFleet(WaitFleet),
+    "assert_fleet" => assert_fleet::AssertFleet(AssertFleet),
 }
 
 /// The longest duration a scenario may write (a day): anything longer is a

@@ -27,33 +27,39 @@ impl StepKind for ServeRelease {
 
     /// One build per arch of the lab's machines, all served as `version`.
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
-        let st = self;
-        let recipe = r.scenario.recipe_for(&crate::rundir::workspace_root(), &st.image)?;
-        r.start_server().await?;
-        for arch in r.lab_arches.clone() {
-            let image = devlab_images::locate(&recipe, arch)?;
-            if image.manifest.version != st.version {
-                return Err(r.failure(format!(
-                    "image `{}` is version {}, not {}",
-                    st.image.get_ref(),
-                    image.manifest.version,
-                    st.version
-                )));
-            }
-            let key = devlab_images::release_key(&image.manifest.key);
-            let file = image.dir.join(format!("release-{}-{arch}.img.gz.enc", image.manifest.recipe));
-            let rootfs = image.rootfs.clone();
-            let (f, k) = (file.clone(), key.clone());
-            let version = st.version.clone();
-            let release = blocking(move || {
-                crate::update_server::package(&rootfs, &f, &k).map_err(Error::infra)?;
-                crate::update_server::load_release(&version, arch.uname(), &f, &k)
-                    .map_err(|e| Error::infra(format!("reading {}: {e}", f.display())))
-            })
-            .await?;
-            r.server.as_ref().expect("started").add_release(release);
-        }
-        r.record(Event::ReleaseServed { version: st.version.clone(), image: st.image.get_ref().clone() });
+        serve(r, &self.image, &self.version).await?;
+        r.record(Event::ReleaseServed { version: self.version.clone(), image: self.image.get_ref().clone() });
         Ok(())
     }
+}
+
+/// Builds (or reuses) the release package of recipe `image` for every arch
+/// of the lab's machines and serves each as `version` (the update server
+/// started if it was not).
+pub(crate) async fn serve(r: &mut Run<'_>, image: &toml::Spanned<String>, version: &str) -> Result<()> {
+    let recipe = r.scenario.recipe_for(&crate::rundir::workspace_root(), image)?;
+    r.start_server().await?;
+    for arch in r.lab_arches.clone() {
+        let built = devlab_images::locate(&recipe, arch)?;
+        if built.manifest.version != version {
+            return Err(r.failure(format!(
+                "image `{}` is version {}, not {version}",
+                image.get_ref(),
+                built.manifest.version,
+            )));
+        }
+        let key = devlab_images::release_key(&built.manifest.key);
+        let file = built.dir.join(format!("release-{}-{arch}.img.gz.enc", built.manifest.recipe));
+        let rootfs = built.rootfs.clone();
+        let (f, k) = (file.clone(), key.clone());
+        let version = version.to_string();
+        let release = blocking(move || {
+            crate::update_server::package(&rootfs, &f, &k).map_err(Error::infra)?;
+            crate::update_server::load_release(&version, arch.uname(), &f, &k)
+                .map_err(|e| Error::infra(format!("reading {}: {e}", f.display())))
+        })
+        .await?;
+        r.server.as_ref().expect("started").add_release(release);
+    }
+    Ok(())
 }
