@@ -66,6 +66,23 @@ impl FleetSpec {
         self.channels.iter().any(|c| c.get_ref() == channel)
     }
 
+    /// What is wrong with naming `channel`: none if it is one of the fleet's.
+    pub fn refuse_channel(&self, channel: &str) -> Option<String> {
+        let known: Vec<&str> = self.channels.iter().map(|c| c.get_ref().as_str()).collect();
+        (!self.has_channel(channel)).then(|| format!("unknown channel `{channel}` (the fleet's: {})", known.join(", ")))
+    }
+
+    /// What is wrong with a list of machine names: the first that names no
+    /// machine of `machines`.
+    pub fn refuse_machines<'a>(
+        machines: &[MachineDecl],
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Option<String> {
+        let known: Vec<&str> = machines.iter().map(|m| m.name.get_ref().as_str()).collect();
+        let unknown = names.into_iter().find(|n| !known.contains(&n.as_str()))?;
+        Some(format!("no machine `{unknown}` (the fleet's: {})", known.join(", ")))
+    }
+
     /// A machine's channel: its own, else the first.
     pub fn channel_of(&self, machine: &MachineDecl) -> String {
         machine.channel.as_ref().unwrap_or(&self.channels[0]).get_ref().clone()
@@ -1102,10 +1119,10 @@ fn check_fleet(path: &Path, text: &str, fleet: Option<&FleetSpec>, machines: &[M
         ));
     }
     for m in machines {
-        if let Some(c) = m.channel.as_ref().filter(|c| !fleet.has_channel(c.get_ref())) {
-            let known: Vec<&str> = fleet.channels.iter().map(|c| c.get_ref().as_str()).collect();
-            let msg = format!("unknown channel `{}` (the fleet's: {})", c.get_ref(), known.join(", "));
-            return Err(at(c.span().start, "machine.channel", msg));
+        if let Some(c) = &m.channel {
+            if let Some(msg) = fleet.refuse_channel(c.get_ref()) {
+                return Err(at(c.span().start, "machine.channel", msg));
+            }
         }
     }
     Ok(())

@@ -7,6 +7,7 @@
 
 use super::prelude::*;
 use crate::fleet::{most_rebooting_at_once, NodeView};
+use crate::scenario::FleetSpec;
 
 /// Whether a machine's story holds for a version.
 type Holds = fn(&NodeView, &str) -> bool;
@@ -47,13 +48,11 @@ impl StepKind for AssertFleet {
         if cx.scenario.fleet.is_none() {
             return Err(cx.at("action", "assert_fleet needs a [fleet] table"));
         }
-        let names: Vec<&String> = cx.scenario.machines.iter().map(|m| m.name.get_ref()).collect();
         let lists = [("updated", &self.updated), ("rolled_back", &self.rolled_back), ("untouched", &self.untouched)];
         let runs: Vec<String> = self.runs.keys().cloned().collect();
         for (field, list) in lists.into_iter().chain([("runs", &runs)]) {
-            if let Some(unknown) = list.iter().find(|n| !names.contains(n)) {
-                let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-                return Err(cx.at(field, format!("no machine `{unknown}` (the fleet's: {})", names.join(", "))));
+            if let Some(msg) = FleetSpec::refuse_machines(&cx.scenario.machines, list) {
+                return Err(cx.at(field, msg));
             }
         }
         if self.version.is_none() && !(self.updated.is_empty() && self.rolled_back.is_empty()) {

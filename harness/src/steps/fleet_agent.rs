@@ -25,9 +25,8 @@ impl StepKind for FleetAgent {
         let Some(fleet) = &cx.scenario.fleet else {
             return Err(cx.at("action", "fleet_agent needs a [fleet] table (its channels and reboot slots)"));
         };
-        if let Some(c) = self.channel.as_ref().filter(|c| !fleet.has_channel(c.get_ref())) {
-            let known: Vec<&str> = fleet.channels.iter().map(|c| c.get_ref().as_str()).collect();
-            return Err(cx.at("channel", format!("unknown channel `{}` (the fleet's: {})", c.get_ref(), known.join(", "))));
+        if let Some(msg) = self.channel.as_ref().and_then(|c| fleet.refuse_channel(c.get_ref())) {
+            return Err(cx.at("channel", msg));
         }
         cx.need_ssh()
     }

@@ -7,6 +7,7 @@
 
 use super::prelude::*;
 use crate::rollout::{Rollout, Wave};
+use crate::scenario::FleetSpec;
 
 /// Publish a release on a fleet channel, in waves.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,15 +56,12 @@ impl StepKind for Publish {
         let Some(fleet) = &cx.scenario.fleet else {
             return Err(cx.at("action", "publish needs a [fleet] table (its channels)"));
         };
-        if !fleet.has_channel(&self.channel) {
-            let known: Vec<&str> = fleet.channels.iter().map(|c| c.get_ref().as_str()).collect();
-            return Err(cx.at("channel", format!("unknown channel `{}` (the fleet's: {})", self.channel, known.join(", "))));
+        if let Some(msg) = fleet.refuse_channel(&self.channel) {
+            return Err(cx.at("channel", msg));
         }
         self.rollout().map_err(|(field, e)| cx.at(field, e))?;
-        let names: Vec<&String> = cx.scenario.machines.iter().map(|m| m.name.get_ref()).collect();
-        if let Some(unknown) = self.groups.iter().flatten().find(|n| !names.contains(n)) {
-            let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-            return Err(cx.at("groups", format!("no machine `{unknown}` (the fleet's: {})", names.join(", "))));
+        if let Some(msg) = FleetSpec::refuse_machines(&cx.scenario.machines, self.groups.iter().flatten()) {
+            return Err(cx.at("groups", msg));
         }
         cx.scenario.recipe_for(&cx.root, &self.image)?;
         cx.server = true;

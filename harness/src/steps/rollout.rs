@@ -41,9 +41,8 @@ impl StepKind for RolloutOp {
         let Some(fleet) = &cx.scenario.fleet else {
             return Err(cx.at("action", "rollout needs a [fleet] table (its channels)"));
         };
-        if !fleet.has_channel(&self.channel) {
-            let known: Vec<&str> = fleet.channels.iter().map(|c| c.get_ref().as_str()).collect();
-            return Err(cx.at("channel", format!("unknown channel `{}` (the fleet's: {})", self.channel, known.join(", "))));
+        if let Some(msg) = fleet.refuse_channel(&self.channel) {
+            return Err(cx.at("channel", msg));
         }
         Ok(())
     }
