@@ -4,8 +4,13 @@
 //! sent one after another on loopback the way Zincati sends them (one POST
 //! per connection), each request timed from connect to last byte; p50, p99
 //! and max per operation go to `target/bench/rollout.json` and `rollout.md`.
-//! The fleet part (nodes updated in waves) is not measured yet: the fleet
-//! scenarios it needs do not exist yet, and the Markdown says so.
+//! Then the fleet: `scenarios/bench/fleet-8.toml` (eight nodes, four per
+//! arch, from 1 to 2 in three waves with two reboot slots, real agents,
+//! etcd and QEMU) run by `devlab run`: the rollout's wall time (publish to
+//! the last node's report), nodes per minute, and the harness's share of
+//! the CPU the run used (its own CPU time from `run.json` over the CPU time
+//! of `devlab` and everything it ran, QEMU and etcd included).
+//! `--no-fleet` skips it (it takes minutes).
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -15,11 +20,15 @@ use std::time::Instant;
 
 pub fn run(args: &[String]) -> Result<()> {
     let mut pairs = 1000usize;
+    let mut with_fleet = true;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--pairs" => pairs = it.next().context("--pairs N")?.parse().context("--pairs N")?,
-            other => bail!("bench rollout: unknown argument `{other}` (usage: cargo xtask bench rollout [--pairs N])"),
+            "--no-fleet" => with_fleet = false,
+            other => bail!(
+                "bench rollout: unknown argument `{other}` (usage: cargo xtask bench rollout [--pairs N] [--no-fleet])"
+            ),
         }
     }
     crate::cargo(&["build", "--release", "-q", "-p", "harness"])?;
@@ -62,10 +71,11 @@ pub fn run(args: &[String]) -> Result<()> {
         json!({"p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": v[v.len() - 1]})
     };
     let (l, u) = (stats(lock), stats(unlock));
+    let fleet = if with_fleet { Some(fleet(&root, &out_dir)?) } else { None };
     let report = json!({
         "benchmark": "rollout",
         "lock_service": {"pairs": pairs, "pre_reboot": l, "steady_state": u, "backend": "etcd (Debian etcd-server) via devlab fleetlock"},
-        "fleet": null,
+        "fleet": fleet,
     });
     std::fs::write(out_dir.join("rollout.json"), serde_json::to_string_pretty(&report)?)?;
     let f = |v: &serde_json::Value, k: &str| format!("{:.2}", v[k].as_f64().unwrap_or(f64::NAN));
@@ -76,18 +86,92 @@ pub fn run(args: &[String]) -> Result<()> {
          | operation | p50 | p99 | max |\n|---|---|---|---|\n\
          | pre-reboot (take a slot) | {} | {} | {} |\n\
          | steady-state (give it back) | {} | {} | {} |\n\n\
-         ## Fleet (nodes updated in waves)\n\n\
-         Not measured yet: it needs the fleet scenarios (polling agent, staged waves), which are not built yet.\n",
+         ## Fleet (nodes updated in waves)\n\n{}",
         f(&l, "p50_ms"),
         f(&l, "p99_ms"),
         f(&l, "max_ms"),
         f(&u, "p50_ms"),
         f(&u, "p99_ms"),
         f(&u, "max_ms"),
+        fleet_md(report["fleet"].as_object()),
     );
     std::fs::write(out_dir.join("rollout.md"), &md)?;
     println!("{md}");
     Ok(())
+}
+
+const FLEET: &str = "scenarios/bench/fleet-8.toml";
+
+/// Runs the eight-node fleet and reads its `run.json`.
+fn fleet(root: &std::path::Path, out_dir: &std::path::Path) -> Result<serde_json::Value> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let cpu = || -> Result<f64> {
+        let u = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+        let tv = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        Ok(tv(u.user_time()) + tv(u.system_time()))
+    };
+    let runs = out_dir.join("rollout-runs");
+    let _ = std::fs::remove_dir_all(&runs);
+    let before = cpu()?;
+    let status = Command::new(root.join("target/release/devlab"))
+        .args(["run", FLEET, "--no-snapshots", "--report-dir"])
+        .arg(out_dir.join("rollout-report"))
+        .env("DEVLAB_RUNS", &runs)
+        .current_dir(root)
+        .status()
+        .context("running devlab")?;
+    // devlab reaped QEMU and etcd, so their CPU time is in devlab's.
+    let total_cpu = cpu()? - before;
+    if !status.success() {
+        bail!("the fleet run failed (its run directory is under {})", runs.display());
+    }
+    let run_json = std::fs::read_dir(&runs)?
+        .flatten()
+        .map(|e| e.path().join("run.json"))
+        .find(|p| p.exists())
+        .context("no run.json")?;
+    let run: serde_json::Value = serde_json::from_slice(&std::fs::read(&run_json)?)?;
+    let steps = run["steps"].as_array().context("steps")?;
+    let time_of = |action: &str| -> Result<(f64, f64)> {
+        let s = steps.iter().find(|s| s["action"] == action).with_context(|| format!("no {action} step"))?;
+        let start = s["start_s"].as_f64().unwrap_or(0.0);
+        Ok((start, start + s["duration_s"].as_f64().unwrap_or(0.0)))
+    };
+    let (published, _) = time_of("publish")?;
+    let (_, all_reported) = time_of("wait_fleet")?;
+    let rollout_s = all_reported - published;
+    let harness_cpu = run["harness_cpu_s"].as_f64().unwrap_or(f64::NAN);
+    Ok(json!({
+        "scenario": FLEET,
+        "nodes": 8, "arches": {"x86_64": 4, "aarch64": 4}, "waves": 3, "reboot_slots": 2,
+        "run_s": run["duration_s"],
+        "rollout_s": rollout_s,
+        "nodes_per_minute": 8.0 / (rollout_s / 60.0),
+        "harness_cpu_s": harness_cpu,
+        "total_cpu_s": total_cpu,
+        "harness_cpu_share": harness_cpu / total_cpu,
+    }))
+}
+
+fn fleet_md(fleet: Option<&serde_json::Map<String, serde_json::Value>>) -> String {
+    let Some(f) = fleet else {
+        return "Not measured in this run (`--no-fleet`).\n".into();
+    };
+    let n = |k: &str| f.get(k).and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN);
+    format!(
+        "`{FLEET}`: 8 nodes (4 x86_64 + 4 aarch64, TCG), release 1 to 2 in 3 waves, 2 reboot slots.\n\n\
+         | measure | value |\n|---|---|\n\
+         | whole run (boot, agents, rollout) | {:.1} s |\n\
+         | rollout (publish to the last node's report) | {:.1} s |\n\
+         | nodes per minute | {:.2} |\n\
+         | harness CPU / all CPU of the run (QEMU, etcd included) | {:.1} s / {:.1} s = {:.1} % |\n",
+        n("run_s"),
+        n("rollout_s"),
+        n("nodes_per_minute"),
+        n("harness_cpu_s"),
+        n("total_cpu_s"),
+        100.0 * n("harness_cpu_share"),
+    )
 }
 
 /// One FleetLock POST as Zincati sends it; milliseconds, connect to last
