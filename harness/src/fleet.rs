@@ -14,7 +14,6 @@ use crate::etcd::Etcd;
 use crate::fleetlock::FleetLock;
 use crate::timeline::{Entry, Event};
 use std::path::Path;
-use std::sync::Mutex;
 
 /// The FleetLock group every agent uses (Zincati's default group): one
 /// reboot semaphore for the whole fleet, whatever the channels.
@@ -22,7 +21,8 @@ pub const LOCK_GROUP: &str = "default";
 
 /// The lab side of a fleet.
 pub struct FleetLab {
-    pub etcd: Mutex<Etcd>,
+    /// Stopped and started again by `fleet_fault` (etcd down).
+    pub etcd: tokio::sync::Mutex<Etcd>,
     pub lock: FleetLock,
 }
 
@@ -34,7 +34,7 @@ impl FleetLab {
         let lock = FleetLock::start("127.0.0.1:0", slots, etcd.client(), &lab_dir.join("fleetlock.log"))
             .await
             .map_err(|e| format!("starting the FleetLock server: {e}"))?;
-        Ok(FleetLab { etcd: Mutex::new(etcd), lock })
+        Ok(FleetLab { etcd: tokio::sync::Mutex::new(etcd), lock })
     }
 
     /// The lock server's URL as a guest on user-mode networking sees it.

@@ -236,6 +236,7 @@ steps! {
     "rollout" => rollout::RolloutOp(RolloutOp),
     "wait_fleet" => wait_fleet::WaitFleet(WaitFleet),
     "assert_fleet" => assert_fleet::AssertFleet(AssertFleet),
+    "fleet_fault" => fleet_fault::FleetFault(FleetFault),
 }
 
 /// The longest duration a scenario may write (a day): anything longer is a

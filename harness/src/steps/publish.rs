@@ -78,8 +78,8 @@ impl StepKind for Publish {
         } else {
             self.groups.iter().map(|g| g.join("+")).collect()
         };
-        let waves = if waves.is_empty() { "one wave of all".to_string() } else { waves.join(", ") };
-        let detail = format!("publish {} from {} in waves {waves}", self.version, self.image.get_ref());
+        let waves = if waves.is_empty() { "one wave of all".to_string() } else { format!("waves {}", waves.join(", ")) };
+        let detail = format!("publish {} from {} in {waves}", self.version, self.image.get_ref());
         r.record(Event::Rollout { channel: self.channel.clone(), detail });
         Ok(())
     }
