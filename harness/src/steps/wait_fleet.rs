@@ -64,14 +64,26 @@ impl StepKind for WaitFleet {
         let line = BytesRegex::new(r"devlab-fleet: [^\n]*\n").expect("static regex");
         loop {
             r.drain(None);
-            if let Some(done) = self.done(&NodeView::of(&r.timeline.entries)) {
+            let view = NodeView::of(&r.timeline.entries);
+            if let Some(done) = self.done(&view) {
                 r.forget_sessions();
                 return done.map_err(|e| r.failure(e));
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let m = r.machine()?;
             let got = m.console.expect(std::slice::from_ref(&line), left).await;
-            got.map_err(|e| r.console_failure(e))?;
+            if let Err(e) = got {
+                // Where the agent stood, from its own lines.
+                let holds = view.slot_held.iter().any(|(_, end)| end.is_none());
+                let why = format!(
+                    "the fleet agent never reported its update to {} (offered so far: {:?}; runs {}; holds a reboot slot: {})",
+                    self.version,
+                    view.offered,
+                    view.runs.as_deref().unwrap_or("?"),
+                    if holds { "yes" } else { "no" },
+                );
+                return Err(r.console_failure_because(e, &why));
+            }
         }
     }
 }
