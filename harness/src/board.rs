@@ -161,6 +161,8 @@ pub struct QemuPaths<'a> {
     /// Faults may change the disk while the machine runs (an armed
     /// `disk_errors` or `corrupt_disk`): see [`DISK_NODE`].
     pub disk_armable: bool,
+    /// Its end of a product's private link (a second NIC), if any.
+    pub link: Option<&'a crate::product::LinkEnd>,
 }
 
 /// With `QemuPaths::disk_armable` the disk is a `raw` node named `disk0`
@@ -411,6 +413,10 @@ impl Board {
         }
         push(&["-netdev", &netdev]);
         push(&["-device", &self.nic_device()]);
+        if let Some(end) = paths.link {
+            let link = crate::product::qemu_args(end, &self.nic.model);
+            push(&link.iter().map(String::as_str).collect::<Vec<_>>());
+        }
         if let Some(s) = &self.smbios {
             push(&[
                 "-smbios",
@@ -592,6 +598,7 @@ mod tests {
             loadvm: None,
             env_flash: None,
             tftp: None,
+            link: None,
             detect_zeroes: false,
             disk_armable: false,
             tap: None,

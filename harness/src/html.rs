@@ -126,7 +126,10 @@ fn kind(event: &Event) -> (Colour, bool) {
         | Event::OstreeServed { .. }
         | Event::Rollout { .. }
         | Event::FleetAgent { .. }
-        | Event::Fleet { .. } => (Update, true),
+        | Event::Fleet { .. }
+        | Event::Product { .. }
+        | Event::ProductAgent { .. }
+        | Event::ProductPublished { .. } => (Update, true),
         Event::FleetAsserted { .. } => (Update, false),
         Event::VersionRunning { .. } | Event::RaucStatus { .. } | Event::OstreeStatus { .. } => (Update, false),
         Event::Health { .. } => (Health, true),

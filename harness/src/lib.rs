@@ -25,6 +25,7 @@ pub mod netboot;
 pub mod ostree;
 pub mod plan;
 pub mod prebuild;
+pub mod product;
 pub mod provision;
 pub mod qmp;
 pub mod rauc;

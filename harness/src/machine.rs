@@ -49,6 +49,8 @@ pub struct MachineSpec<'a> {
     pub lab_net: Option<(&'a crate::labnet::NetnsHandle, &'a str)>,
     /// Faults may change the disk while it runs (see [`crate::board::DISK_NODE`]).
     pub disk_armable: bool,
+    /// Its end of a product's private link (see [`crate::product`]).
+    pub link: Option<&'a crate::product::LinkEnd>,
 }
 
 /// What a task needs to change a running machine's armable disk.
@@ -199,8 +201,18 @@ impl Machine {
                 detect_zeroes: spec.detect_zeroes,
                 tap: spec.lab_net.map(|(_, tap)| tap),
                 disk_armable: spec.disk_armable,
+                link: spec.link,
             },
         );
+        if let Some(end) = spec.link {
+            // The previous QEMU's end (powered on again): QEMU binds, never unlinks.
+            match std::fs::remove_file(&end.local) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::infra(format!("cannot remove {}: {e}", end.local.display())));
+                }
+                _ => {}
+            }
+        }
         let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())
             .chain(args.iter().cloned())
             .map(|a| shell_quote(&a))

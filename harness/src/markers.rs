@@ -312,10 +312,10 @@ mod tests {
     #[test]
     fn builtin_markers_load_in_order() {
         let m = builtin();
-        assert_eq!(m.markers().len(), 25);
+        assert_eq!(m.markers().len(), 26);
         assert!(m.markers()[0].origin.starts_with("harness/markers/uboot.toml:"), "{:?}", m.markers()[0].origin);
         assert_eq!(m.markers()[0].pattern(), r"^U-Boot \d{4}\.\d{2}");
-        assert!(m.markers()[24].origin.starts_with("harness/markers/mgmt.toml:"));
+        assert!(m.markers()[25].origin.starts_with("harness/markers/mgmt.toml:"));
     }
 
     #[test]

@@ -202,6 +202,9 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         if let Some(spec) = &scenario.fleet {
             start_fleet(&mut runs, spec).await?;
         }
+        if let Some(spec) = &scenario.product {
+            link_product(&mut runs, spec).await?;
+        }
         match runs.as_mut_slice() {
             [one] => one.steps().await,
             several => machine_steps(several, &mut lab).await,
@@ -549,6 +552,24 @@ async fn start_fleet(runs: &mut [Run<'_>], spec: &crate::scenario::FleetSpec) ->
     let server = first.server.clone();
     for r in runs.iter_mut() {
         r.fleet.clone_from(&lab);
+        r.server.clone_from(&server);
+    }
+    Ok(())
+}
+
+/// `[product]`: the private link between the main and the sub, each
+/// machine's end given to it before the first power-on, and the update
+/// server the main asks (shared by every machine, as a fleet's).
+async fn link_product(runs: &mut [Run<'_>], spec: &crate::product::ProductSpec) -> Result<()> {
+    runs[0].start_server().await?;
+    let server = runs[0].server.clone();
+    let find = |name: &str| runs.iter().find(|r| r.name == name).expect("checked: the product's machines");
+    let (main, sub) = (find(spec.main.get_ref()), find(spec.sub.get_ref()));
+    let lab = crate::product::ProductLab::new(main.board.arch, sub.board.arch, sub.image.ssh_key.clone())?;
+    let lab = std::sync::Arc::new(lab);
+    for r in runs.iter_mut() {
+        r.link = spec.role_of(&r.name).map(|role| lab.end(role));
+        r.product = Some(lab.clone());
         r.server.clone_from(&server);
     }
     Ok(())
@@ -999,6 +1020,10 @@ pub struct Run<'a> {
     pub(crate) step_times: Vec<StepTime>,
     /// The fleet's etcd and lock server (`[fleet]`), every machine's.
     pub(crate) fleet: Option<std::sync::Arc<crate::fleet::FleetLab>>,
+    /// A `[product]`'s link and parts, every machine's; this machine's end
+    /// of the link when it is the main or the sub.
+    pub(crate) product: Option<std::sync::Arc<crate::product::ProductLab>>,
+    pub(crate) link: Option<crate::product::LinkEnd>,
     /// Every machine's timeline as it stood when a lab step that reads the
     /// machines (`Step::reads_machines`) began, by machine name.
     pub(crate) machine_views: Vec<(String, Vec<Entry>)>,
@@ -1047,6 +1072,8 @@ impl<'a> Run<'a> {
             ostree: crate::ostree::Commits::default(),
             lab: None,
             fleet: None,
+            product: None,
+            link: None,
             machine_views: Vec::new(),
             netboot_tftp: None,
             service: None,
@@ -1812,6 +1839,7 @@ impl<'a> Run<'a> {
             detect_zeroes: self.disk == crate::scenario::DiskStart::Blank,
             lab_net: self.netns.as_ref().map(|(h, tap)| (h, tap.as_str())),
             disk_armable: self.disk_armable,
+            link: self.link.as_ref(),
         };
         let machine = match (restore, self.machine.take()) {
             (Some(overlay), _) => Machine::start_on(spec, overlay).await?,
@@ -1867,7 +1895,13 @@ impl<'a> Run<'a> {
         let version = crate::checkpoint::qemu_version(&binary);
         let identity = match self.name.as_str() {
             "" => String::new(),
-            _ => format!("{} {:?} {:?}", self.board.nic.mac, self.board.smbios, self.disk_errors),
+            _ => format!(
+                "{} {:?} {:?}{}",
+                self.board.nic.mac,
+                self.board.smbios,
+                self.disk_errors,
+                self.link.as_ref().map(|l| format!(" link {}", l.mac)).unwrap_or_default()
+            ),
         };
         // The file the overlay is backed by (a blank disk is the run's own,
         // so a checkpoint over one is never found again).

@@ -263,6 +263,8 @@ struct Raw {
     #[serde(default)]
     fleet: Option<FleetSpec>,
     #[serde(default)]
+    product: Option<crate::product::ProductSpec>,
+    #[serde(default)]
     machine: Vec<MachineDecl>,
     #[serde(default)]
     step: Vec<toml::Spanned<toml::Table>>,
@@ -276,6 +278,8 @@ pub struct Scenario {
     pub provision: Option<ProvisionSpec>,
     /// `[fleet]`: channels and reboot slots of a fleet of machines.
     pub fleet: Option<FleetSpec>,
+    /// `[product]`: a main and a sub machine updated as one.
+    pub product: Option<crate::product::ProductSpec>,
     /// `[[machine]]` tables (none: one machine, the run's board).
     pub machines: Vec<MachineDecl>,
     pub steps: Vec<PlacedStep>,
@@ -475,7 +479,7 @@ impl Scenario {
         // were parsed from a blanked copy of the same length, so they point
         // into the file too.
         for (placed, spanned) in steps.iter_mut().zip(&raw.step) {
-            if let Some(image) = placed.step.image_mut() {
+            for image in placed.step.images_mut() {
                 let span = image.span();
                 let base = spanned.span().start;
                 *image = toml::Spanned::new(base + span.start..base + span.end, image.get_ref().clone());
@@ -483,6 +487,7 @@ impl Scenario {
         }
         check_machines(path, &text, &raw.scenario, &raw.machine)?;
         check_fleet(path, &text, raw.fleet.as_ref(), &raw.machine)?;
+        crate::product::check(path, &text, raw.product.as_ref(), &raw.machine)?;
         let names: Vec<String> = raw.machine.iter().map(|m| m.name.get_ref().clone()).collect();
         for (placed, spanned) in steps.iter_mut().zip(&raw.step) {
             placed.on = machines_on(path, &text, spanned, &placed.step, &names)?;
@@ -493,6 +498,7 @@ impl Scenario {
             header: raw.scenario,
             provision: raw.provision,
             fleet: raw.fleet,
+            product: raw.product,
             machines: raw.machine,
             steps,
             variant: Vec::new(),
@@ -965,7 +971,7 @@ impl Scenario {
     pub fn served_images(&self) -> Vec<&toml::Spanned<String>> {
         self.steps
             .iter()
-            .filter_map(|p| p.step.image())
+            .flat_map(|p| p.step.images())
             .chain(self.provision.iter().flat_map(|p| p.profiles.iter().map(|x| &x.image)))
             .collect()
     }

@@ -216,6 +216,21 @@ pub enum Event {
     FleetAsserted {
         detail: String,
     },
+    /// A line of a product board's agent (`devlab-product: ...`).
+    Product {
+        what: String,
+    },
+    /// A machine's product agent configured as the `main` or the `sub`.
+    ProductAgent {
+        role: String,
+    },
+    /// A product's release published: its version and each part's.
+    ProductPublished {
+        product: String,
+        version: String,
+        main: String,
+        sub: String,
+    },
     Failed {
         step: String,
     },
@@ -444,6 +459,10 @@ mod tests {
         assert_eq!(
             console_marker("devlab:/# \x1b[6ndevlab-fleet: reported 2 ok "),
             Some(Event::Fleet { what: "reported 2 ok".into() })
+        );
+        assert_eq!(
+            console_marker("devlab-product: pushing 3 to the sub"),
+            Some(Event::Product { what: "pushing 3 to the sub".into() })
         );
         assert_eq!(
             console_marker("devlab-init: root slot=A dev=/dev/vda4"),

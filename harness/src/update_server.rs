@@ -19,6 +19,9 @@
 //! `deltas/` only when the scenario asked for static deltas;
 //! download faults apply to its `objects/`. Every request path is kept in
 //! order, for steps that act while a given request is being answered.
+//! A two-board product's release is `/api/products/<name>` (`version=`,
+//! and `main=`/`sub=`, the release API of each part, served as releases
+//! keyed by part in place of an arch).
 //! Every request is logged to `http.log`. It serves only what it is given.
 
 use hmac::{Hmac, Mac};
@@ -120,6 +123,18 @@ struct State {
     request_count: tokio::sync::watch::Sender<usize>,
     /// Channels, rollouts and the devices that checked in (`/v1/check-in`).
     fleet: crate::rollout::Fleet,
+    /// A product's current release, by product name: its version and the
+    /// release API path of each part (`main`, `sub`).
+    products: BTreeMap<String, ProductRelease>,
+}
+
+/// What `/api/products/<name>` answers: the product's version and the
+/// release API path of each part.
+#[derive(Debug, Clone, PartialEq)]
+struct ProductRelease {
+    version: String,
+    main: String,
+    sub: String,
 }
 
 impl State {
@@ -205,6 +220,7 @@ impl UpdateServer {
             requests: Vec::new(),
             request_count: tokio::sync::watch::channel(0).0,
             fleet: crate::rollout::Fleet::default(),
+            products: BTreeMap::new(),
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -251,6 +267,22 @@ impl UpdateServer {
         s.log(&format!("bundle {file} ({} bytes, sha256 {sha})", bytes.len()));
         s.bundles.insert(file.to_string(), Arc::new(bytes));
         format!("http://10.0.2.2:{}/bundles/{file}", self.port)
+    }
+
+    /// Make `version` product `name`'s release: its parts served as
+    /// releases of their own (keyed `<name>-main`, `<name>-sub` in place of
+    /// an arch, so two parts of one arch never meet), and
+    /// `/api/products/<name>` pointing at them.
+    pub fn set_product(&self, name: &str, version: &str, mut main: Release, mut sub: Release) {
+        main.arch = format!("{name}-main");
+        sub.arch = format!("{name}-sub");
+        self.add_release(main.clone());
+        self.add_release(sub.clone());
+        let mut s = self.state.lock().unwrap();
+        s.log(&format!("product {name} = {version} (main {}, sub {})", main.version, sub.version));
+        let api = |r: &Release| format!("/api/releases/{}?arch={}", r.version, r.arch);
+        let (main, sub) = (api(&main), api(&sub));
+        s.products.insert(name.to_string(), ProductRelease { version: version.to_string(), main, sub });
     }
 
     /// Publish a team's artifact as `/files/<arch>/<file>` (bytes as the
@@ -474,6 +506,10 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
     }
     if path == "/v1/check-in" || path == "/v1/report" {
         return fleet_route(&mut s, path, query);
+    }
+    if let Some(name) = path.strip_prefix("/api/products/") {
+        let Some(p) = s.products.get(name) else { return text(404, "no such product\n") };
+        return text(200, &format!("version={}\nmain={}\nsub={}\n", p.version, p.main, p.sub));
     }
     if let Some(version) = path.strip_prefix("/api/releases/") {
         let fault = s.take_fault(true);
@@ -812,6 +848,42 @@ mod tests {
         // Without an arch, a version built for several is ambiguous.
         assert_eq!(get(s.port(), "/api/releases/2").await.0, 404);
         assert!(s.guest_api_url("2", "aarch64").ends_with("/api/releases/2?arch=aarch64"));
+    }
+
+    #[tokio::test]
+    async fn a_product_names_each_parts_release_and_two_parts_of_one_arch_never_meet() {
+        let (s, d, _) = server().await;
+        let part = |version: &str, fill: u8| {
+            let bytes = vec![fill; 1000];
+            Release {
+                version: version.into(),
+                arch: "x86_64".into(),
+                file_name: format!("part-{fill}.img.enc"),
+                sha256: hex::encode(Sha256::digest(&bytes)),
+                bytes: Arc::new(bytes),
+                key: "k".into(),
+            }
+        };
+        assert_eq!(get(s.port(), "/api/products/robot").await.0, 404);
+        // Both parts built for x86_64, at different versions.
+        s.set_product("robot", "7", part("5", 1), part("3", 2));
+        let (st, body, _) = get(s.port(), "/api/products/robot").await;
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(st, 200);
+        assert_eq!(
+            (field(&body, "version"), field(&body, "main"), field(&body, "sub")),
+            ("7", "/api/releases/5?arch=robot-main", "/api/releases/3?arch=robot-sub")
+        );
+        for (api, file) in [(field(&body, "main"), "part-1"), (field(&body, "sub"), "part-2")] {
+            let (st, a, _) = get(s.port(), api).await;
+            let a = String::from_utf8(a).unwrap();
+            assert_eq!(st, 200, "{api}");
+            assert!(field(&a, "url").contains(&format!("/releases/{file}.img.enc?")), "{a}");
+        }
+        // The arch's own build of version 2 is untouched.
+        assert_eq!(get(s.port(), "/api/releases/2?arch=x86_64").await.0, 200);
+        let log = std::fs::read_to_string(d.path().join("http.log")).unwrap();
+        assert!(log.contains("product robot = 7 (main 5, sub 3)"), "{log}");
     }
 
     #[tokio::test]

@@ -128,6 +128,13 @@ fn board_qemu_args() {
         detect_zeroes: false,
         tap: None,
         disk_armable: false,
+        link: None,
+    };
+    let link = harness::product::LinkEnd {
+        local: "/r/link/main.sock".into(),
+        remote: "/r/link/sub.sock".into(),
+        mac: harness::product::MAIN_MAC,
+        role: harness::product::Role::Main,
     };
     let mut names = harness::board::list_names(&harness::board::boards_dir());
     names.sort();
@@ -155,6 +162,7 @@ fn board_qemu_args() {
                 Accel::Tcg,
                 QemuPaths { disk_armable: true, disk_errors: &errors, detect_zeroes: true, ..base },
             ),
+            ("a product's private link", Accel::Tcg, QemuPaths { link: Some(&link), ..base }),
         ];
         for (shape, accel, paths) in shapes {
             writeln!(text, "{shape}:").unwrap();
@@ -234,6 +242,9 @@ fn samples() -> Vec<Event> {
         Event::FleetAgent { channel: "stable".into() },
         Event::Rollout { channel: "stable".into(), detail: "advance: wave 2 open".into() },
         Event::FleetAsserted { detail: "at most 2 rebooting at once".into() },
+        Event::Product { what: "the sub runs 2: product 2 ok".into() },
+        Event::ProductAgent { role: "main".into() },
+        Event::ProductPublished { product: "robot".into(), version: "2".into(), main: "2".into(), sub: "2".into() },
     ];
     for e in &all {
         match e {
@@ -295,6 +306,9 @@ fn samples() -> Vec<Event> {
             | Event::FleetAgent { .. }
             | Event::Rollout { .. }
             | Event::FleetAsserted { .. }
+            | Event::Product { .. }
+            | Event::ProductAgent { .. }
+            | Event::ProductPublished { .. }
             | Event::Failed { .. } => {}
         }
     }
@@ -348,6 +362,7 @@ fn console_markers() {
         "devlab-health: ok",
         "devlab-health: committed slot A",
         "devlab-health: kept rollback version 2",
+        "devlab-product: the sub came back on 1: rolling the main back to 1",
         "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
         "iPXE initialising devices...ok",
         "SYSLINUX 6.04 EDD 20191223 Copyright (C) 1994-2015 H. Peter Anvin et al",

@@ -183,6 +183,7 @@ fn a_panic_while_a_machine_runs_leaves_no_qemu() {
                 detect_zeroes: false,
                 lab_net: None,
                 disk_armable: false,
+                link: None,
             };
             let m = Machine::start(spec).await.unwrap();
             std::fs::write(run_dir.join("pid"), m.pid().to_string()).unwrap();

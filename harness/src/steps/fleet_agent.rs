@@ -49,23 +49,40 @@ impl StepKind for FleetAgent {
             r.name,
             crate::fleet::LOCK_GROUP,
         );
-        // After rcS's health check (it mounts /data first): the env gate's
-        // fifo blocks a reader until then (and ends its read with EOF).
-        let gate = "{ [ ! -e /run/devlab-env.gate ] || read -r _ < /run/devlab-env.gate; } 2> /dev/null; true";
-        r.ssh()?.exec(gate, Duration::from_secs(60)).await.map_err(|e| r.failure(e.to_string()))?;
-        // Recorded before the agent starts: its first line comes after.
-        r.drain(None);
-        r.record(Event::FleetAgent { channel });
-        // Written whole, then renamed: the agent never reads half a file.
-        let command = format!(
-            "mkdir -p /data/devlab && cat > {CONF}.new && mv {CONF}.new {CONF} && sync && \
-             {{ setsid /usr/sbin/devlab-fleet < /dev/null > /dev/null 2>&1 & }}"
-        );
-        let out = r.ssh()?.exec_with_input(&command, conf.into_bytes(), Duration::from_secs(30)).await;
-        let out = out.map_err(|e| r.failure(e.to_string()))?;
-        if out.status != 0 {
-            return Err(r.failure(format!("configuring the fleet agent failed: {}", out.stderr.trim())));
-        }
-        Ok(())
+        wait_health_check(r).await?;
+        start_agent(r, Event::FleetAgent { channel }, CONF, "devlab-fleet", conf).await
     }
 }
+
+/// Wait for rcS's health check (it mounts /data first): the env gate's
+/// fifo blocks a reader until then (and ends its read with EOF). Then
+/// `/data/devlab` is there for an agent's files.
+pub(super) async fn wait_health_check(r: &mut Run<'_>) -> Result<()> {
+    let gate =
+        "{ [ ! -e /run/devlab-env.gate ] || read -r _ < /run/devlab-env.gate; } 2> /dev/null; mkdir -p /data/devlab";
+    let out = r.ssh()?.exec(gate, Duration::from_secs(60)).await.map_err(|e| r.failure(e.to_string()))?;
+    if out.status != 0 {
+        return Err(r.failure(format!("waiting for the health check failed: {}", out.stderr.trim())));
+    }
+    Ok(())
+}
+
+/// Record `event` (before the agent starts: its first line comes after),
+/// write `conf` to `path` whole, then renamed (an agent never reads half a
+/// file), and start `/usr/sbin/<agent>` in the background for good (one
+/// already running keeps going and the new one leaves).
+pub(super) async fn start_agent(r: &mut Run<'_>, event: Event, path: &str, agent: &str, conf: String) -> Result<()> {
+    r.drain(None);
+    r.record(event);
+    let command = format!(
+        "cat > {path}.new && mv {path}.new {path} && sync && \
+         {{ setsid /usr/sbin/{agent} < /dev/null > /dev/null 2>&1 & }}"
+    );
+    let out = r.ssh()?.exec_with_input(&command, conf.into_bytes(), Duration::from_secs(30)).await;
+    let out = out.map_err(|e| r.failure(e.to_string()))?;
+    if out.status != 0 {
+        return Err(r.failure(format!("configuring {agent} failed: {}", out.stderr.trim())));
+    }
+    Ok(())
+}
+

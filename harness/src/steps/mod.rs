@@ -58,9 +58,10 @@ pub(crate) trait StepKind {
         false
     }
 
-    /// The `image` field naming a recipe this step serves, if any.
-    fn image(&self) -> Option<&toml::Spanned<String>> {
-        None
+    /// The fields naming the recipes this step serves (`image`, or a
+    /// product's parts).
+    fn images(&self) -> Vec<&toml::Spanned<String>> {
+        Vec::new()
     }
 
     /// Does this lab step read every machine's timeline (given to it in
@@ -69,8 +70,8 @@ pub(crate) trait StepKind {
         false
     }
 
-    fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
-        None
+    fn images_mut(&mut self) -> Vec<&mut toml::Spanned<String>> {
+        Vec::new()
     }
 
     /// Read the step from its `[[step]]` table's text (header and `action`
@@ -90,12 +91,12 @@ pub(crate) trait StepKind {
 /// `image` field), inside its `impl StepKind`.
 macro_rules! serves_image {
     () => {
-        fn image(&self) -> Option<&toml::Spanned<String>> {
-            Some(&self.image)
+        fn images(&self) -> Vec<&toml::Spanned<String>> {
+            vec![&self.image]
         }
 
-        fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
-            Some(&mut self.image)
+        fn images_mut(&mut self) -> Vec<&mut toml::Spanned<String>> {
+            vec![&mut self.image]
         }
     };
 }
@@ -159,16 +160,16 @@ macro_rules! steps {
                 }
             }
 
-            /// The recipe a serving step's `image` names.
-            pub fn image(&self) -> Option<&toml::Spanned<String>> {
+            /// The recipes a serving step names.
+            pub fn images(&self) -> Vec<&toml::Spanned<String>> {
                 match self {
-                    $(Step::$variant(s) => StepKind::image(s),)*
+                    $(Step::$variant(s) => StepKind::images(s),)*
                 }
             }
 
-            pub(crate) fn image_mut(&mut self) -> Option<&mut toml::Spanned<String>> {
+            pub(crate) fn images_mut(&mut self) -> Vec<&mut toml::Spanned<String>> {
                 match self {
-                    $(Step::$variant(s) => StepKind::image_mut(s),)*
+                    $(Step::$variant(s) => StepKind::images_mut(s),)*
                 }
             }
 
@@ -237,6 +238,8 @@ steps! {
     "wait_fleet" => wait_fleet::WaitFleet(WaitFleet),
     "assert_fleet" => assert_fleet::AssertFleet(AssertFleet),
     "fleet_fault" => fleet_fault::FleetFault(FleetFault),
+    "product_agent" => product_agent::ProductAgent(ProductAgent),
+    "publish_product" => publish_product::PublishProduct(PublishProduct),
 }
 
 /// The longest duration a scenario may write (a day): anything longer is a

@@ -37,29 +37,34 @@ impl StepKind for ServeRelease {
 /// of the lab's machines and serves each as `version` (the update server
 /// started if it was not).
 pub(crate) async fn serve(r: &mut Run<'_>, image: &toml::Spanned<String>, version: &str) -> Result<()> {
-    let recipe = r.scenario.recipe_for(&crate::rundir::workspace_root(), image)?;
     r.start_server().await?;
     for arch in r.lab_arches.clone() {
-        let built = devlab_images::locate(&recipe, arch)?;
-        if built.manifest.version != version {
-            return Err(r.failure(format!(
-                "image `{}` is version {}, not {version}",
-                image.get_ref(),
-                built.manifest.version,
-            )));
+        let release = release(r, image, arch).await?;
+        if release.version != version {
+            return Err(r.failure(format!("image `{}` is version {}, not {version}", image.get_ref(), release.version)));
         }
-        let key = devlab_images::release_key(&built.manifest.key);
-        let file = built.dir.join(format!("release-{}-{arch}.img.gz.enc", built.manifest.recipe));
-        let rootfs = built.rootfs.clone();
-        let (f, k) = (file.clone(), key.clone());
-        let version = version.to_string();
-        let release = blocking(move || {
-            crate::update_server::package(&rootfs, &f, &k).map_err(Error::infra)?;
-            crate::update_server::load_release(&version, arch.uname(), &f, &k)
-                .map_err(|e| Error::infra(format!("reading {}: {e}", f.display())))
-        })
-        .await?;
         r.server.as_ref().expect("started").add_release(release);
     }
     Ok(())
+}
+
+/// The release package of recipe `image` for `arch` (built once, then
+/// reused), as the recipe's version.
+pub(crate) async fn release(
+    r: &mut Run<'_>,
+    image: &toml::Spanned<String>,
+    arch: devlab_images::Arch,
+) -> Result<crate::update_server::Release> {
+    let recipe = r.scenario.recipe_for(&crate::rundir::workspace_root(), image)?;
+    let built = devlab_images::locate(&recipe, arch)?;
+    let key = devlab_images::release_key(&built.manifest.key);
+    let file = built.dir.join(format!("release-{}-{arch}.img.gz.enc", built.manifest.recipe));
+    let rootfs = built.rootfs.clone();
+    let version = built.manifest.version.clone();
+    blocking(move || {
+        crate::update_server::package(&rootfs, &file, &key).map_err(Error::infra)?;
+        crate::update_server::load_release(&version, arch.uname(), &file, &key)
+            .map_err(|e| Error::infra(format!("reading {}: {e}", file.display())))
+    })
+    .await
 }
