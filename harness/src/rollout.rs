@@ -159,7 +159,8 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Decision {
     pub t: f64,
-    /// `check-in`, `report`, `publish`, `advance`, `pause`, `resume`,
+    /// `check-in`, `report`, `publish`, `advance` (the operator's),
+    /// `auto-advance` (a wave opened by itself), `pause`, `resume`,
     /// `abort`, `halt`.
     pub what: String,
     pub channel: String,
@@ -286,7 +287,7 @@ impl Fleet {
             return false;
         }
         r.open += 1;
-        let detail = format!("wave {} of {} open", r.open, r.version);
+        let detail = format!("wave {} open", r.open);
         self.log(t, "advance", channel, "", detail);
         true
     }
@@ -324,7 +325,18 @@ impl Fleet {
                 return;
             }
             self.advance(t, channel);
+            if let Some(d) = self.decisions.last_mut() {
+                d.what = "auto-advance".into();
+            }
         }
+    }
+
+    /// The decisions from the `from`-th on that changed a rollout by
+    /// themselves (a wave opened by itself, a halt): the operator's own
+    /// are the steps' events, and check-ins (one per poll) are not.
+    pub fn own_changes(&self, from: usize) -> Vec<Decision> {
+        let own = |d: &&Decision| d.what == "auto-advance" || d.what == "halt";
+        self.decisions.iter().skip(from).filter(own).cloned().collect()
     }
 }
 
@@ -388,6 +400,9 @@ mod tests {
             whats,
             ["publish", "check-in", "check-in", "check-in", "report", "check-in", "report", "halt", "check-in"]
         );
+        let own: Vec<String> = f.own_changes(0).into_iter().map(|d| d.what).collect();
+        assert_eq!(own, ["halt"]);
+        assert!(f.own_changes(8).is_empty(), "the cursor skips what was seen");
         f.set_state(4.0, "stable", "abort").unwrap();
         assert!(f.set_state(4.0, "stable", "resume").is_err());
     }
@@ -403,6 +418,8 @@ mod tests {
         assert_eq!(f.rollout("stable").unwrap().open_waves(), 1, "b has not updated yet");
         f.report(3.0, "b", "2", true).unwrap();
         assert_eq!(f.rollout("stable").unwrap().open_waves(), 2);
+        let own: Vec<(String, String)> = f.own_changes(0).into_iter().map(|d| (d.what, d.detail)).collect();
+        assert_eq!(own, [("auto-advance".to_string(), "wave 2 open".to_string())]);
         assert!(matches!(f.check_in(4.0, "c", "stable", "aarch64", "1").unwrap(), Answer::Update { wave: 1, .. }));
     }
 

@@ -497,6 +497,7 @@ async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
             }
             let (first, rest) = runs.split_first_mut().expect("several");
             let mark = first.timeline.entries.len();
+            first.record_rollout_changes();
             let res = placed.step.run(first, placed).await;
             // The step's own events are the lab's; console and QMP events
             // it drained stay the first machine's.
@@ -536,6 +537,10 @@ async fn machine_steps(runs: &mut [Run<'_>], lab: &mut Timeline) -> Result<()> {
         runs[0].end_step(start, res.is_ok());
         res?;
     }
+    let first = &mut runs[0];
+    let mark = first.timeline.entries.len();
+    first.record_rollout_changes();
+    lab.entries.extend(first.timeline.entries.drain(mark..));
     Ok(())
 }
 
@@ -1027,6 +1032,9 @@ pub struct Run<'a> {
     /// Every machine's timeline as it stood when a lab step that reads the
     /// machines (`Step::reads_machines`) began, by machine name.
     pub(crate) machine_views: Vec<(String, Vec<Entry>)>,
+    /// How many of the update server's fleet decisions the timeline has
+    /// looked at (see [`Run::record_rollout_changes`]).
+    rollout_seen: usize,
 }
 
 impl<'a> Run<'a> {
@@ -1075,6 +1083,7 @@ impl<'a> Run<'a> {
             product: None,
             link: None,
             machine_views: Vec::new(),
+            rollout_seen: 0,
             netboot_tftp: None,
             service: None,
             per_arch_profiles: false,
@@ -1592,6 +1601,22 @@ impl<'a> Run<'a> {
     }
 
     /// Start the update server on first use.
+    /// The changes the update server made to a fleet's rollouts by itself
+    /// since the last look (a wave opened, a halt), as `rollout` events:
+    /// the operator's own are their steps' events, and check-in answers
+    /// (one per poll, as many as the timing makes) stay in `http.log`.
+    /// Looked at before each lab step and after the last step, so they
+    /// land between the same steps every run.
+    pub(crate) fn record_rollout_changes(&mut self) {
+        let Some(server) = self.server.clone() else { return };
+        let seen = self.rollout_seen;
+        let (changes, total) = server.fleet(|f, _| (f.own_changes(seen), f.decisions.len()));
+        self.rollout_seen = total;
+        for d in changes {
+            self.record(Event::Rollout { channel: d.channel, detail: format!("{}: {}", d.what, d.detail) });
+        }
+    }
+
     pub(crate) async fn start_server(&mut self) -> Result<()> {
         if self.server.is_none() {
             let server = crate::update_server::UpdateServer::start(self.lab_dir.join("http.log"))
