@@ -8,8 +8,10 @@
 //! configures the agents (`product_agent`).
 //!
 //! Invariants: main and sub are two different `[[machine]]`s; the link's
-//! sockets live in a folder of the run's own that is removed with it; a
-//! machine powered on again binds its end afresh (QEMU never unlinks it).
+//! sockets live in a folder of the run's own (`devlab-<pid>-link-*` in the
+//! temp dir) that is removed with it, and that the next start sweeps if the
+//! harness was SIGKILLed (`machine::remove_orphaned_socket_dirs`, by pid);
+//! a machine powered on again binds its end afresh (QEMU never unlinks it).
 
 use crate::error::{Error, InputError, Result};
 use crate::scenario::MachineDecl;
