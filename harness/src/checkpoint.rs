@@ -155,9 +155,16 @@ pub fn store(root: &Path, overlay: &Path, timeline: &[Entry], meta: &Meta) -> st
         std::fs::remove_dir_all(&dir)?;
     }
     let kept = tmp.keep();
-    std::fs::rename(&kept, &dir).inspect_err(|_| {
+    if let Err(e) = std::fs::rename(&kept, &dir) {
         let _ = std::fs::remove_dir_all(&kept);
-    })?;
+        // Another store of the same key won the race between the check
+        // above and the rename (two machines of one run, same board and
+        // image, saving at the same step): theirs is kept.
+        if find(root, &meta.name, &meta.key).is_some() {
+            return Ok(dir);
+        }
+        return Err(e);
+    }
     Ok(dir)
 }
 
@@ -251,5 +258,32 @@ mod tests {
         std::fs::File::options().append(true).open(dir.join("meta.json")).unwrap().set_modified(old).unwrap();
         prune(&root, std::time::Duration::from_secs(3600));
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn stores_of_one_key_at_once_all_succeed_and_leave_one_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let overlay = d.path().join("disk.qcow2");
+        std::fs::write(&overlay, vec![7u8; 1 << 20]).unwrap();
+        let key = "ef".repeat(32);
+        let root = d.path().join("cp");
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let stores: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        let meta = Meta { name: "booted".into(), key: key.clone(), ssh_up: true, step: 3 };
+                        barrier.wait();
+                        store(&root, &overlay, &[], &meta)
+                    })
+                })
+                .collect();
+            for st in stores {
+                st.join().unwrap().expect("every store succeeds");
+            }
+        });
+        assert!(find(&root, "booted", &key).is_some());
+        let left: Vec<_> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "one entry, no temp folders: {left:?}");
     }
 }
