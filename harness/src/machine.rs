@@ -205,13 +205,7 @@ impl Machine {
             },
         );
         if let Some(end) = spec.link {
-            // The previous QEMU's end (powered on again): QEMU binds, never unlinks.
-            match std::fs::remove_file(&end.local) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::infra(format!("cannot remove {}: {e}", end.local.display())));
-                }
-                _ => {}
-            }
+            end.unbind_previous()?;
         }
         let cmdline = std::iter::once(qemu.to_string_lossy().into_owned())
             .chain(args.iter().cloned())

@@ -111,6 +111,19 @@ pub struct LinkEnd {
     pub role: Role,
 }
 
+impl LinkEnd {
+    /// Remove the socket a previous QEMU of this machine bound (powered on
+    /// again): QEMU binds its end, never unlinks it.
+    pub fn unbind_previous(&self) -> Result<()> {
+        match std::fs::remove_file(&self.local) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::infra(format!("cannot remove {}: {e}", self.local.display())))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The product's link for the run: the folder of its sockets (removed with
 /// the last holder), the arch of each part, and the SSH key the sub's image
 /// accepts (the main logs in to it over the link).
@@ -181,6 +194,11 @@ mod tests {
         let args = qemu_args(&m, "virtio-net-pci").join(" ");
         assert!(args.contains("dgram,id=link0,local.type=unix"), "{args}");
         assert!(args.contains("virtio-net-pci,netdev=link0,mac=52:54:00:77:00:01,romfile="), "{args}");
+        // A previous QEMU's socket is removed; none there is fine.
+        std::fs::write(&m.local, b"").unwrap();
+        m.unbind_previous().unwrap();
+        assert!(!m.local.exists());
+        m.unbind_previous().unwrap();
         let dir = m.local.parent().unwrap().to_path_buf();
         drop(lab);
         assert!(!dir.exists(), "the link's folder goes with the run");
