@@ -39,6 +39,9 @@ fn host_arch() -> Option<Arch> {
 /// (up to [`PROBE_BOUND_IPXE`]), which must not stall the one thread every
 /// concurrent run shares. Probes still run one at a time (see [`PROBE`]).
 pub async fn choose_async(board: &Board) -> AccelChoice {
+    if board.is_external() {
+        return AccelChoice { accel: Accel::Tcg, reason: "external board: devlab runs no QEMU for it".into() };
+    }
     let board = board.clone();
     match tokio::task::spawn_blocking(move || choose(&board)).await {
         Ok(choice) => choice,

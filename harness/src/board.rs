@@ -42,6 +42,9 @@ pub struct Board {
     pub ssh_guest_port: u16,
     /// Where the profile was read from.
     pub path: PathBuf,
+    /// A board devlab does not run as QEMU (`[external]`): its console,
+    /// power switch, SSH address and flash command.
+    pub external: Option<crate::external::External>,
 }
 
 /// The profile file as written (`harness/boards/*.toml`); [`Board::parse`]
@@ -80,6 +83,24 @@ struct ProfileFile {
     watchdog: Option<String>,
     #[serde(default)]
     extra_args: Vec<String>,
+}
+
+/// An external board's profile file (see [`Board::parse_external`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExternalProfileFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    arch: Arch,
+    uboot: UbootPrompts,
+    /// The board has a hardware watchdog that resets it.
+    #[serde(default)]
+    watchdog: bool,
+    /// The board's MAC address (for lab-network leases), if known.
+    #[serde(default)]
+    mac: Option<String>,
+    external: crate::external::ExternalFile,
 }
 
 fn one() -> u32 {
@@ -273,6 +294,9 @@ impl Board {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Board> {
+        if text.parse::<toml::Table>().is_ok_and(|t| t.contains_key("external")) {
+            return Self::parse_external(path, text);
+        }
         let file: ProfileFile = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
         let field_err = |field: &str, msg: String| {
             let offset = locate(text, field).unwrap_or(0);
@@ -312,7 +336,47 @@ impl Board {
             extra_args: file.extra_args,
             ssh_guest_port: 22,
             path: path.to_path_buf(),
+            external: None,
         })
+    }
+
+    /// An external board's profile: name, arch, U-Boot's prompts, whether
+    /// it has a watchdog, and `[external]` (see [`crate::external`]). What
+    /// describes QEMU hardware is not asked for, and refused.
+    fn parse_external(path: &Path, text: &str) -> Result<Board> {
+        let file: ExternalProfileFile = toml::from_str(text).map_err(|e| InputError::from_toml(path, text, 0, &e))?;
+        let at = |field: &str, msg: String| {
+            let offset = locate(text, field).unwrap_or(0);
+            InputError::new(path, msg).at(text, offset).field(field)
+        };
+        let external = file.external.validate(path, &file.name, &at)?;
+        let table = FirmwareTable { path: PathBuf::new(), package: String::new(), kind: "bios".into() };
+        let firmware = Firmware::from_profile(table, Some(file.uboot), None, "").map_err(|e| at(e.field, e.message))?;
+        Ok(Board {
+            name: file.name,
+            description: file.description,
+            arch: file.arch,
+            machine: "external".into(),
+            cpu: String::new(),
+            smp: 1,
+            memory_mib: 0,
+            accel: Vec::new(),
+            firmware,
+            disk: Disk { model: String::new() },
+            nic: Nic { model: String::new(), mac: file.mac.unwrap_or_default() },
+            smbios: None,
+            pxe: None,
+            watchdog: file.watchdog.then(|| "board".to_string()),
+            extra_args: Vec::new(),
+            ssh_guest_port: 22,
+            path: path.to_path_buf(),
+            external: Some(external),
+        })
+    }
+
+    /// Is this a board devlab does not run as QEMU?
+    pub fn is_external(&self) -> bool {
+        self.external.is_some()
     }
 
     /// U-Boot's prompts, if the firmware is U-Boot (a `boot` step needs them).
@@ -348,7 +412,7 @@ impl Board {
     }
 
     pub fn check_firmware(&self) -> Result<()> {
-        if self.firmware_present() {
+        if self.firmware_present() || self.is_external() {
             return Ok(());
         }
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
@@ -550,8 +614,16 @@ pub fn boards_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("boards"))
 }
 
-/// Load the profile called `name` from [`boards_dir`].
+/// Load the profile called `name` from [`boards_dir`], or from a path (a
+/// team keeps its bench's profiles with its lab: `labs/bench-3.toml`).
 pub fn find(name: &str) -> Result<Board> {
+    if name.ends_with(".toml") || name.contains('/') {
+        let path = Path::new(name);
+        if !path.is_file() {
+            return Err(InputError::new(path, "no such board profile file").into());
+        }
+        return Board::load(path);
+    }
     let dir = boards_dir();
     let path = dir.join(format!("{name}.toml"));
     if !path.is_file() {
@@ -602,6 +674,42 @@ mod tests {
             detect_zeroes: false,
             disk_armable: false,
             tap: None,
+        }
+    }
+
+    /// The stand-in's profiles parse as external boards; each mistake in
+    /// `[external]` is an input error at its line and field.
+    #[test]
+    fn external_profiles_parse_and_their_mistakes_are_located() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let path = root.join("examples/standin-board/boards/standin-x86_64.toml");
+        let b = Board::load(&path).unwrap();
+        let ext = b.external.as_ref().unwrap();
+        assert_eq!(ext.ssh, ("127.0.0.1".to_string(), 4122));
+        assert_eq!(ext.server_address, "10.0.2.2");
+        assert!(b.watchdog.is_some() && b.uboot().is_some() && b.check_firmware().is_ok());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cases = [
+            ("bind = \"127.0.0.1\"", "bind = \"0.0.0.0\"", "bind", "must not listen on every interface"),
+            ("ssh = \"127.0.0.1:4122\"", "ssh = \"bench\"", "ssh", "is not host:port"),
+            ("console = { tcp", "console = { serial = \"/dev/ttyUSB0\", tcp", "console", "exactly one of"),
+            (
+                "power = { pdudaemon = \"127.0.0.1:16431\", hostname = \"standin-x86_64\", port = 1 }",
+                "power = { on = \"relay on\" }",
+                "power",
+                "both on and off",
+            ),
+            ("command_timeout = \"2m\"", "command_timeout = \"soon\"", "command_timeout", "`soon`"),
+            ("arch = \"x86_64\"", "arch = \"x86_64\"\nmachine = \"pc\"", "machine", "unknown field"),
+        ];
+        for (from, to, field, says) in cases {
+            assert!(text.contains(from), "{from}");
+            let bad = text.replacen(from, to, 1);
+            let err = Board::parse(&path, &bad).unwrap_err();
+            let shown = err.to_string();
+            assert!(shown.contains(says) && shown.contains(&format!("field `{field}`")), "{field}: {shown}");
+            let line = bad.lines().position(|l| l.contains(to.lines().last().unwrap())).unwrap() + 1;
+            assert!(shown.contains(&format!("standin-x86_64.toml:{line}:")), "{field}: {shown}");
         }
     }
 

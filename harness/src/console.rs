@@ -14,9 +14,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+/// The console's read side: QEMU's socket, a TCP console server
+/// (ser2net), a serial device, or a command's stdout.
+pub type ConsoleRead = Box<dyn AsyncRead + Send + Unpin>;
+/// The console's write side (what the guest's serial port receives).
+pub type ConsoleWrite = Box<dyn AsyncWrite + Send + Unpin>;
 use tokio::sync::{broadcast, watch};
 
 /// How many lines a console error carries.
@@ -105,10 +110,12 @@ pub struct BadPattern {
 /// The console of one machine.
 pub struct Console {
     shared: Arc<Shared>,
-    writer: Arc<tokio::sync::Mutex<Option<OwnedWriteHalf>>>,
+    writer: Arc<tokio::sync::Mutex<Option<ConsoleWrite>>>,
     cursor: usize,
     bad: Vec<BadPattern>,
     bad_cursor: usize,
+    /// Where this power-on's output starts (see [`Console::forget_past`]).
+    origin: usize,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -121,6 +128,13 @@ impl Drop for Console {
 impl Console {
     /// Take over the stream QEMU opened for the serial port.
     pub fn start(stream: UnixStream, log: PathBuf, t0: Instant) -> std::io::Result<Console> {
+        let (read, write) = stream.into_split();
+        Self::start_on(Box::new(read), Box::new(write), log, t0)
+    }
+
+    /// Take over any console line (an external board's: see
+    /// [`crate::external`]).
+    pub fn start_on(read: ConsoleRead, write: ConsoleWrite, log: PathBuf, t0: Instant) -> std::io::Result<Console> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let (len_tx, _) = watch::channel(0);
         let (live, _) = broadcast::channel(256);
@@ -131,7 +145,6 @@ impl Console {
             live,
             log,
         });
-        let (read, write) = stream.into_split();
         let reader = tokio::spawn(read_loop(read, shared.clone(), file, t0));
         Ok(Console {
             shared,
@@ -139,6 +152,7 @@ impl Console {
             cursor: 0,
             bad: Vec::new(),
             bad_cursor: 0,
+            origin: 0,
             reader,
         })
     }
@@ -181,6 +195,56 @@ impl Console {
     /// prompt printed before is stale: a serial login wakes it again).
     pub fn skip_to_end(&mut self) {
         self.cursor = self.len();
+    }
+
+    /// Wait (at most `timeout`) until `re` matches bytes from offset `from`
+    /// on, without moving the expect cursor; returns the offset past the
+    /// match (an external board's reset seen as its firmware's banner,
+    /// which the next step still reads).
+    pub async fn seen_after(&self, re: &Regex, from: usize, timeout: Duration) -> Result<usize, ConsoleError> {
+        let mut rx = self.shared.len_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let inner = self.shared.inner.lock().unwrap();
+                let from = from.min(inner.bytes.len());
+                if let Some(m) = re.find(&inner.bytes[from..]) {
+                    return Ok(from + m.end());
+                }
+                if inner.closed {
+                    let (wanted, log) = (format!("`{}`", re.as_str()), self.shared.log.clone());
+                    return Err(ConsoleError::Closed {
+                        wanted,
+                        last_lines: last_lines(&inner.bytes, ERROR_LINES),
+                        log,
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return Err(ConsoleError::Timeout {
+                    wanted: format!("`{}`", re.as_str()),
+                    waited: timeout,
+                    last_lines: self.last_lines(ERROR_LINES),
+                    log: self.shared.log.clone(),
+                });
+            }
+        }
+    }
+
+    /// Forget everything received so far, for good: the next `expect`, bad
+    /// pattern and trigger see only what arrives from now on (an external
+    /// board's serial line hands over what it buffered while nobody read it:
+    /// the previous power-on's last words).
+    pub fn forget_past(&mut self) {
+        self.cursor = self.len();
+        self.bad_cursor = self.cursor;
+        self.origin = self.cursor;
+    }
+
+    /// Where this power-on's output starts: 0, or what
+    /// [`Console::forget_past`] forgot.
+    pub fn origin(&self) -> usize {
+        self.origin
     }
 
     pub fn is_empty(&self) -> bool {
@@ -409,12 +473,7 @@ impl Console {
     }
 }
 
-async fn read_loop(
-    mut read: tokio::net::unix::OwnedReadHalf,
-    shared: Arc<Shared>,
-    mut log: std::fs::File,
-    t0: Instant,
-) {
+async fn read_loop(mut read: ConsoleRead, shared: Arc<Shared>, mut log: std::fs::File, t0: Instant) {
     let mut buf = vec![0u8; 16384];
     let mut at_line_start = true;
     loop {

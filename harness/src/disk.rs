@@ -27,12 +27,29 @@ pub(crate) fn run_tool(cmd: &mut Command, doing: &str) -> Result<std::process::O
     Ok(out)
 }
 
+/// The format of a disk: a machine's qcow2 overlay, or raw (an external
+/// board's disk: a block device behind an SD mux, a disk file).
+fn format_of(disk: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let qcow2 = std::fs::File::open(disk)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|()| &magic == b"QFI\xfb");
+    if qcow2 {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
 /// Read `len` bytes at `offset` of the guest disk behind `overlay`.
 pub fn read_bytes(overlay: &Path, offset: u64, len: u64) -> Result<Vec<u8>> {
     let qemu_img = tool("qemu-img", "qemu-utils")?;
     let out = tempfile::NamedTempFile::new().map_err(|e| Error::infra(format!("temp file: {e}")))?;
-    let spec =
-        format!("driver=raw,offset={offset},size={len},file.driver=qcow2,file.file.filename={}", overlay.display());
+    let file = match format_of(overlay) {
+        "qcow2" => format!("file.driver=qcow2,file.file.filename={}", overlay.display()),
+        _ => format!("file.driver=file,file.filename={}", overlay.display()),
+    };
+    let spec = format!("driver=raw,offset={offset},size={len},{file}");
     run_tool(
         Command::new(qemu_img).args(["convert", "-U", "--image-opts", &spec, "-O", "raw"]).arg(out.path()),
         &format!("reading {len} bytes at {offset} of {}", overlay.display()),
@@ -62,7 +79,7 @@ pub fn corrupt(overlay: &Path, m: &Manifest, label: &str, offset: u64, length: u
     }
     let qemu_io = tool("qemu-io", "qemu-utils")?;
     let res = Command::new(qemu_io)
-        .args(["-f", "qcow2", "-c"])
+        .args(["-f", format_of(overlay), "-c"])
         .arg(format!("write -P {byte} {} {length}", part.start + offset))
         .arg(overlay)
         .output()

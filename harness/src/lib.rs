@@ -14,6 +14,7 @@ pub mod device_suite;
 pub mod disk;
 pub mod error;
 pub mod etcd;
+pub mod external;
 pub mod firmware;
 pub mod fleet;
 pub mod fleetlock;

@@ -1,5 +1,6 @@
 //! The machine: the only module that owns a QEMU child. One `Machine` owns
-//! one QEMU process and its run directory files (`qemu.cmdline`,
+//! one QEMU process (or holds an external board switched on: see
+//! [`crate::external`]; no QEMU, no QMP) and its run directory files (`qemu.cmdline`,
 //! `qemu.stderr`, sockets, the qcow2 overlay). QEMU runs in its own process
 //! group with `PR_SET_PDEATHSIG`, so a SIGKILLed harness leaves nothing;
 //! teardown is a ladder (QMP `quit` → SIGTERM to the group → grace →
@@ -63,15 +64,18 @@ pub struct DiskSeam {
     pub backend: String,
 }
 
-/// A running (or stopped) QEMU machine.
+/// A running (or stopped) machine: a QEMU child, or an external board
+/// (see [`crate::external`]) switched on through its power switch.
 pub struct Machine {
     pub board: Board,
     pub run_dir: PathBuf,
+    /// The disk overlay (QEMU); the image flashed to an external board.
     pub overlay: PathBuf,
     pub console: Console,
     /// Shared with tasks that act on the machine on their own (an armed
-    /// fault completed the moment it fires).
-    pub qmp: std::sync::Arc<Qmp>,
+    /// fault completed the moment it fires). `None` for an external
+    /// board: devlab opens no QMP socket for it.
+    pub qmp: Option<std::sync::Arc<Qmp>>,
     /// Time zero of this machine's log and event times (see `MachineSpec::epoch`).
     pub t0: Instant,
     /// The armable disk (`None`: the disk is as it was at power-on).
@@ -80,9 +84,47 @@ pub struct Machine {
     /// socket path must fit in 108 bytes, and run directories can be deep.
     /// Removed when the machine drops.
     sockets: tempfile::TempDir,
-    child: Child,
-    pidfd: AsyncFd<OwnedFd>,
-    exit: Option<ExitStatus>,
+    body: Body,
+}
+
+/// What runs the machine.
+enum Body {
+    Qemu { child: Child, pidfd: AsyncFd<OwnedFd>, exit: Option<ExitStatus> },
+    External(ExternalBody),
+}
+
+/// An external board while devlab holds it powered on.
+struct ExternalBody {
+    ext: std::sync::Arc<crate::external::External>,
+    /// Turns `true` once the power switch has switched it off.
+    off: tokio::sync::watch::Sender<bool>,
+    /// A command console's process (killed on drop).
+    _console_child: Option<tokio::process::Child>,
+}
+
+/// How a task cuts the power of a machine on its own (an armed fault).
+#[derive(Clone)]
+pub enum Cutter {
+    /// SIGKILL to QEMU's process group.
+    Qemu(Pid),
+    /// The external board's power switch, then `off` set.
+    External(std::sync::Arc<crate::external::External>, tokio::sync::watch::Sender<bool>),
+}
+
+impl Cutter {
+    pub async fn cut(&self) -> std::result::Result<(), String> {
+        match self {
+            Cutter::Qemu(pgid) => {
+                let _ = killpg(*pgid, Signal::SIGKILL);
+                Ok(())
+            }
+            Cutter::External(ext, off) => {
+                ext.power(false).await.map_err(|e| e.to_string())?;
+                off.send_replace(true);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// A pidfd for `pid` (readable once it has exited), child or not.
@@ -293,7 +335,7 @@ impl Machine {
             run_dir: run.to_path_buf(),
             overlay,
             console,
-            qmp: std::sync::Arc::new(qmp),
+            qmp: Some(std::sync::Arc::new(qmp)),
             t0,
             disk: spec.disk_armable.then(|| DiskSeam {
                 layers: Default::default(),
@@ -306,9 +348,71 @@ impl Machine {
                 },
             }),
             sockets,
-            child,
-            pidfd,
-            exit,
+            body: Body::Qemu { child, pidfd, exit },
+        })
+    }
+
+    /// Power on an external board: open its console line (what it buffered
+    /// while nobody read is forgotten), then switch the power on. The
+    /// first power-on of a run flashes `image` first (the profile's
+    /// `flash`; never written to: the command reads it).
+    pub async fn start_external(spec: MachineSpec<'_>, image: &Path, flash: bool) -> Result<Machine> {
+        let board = spec.board;
+        let ext = std::sync::Arc::new(board.external.clone().expect("an external board"));
+        let run = spec.run_dir;
+        if flash {
+            // Known state first: a board left on by someone must not run
+            // while its disk is written.
+            ext.power(false).await?;
+            ext.flash(image).await?;
+        }
+        let sockets = tempfile::Builder::new()
+            .prefix(&format!("devlab-{}-", std::process::id()))
+            .tempdir()
+            .map_err(|e| Error::infra(format!("cannot create a socket folder: {e}")))?;
+        let (read, write, child) = ext.open_console().await?;
+        let t0 = spec.epoch.unwrap_or_else(Instant::now);
+        let mut console = Console::start_on(read, write, run.join("serial.log"), t0)
+            .map_err(|e| Error::infra(format!("serial.log: {e}")))?;
+        console.forget_past();
+        ext.power(true).await?;
+        // A board that says nothing at all is the lab's problem (power,
+        // cable, console server), not the product's.
+        let anything = regex::bytes::Regex::new("(?s).").expect("valid");
+        if let Err(e) = console.seen_after(&anything, console.origin(), ext.console_timeout).await {
+            let _ = ext.power(false).await;
+            return Err(Error::infra(format!(
+                "board {}: its console ({}) stayed silent for {} after power on ({}): check the power switch and \
+                 the console line; {e}",
+                board.name,
+                ext.console_label(),
+                humantime::format_duration(ext.console_timeout),
+                ext.power_label(),
+            )));
+        }
+        let (off, _) = tokio::sync::watch::channel(false);
+        Ok(Machine {
+            board: board.clone(),
+            run_dir: run.to_path_buf(),
+            overlay: image.to_path_buf(),
+            console,
+            qmp: None,
+            t0,
+            disk: None,
+            sockets,
+            body: Body::External(ExternalBody { ext, off, _console_child: child }),
+        })
+    }
+
+    /// The QMP events so far (none for an external board).
+    pub fn qmp_events(&self) -> Vec<crate::qmp::QmpEvent> {
+        self.qmp.as_ref().map(|q| q.events()).unwrap_or_default()
+    }
+
+    /// The QMP connection, or why there is none (an external board).
+    pub fn qmp(&self) -> Result<&std::sync::Arc<Qmp>> {
+        self.qmp.as_ref().ok_or_else(|| {
+            Error::infra(format!("board {} is external: devlab has no QMP connection to it", self.board.name))
         })
     }
 
@@ -317,8 +421,12 @@ impl Machine {
         self.sockets.path().join(name)
     }
 
+    /// QEMU's pid (0 for an external board: no process of devlab's).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.body {
+            Body::Qemu { child, .. } => child.id(),
+            Body::External(_) => 0,
+        }
     }
 
     /// Seconds since power-on.
@@ -326,43 +434,92 @@ impl Machine {
         self.t0.elapsed().as_secs_f64()
     }
 
-    /// The host port forwarded to the guest's SSH port, read back from QEMU.
+    /// The host port forwarded to the guest's SSH port, read back from QEMU
+    /// (an external board: its profile's).
     pub async fn ssh_port(&self) -> Result<u16> {
-        let text = self.qmp.hmp("info usernet").await.map_err(|e| Error::infra(format!("info usernet: {e}")))?;
+        if let Some(ext) = &self.board.external {
+            return Ok(ext.ssh.1);
+        }
+        let text = self.qmp()?.hmp("info usernet").await.map_err(|e| Error::infra(format!("info usernet: {e}")))?;
         parse_usernet_port(&text, 22)
             .ok_or_else(|| Error::infra(format!("no SSH port forward in `info usernet`: {text:?}")))
     }
 
-    /// Has QEMU exited?
+    /// Has QEMU exited (an external board: been switched off)?
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
+        match &mut self.body {
+            Body::Qemu { child, exit, .. } => {
+                if exit.is_none() {
+                    *exit = child.try_wait().ok().flatten();
+                }
+                *exit
+            }
+            Body::External(b) => b.off.borrow().then(switched_off),
         }
-        self.exit
     }
 
-    /// Wait for QEMU to exit, at most `timeout`.
+    /// Wait for QEMU to exit, at most `timeout`. An external board cannot
+    /// exit: it is off once the kernel said it powered down (`reboot: Power
+    /// down` on the console) and the switch then cut its power, or once
+    /// something switched it off.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let mut half = HalfRef { child: &mut self.child, pidfd: &self.pidfd, exit: &mut self.exit };
-        tokio::time::timeout(timeout, half.wait()).await.ok().and_then(|r| r.ok())
+        match &mut self.body {
+            Body::Qemu { child, pidfd, exit } => {
+                let mut half = HalfRef { child, pidfd, exit };
+                tokio::time::timeout(timeout, half.wait()).await.ok().and_then(|r| r.ok())
+            }
+            Body::External(b) => {
+                let mut off = b.off.subscribe();
+                let halted = [regex::bytes::Regex::new(r"reboot: (Power down|System halted)").expect("valid")];
+                tokio::select! {
+                    _ = off.wait_for(|o| *o) => Some(switched_off()),
+                    got = self.console.expect(&halted, timeout) => match got {
+                        Ok(_) => {
+                            b.ext.power(false).await.ok()?;
+                            b.off.send_replace(true);
+                            Some(switched_off())
+                        }
+                        Err(_) => None,
+                    },
+                }
+            }
+        }
     }
 
-    /// Cut the power: SIGKILL to QEMU's process group, no flush, no goodbye.
+    /// Cut the power: SIGKILL to QEMU's process group, no flush, no
+    /// goodbye; an external board's switch turned off.
     pub async fn power_cut(&mut self) -> Result<ExitStatus> {
+        if let Body::External(b) = &self.body {
+            b.ext.power(false).await?;
+            b.off.send_replace(true);
+            return Ok(switched_off());
+        }
         self.signal(Signal::SIGKILL);
         self.wait_exit(Duration::from_secs(10))
             .await
             .ok_or_else(|| Error::infra(format!("QEMU (pid {}) survived SIGKILL", self.pid())))
     }
 
+    /// What cuts this machine's power from a task of its own.
+    pub fn cutter(&self) -> Cutter {
+        match &self.body {
+            Body::Qemu { child, .. } => Cutter::Qemu(Pid::from_raw(child.id() as i32)),
+            Body::External(b) => Cutter::External(b.ext.clone(), b.off.clone()),
+        }
+    }
+
     /// A hook for a console trigger: freeze QEMU (SIGSTOP to its process
     /// group) from the console reader the moment the line arrives, so the
-    /// guest runs no further while the harness completes the fault.
+    /// guest runs no further while the harness completes the fault. An
+    /// external board cannot be frozen: the hook does nothing, and the
+    /// fault lands as fast as its power switch or server acts.
     pub fn freeze_hook(&self) -> Box<dyn FnOnce() + Send> {
-        let pgid = Pid::from_raw(self.child.id() as i32);
-        Box::new(move || {
-            let _ = killpg(pgid, Signal::SIGSTOP);
-        })
+        match self.qemu_group() {
+            Some(pgid) => Box::new(move || {
+                let _ = killpg(pgid, Signal::SIGSTOP);
+            }),
+            None => Box::new(|| ()),
+        }
     }
 
     /// Let a frozen QEMU (see [`Machine::freeze_hook`]) run again.
@@ -371,31 +528,48 @@ impl Machine {
     }
 
     /// A signal to QEMU's process group that a task can send on its own
-    /// (SIGCONT to thaw, SIGKILL to cut the power); the exit is still
-    /// awaited by the machine's owner.
+    /// (SIGCONT to thaw); nothing for an external board.
     pub fn signal_hook(&self, sig: Signal) -> impl Fn() + Send + 'static {
-        let pgid = Pid::from_raw(self.child.id() as i32);
+        let pgid = self.qemu_group();
         move || {
-            let _ = killpg(pgid, sig);
+            if let Some(pgid) = pgid {
+                let _ = killpg(pgid, sig);
+            }
+        }
+    }
+
+    fn qemu_group(&self) -> Option<Pid> {
+        match &self.body {
+            Body::Qemu { child, .. } => Some(Pid::from_raw(child.id() as i32)),
+            Body::External(_) => None,
         }
     }
 
     fn signal(&self, sig: Signal) {
-        if self.exit.is_none() {
-            let _ = killpg(Pid::from_raw(self.child.id() as i32), sig);
+        if let Body::Qemu { child, exit: None, .. } = &self.body {
+            let _ = killpg(Pid::from_raw(child.id() as i32), sig);
         }
     }
 
-    /// The teardown ladder: QMP `quit` → SIGTERM to the group → SIGKILL.
-    /// Idempotent; returns how QEMU ended.
+    /// The teardown ladder: QMP `quit` → SIGTERM to the group → SIGKILL
+    /// (an external board: switched off). Idempotent; returns how it ended.
     pub async fn shutdown(&mut self) -> Option<ExitStatus> {
         if let Some(s) = self.exited() {
             return Some(s);
         }
+        if let Body::External(_) = &self.body {
+            return match self.power_cut().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("devlab: switching board {} off: {e}", self.board.name);
+                    None
+                }
+            };
+        }
         // A machine a trigger froze must run to hear `quit` (and SIGTERM).
         self.signal(Signal::SIGCONT);
-        if !self.qmp.is_closed() {
-            let _ = self.qmp.execute_timeout("quit", None, GRACE).await;
+        if let Some(qmp) = self.qmp.as_ref().filter(|q| !q.is_closed()) {
+            let _ = qmp.execute_timeout("quit", None, GRACE).await;
             if let Some(s) = self.wait_exit(GRACE).await {
                 return Some(s);
             }
@@ -409,18 +583,37 @@ impl Machine {
     }
 }
 
+/// How an external board that was switched off "exited".
+fn switched_off() -> ExitStatus {
+    std::os::unix::process::ExitStatusExt::from_raw(0)
+}
+
 impl Drop for Machine {
     /// The emergency path (panic, dropped future on Ctrl-C or timeout):
-    /// SIGTERM to the group, a bounded wait on the pidfd, then SIGKILL.
+    /// SIGTERM to the group, a bounded wait on the pidfd, then SIGKILL; an
+    /// external board still on is switched off (on a thread of its own, at
+    /// most its command timeout).
     fn drop(&mut self) {
         if self.exited().is_some() {
             return;
         }
-        self.signal(Signal::SIGTERM);
-        if !wait_pidfd_blocking(self.pidfd.get_ref(), GRACE) {
-            self.signal(Signal::SIGKILL);
+        if let Body::External(b) = &self.body {
+            let ext = b.ext.clone();
+            let off = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                rt.map(|rt| rt.block_on(ext.power(false)))
+            });
+            if let Ok(Ok(Err(e))) = off.join() {
+                eprintln!("devlab: switching board {} off: {e}", self.board.name);
+            }
+            return;
         }
-        self.exit = self.child.wait().ok();
+        self.signal(Signal::SIGTERM);
+        let Body::Qemu { child, pidfd, exit } = &mut self.body else { return };
+        if !wait_pidfd_blocking(pidfd.get_ref(), GRACE) {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        }
+        *exit = child.wait().ok();
     }
 }
 

@@ -28,7 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run scenario files (or every scenario in a folder) on their boards.
+    /// Run scenario files (or every scenario in a folder) on their boards
+    /// (`--board` picks among them; an external board, named by its
+    /// profile's path, runs them all).
     Run {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -52,6 +54,11 @@ enum Cmd {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Check against this board instead of the scenarios' own (a name
+        /// or a profile's path; repeatable): an external board refuses the
+        /// steps that need QEMU.
+        #[arg(long = "board")]
+        boards: Vec<String>,
     },
     /// List board profiles and whether their firmware is present.
     Boards,
@@ -173,6 +180,10 @@ struct Common {
     /// Keep the disk overlay of passed runs too (failed runs always keep it).
     #[arg(long)]
     keep_disks: bool,
+    /// How long a run waits in the queue of an external board another run
+    /// holds (`devlab boards` shows who); then it fails (exit 69).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
+    board_wait: std::time::Duration,
     /// Neither save nor restore checkpoints (every run boots cold).
     #[arg(long)]
     no_checkpoints: bool,
@@ -216,6 +227,12 @@ fn load_all(
     asked: &Path,
 ) -> Result<Vec<(Scenario, Vec<Board>)>, Error> {
     let chosen: Vec<Board> = only.iter().map(|n| board::find(n)).collect::<Result<_, _>>()?;
+    // External boards run any scenario they are given (the files name QEMU
+    // boards): `--board` then replaces, as a suite's does.
+    let replace = replace || (!chosen.is_empty() && chosen.iter().all(Board::is_external));
+    // `--board` may be a profile's path: compare by the profiles' names.
+    let only: Vec<String> = chosen.iter().map(|b| b.name.clone()).collect();
+    let only = &only[..];
     let mut out = Vec::new();
     let mut named = std::collections::BTreeSet::new();
     for f in scenario_files(paths)? {
@@ -238,6 +255,11 @@ fn load_all(
                 boards = chosen.clone();
             } else if !only.is_empty() {
                 boards.retain(|b| only.contains(&b.name));
+            }
+            // A board from `--board` meets the steps here, before anything
+            // boots (an external board refuses what needs QEMU).
+            for b in &boards {
+                s.machines_for(b)?;
             }
             out.push((s, boards));
         }
@@ -353,7 +375,7 @@ fn main() {
                 EXIT_BAD_INPUT
             }
         },
-        Cmd::Check { paths } => check(&paths),
+        Cmd::Check { paths, boards } => check(&paths, &boards),
         Cmd::Ps => {
             let all = harness::kept::list(&harness::kept::registry_dir());
             if all.is_empty() {
@@ -407,7 +429,7 @@ fn main() {
 
 /// `devlab check`: every scenario file (each matrix variant, on each of
 /// its boards) and every fleet file, parsed and checked; nothing boots.
-fn check(paths: &[PathBuf]) -> i32 {
+fn check(paths: &[PathBuf], boards: &[String]) -> i32 {
     // A device profile named on its own: checked with its image for each arch.
     let (profiles, paths): (Vec<PathBuf>, Vec<PathBuf>) =
         paths.iter().cloned().partition(|p| p.is_file() && harness::device::is_profile_file(p));
@@ -426,7 +448,7 @@ fn check(paths: &[PathBuf]) -> i32 {
         Err(e) => return report_error(&e),
     };
     let scenarios = files;
-    match load_all(&scenarios, &[], false, &asked_paths(paths)) {
+    match load_all(&scenarios, boards, !boards.is_empty(), &asked_paths(paths)) {
         Ok(all) => {
             for (s, boards) in &all {
                 let names: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
@@ -612,6 +634,7 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common, skip
         snapshots,
         checkpoints: !c.no_checkpoints,
         keep_disks: c.keep_disks,
+        board_wait: c.board_wait,
         ..RunOptions::default()
     };
     // A current-thread runtime: QEMU is spawned from the main thread, which
@@ -942,5 +965,27 @@ fn boards() -> i32 {
             }
         }
     }
+    board_locks();
     code
+}
+
+/// Who holds and who waits for the external boards (see
+/// `harness::board_lock`): the lock folder shared by every run.
+fn board_locks() {
+    let dir = harness::board_lock::default_dir();
+    let held = harness::board_lock::list(&dir);
+    println!("\nexternal boards in use ({}): {}", dir.display(), if held.is_empty() { "none" } else { "" });
+    for l in held {
+        match (&l.holder, &l.stale) {
+            (Some(h), None) => println!("  {:<20} held by {}", l.board, h.describe()),
+            (Some(h), Some(why)) => {
+                println!("  {:<20} STALE: {} ({why}; the next run takes it over)", l.board, h.describe())
+            }
+            (None, _) => println!("  {:<20} free", l.board),
+        }
+        for (i, w) in l.waiting.iter().enumerate() {
+            let waited = humantime::format_duration(w.age());
+            println!("  {:<20}   {}. waiting for {waited}: {} on {} (pid {})", "", i + 1, w.owner, w.host, w.pid);
+        }
+    }
 }

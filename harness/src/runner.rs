@@ -72,6 +72,8 @@ pub struct RunOptions {
     pub checkpoints: bool,
     /// Keep a passed run's disk overlay (by default only failed runs keep it).
     pub keep_disks: bool,
+    /// How long a run waits in a busy external board's queue.
+    pub board_wait: Duration,
 }
 
 impl Default for RunOptions {
@@ -83,6 +85,7 @@ impl Default for RunOptions {
             on_step: StepHook::default(),
             checkpoints: true,
             keep_disks: false,
+            board_wait: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -97,6 +100,8 @@ pub struct Outcome {
     pub arch: devlab_images::Arch,
     /// The machines bring their own boards: the snapshot is `@machines`.
     pub own_boards: bool,
+    /// The external board it ran on: the snapshot is `@<board>`.
+    pub external_board: Option<String>,
     pub run_dir: Option<PathBuf>,
     pub timeline: Timeline,
     /// The normalised timeline, as snapshotted.
@@ -132,6 +137,11 @@ impl Outcome {
         if self.own_boards {
             return format!("{}@machines", self.scenario);
         }
+        // An external board's timeline is its own (no QMP events; a real
+        // board's timing is not a VM's): one snapshot per board.
+        if let Some(board) = &self.external_board {
+            return format!("{}@{board}", self.scenario);
+        }
         format!("{}@{}", self.scenario, self.arch)
     }
 }
@@ -146,6 +156,7 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         board: scenario.run_label(board),
         arch: board.arch,
         own_boards: scenario.own_boards(),
+        external_board: board.is_external().then(|| board.name.clone()),
         run_dir: None,
         timeline: Timeline::default(),
         normalised: Vec::new(),
@@ -153,14 +164,25 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         steps: Vec::new(),
         result: Ok(()),
     };
-    let (machines, run_dir) = match prepare(scenario, board, opts) {
-        Ok(p) => p,
+    // External boards are held (see `take_boards`) until this returns.
+    let (machines, run_dir, held) = match prepare(scenario, board, opts) {
+        Ok((machines, dir)) => {
+            let held = take_boards(&machines, &dir, opts).await;
+            (machines, dir, held)
+        }
         Err(e) => {
             out.result = Err(e);
             return out;
         }
     };
     out.run_dir = Some(run_dir.clone());
+    let _held = match held {
+        Ok(h) => h,
+        Err(e) => {
+            out.result = Err(e);
+            return out;
+        }
+    };
     let mut runs = Vec::new();
     for (plan, image, device_image) in &machines {
         let accel = accel::choose_async(&plan.board).await;
@@ -170,7 +192,9 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
         r.name = plan.name.clone();
         r.lab_dir = run_dir.clone();
         r.on_step = opts.on_step.clone();
-        r.checkpoints = opts.checkpoints;
+        // An external board cannot be saved: its checkpoint steps only mark
+        // the spot (the same event, so timelines compare equal).
+        r.checkpoints = opts.checkpoints && !plan.board.is_external();
         runs.push(r);
     }
     share_commits(&mut runs);
@@ -281,6 +305,41 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     write_run_json(&run_dir, scenario, &out, &runs, &result, (disk_removed, cpu_s));
     out.result = result;
     out
+}
+
+/// Take every external board of the run: one run at a time per board, on
+/// this host and across hosts sharing the lock folder (see
+/// [`crate::board_lock`]), waiting in the board's queue at most
+/// `opts.board_wait`. A busy board after that is the lab's failure (69).
+async fn take_boards(
+    machines: &[(MachinePlan, BuiltImage, Option<crate::device_image::Prepared>)],
+    run_dir: &std::path::Path,
+    opts: &RunOptions,
+) -> Result<Vec<crate::board_lock::BoardLock>> {
+    let mut held = Vec::new();
+    for (plan, ..) in machines.iter().filter(|(p, ..)| p.board.is_external()) {
+        let (board, run_dir, wait, hook) =
+            (plan.board.name.clone(), run_dir.to_path_buf(), opts.board_wait, opts.on_step.clone());
+        let lock = blocking(move || {
+            let dir = crate::board_lock::default_dir();
+            let owner = crate::board_lock::default_owner();
+            let req =
+                crate::board_lock::Request { dir: &dir, board: &board, owner, run_dir: &run_dir, wait, max_queue: 16 };
+            let mut waiting = |h: &crate::board_lock::Holder, place: usize| {
+                let msg = format!("waiting for board {board}: {} (place {place} in its queue)", h.describe());
+                eprintln!("devlab: {msg}");
+                hook.tell(&msg);
+            };
+            crate::board_lock::BoardLock::acquire(&req, &mut waiting).map_err(|e| Error::infra(e.to_string()))
+        })
+        .await?;
+        if let Some(stale) = lock.taken_over() {
+            eprintln!("devlab: board {}: took over a stale lock ({})", plan.board.name, stale.describe());
+        }
+        eprintln!("devlab: holding board {} (lock {})", plan.board.name, lock.path().display());
+        held.push(lock);
+    }
+    Ok(held)
 }
 
 /// The harness process's own CPU time (user + system, all its threads;
@@ -761,7 +820,7 @@ pub(crate) fn freeze_on(
     let (tx, rx) = tokio::sync::watch::channel(None);
     // Requests and events from now on: counted before the task first runs.
     let from = server.as_ref().map_or(0, |s| s.requests());
-    let (qmp, events_from) = (m.qmp.clone(), m.qmp.events().len());
+    let (qmp, events_from) = (m.qmp.clone(), m.qmp_events().len());
     let watcher = tokio::spawn(async move {
         match (on, server) {
             (FreezeOn::Request(re), Some(server)) => {
@@ -769,7 +828,9 @@ pub(crate) fn freeze_on(
             }
             (FreezeOn::Downloaded(n), Some(server)) => server.wait_downloaded(n).await,
             (FreezeOn::Qmp(name), _) => {
-                // Until it comes (the run's own bound ends the wait).
+                // Until it comes (the run's own bound ends the wait); an
+                // external board has none (refused when checked).
+                let Some(qmp) = qmp else { return };
                 if qmp.wait_event(&[name.as_str()], events_from, crate::steps::MAX_DURATION).await.is_err() {
                     return;
                 }
@@ -816,17 +877,14 @@ fn complete_on_fire(
     let (tx, rx) = tokio::sync::watch::channel(None);
     let qmp = m.qmp.clone();
     let disk = m.disk.clone();
-    let kill = m.signal_hook(nix::sys::signal::Signal::SIGKILL);
+    let cutter = m.cutter();
     let thaw = m.signal_hook(nix::sys::signal::Signal::SIGCONT);
     let task = tokio::spawn(async move {
         if fired.wait_for(|f| f.is_some()).await.is_err() {
             return;
         }
         let res = match action {
-            FireAction::Kill => {
-                kill();
-                Ok(())
-            }
+            FireAction::Kill => cutter.cut().await,
             FireAction::Http(server, fault, count) => {
                 server.add_fault(fault, count);
                 thaw();
@@ -845,15 +903,19 @@ fn complete_on_fire(
                     Err(e) => Err(format!("stopping the lab's DHCP/TFTP server: {e}")),
                 }
             }
+            FireAction::Qmp(_, _) | FireAction::DiskErrors(_) | FireAction::Corrupt { .. } if qmp.is_none() => {
+                Err("an external board has no QMP (refused when checked)".into())
+            }
             FireAction::Qmp(command, args) => {
                 thaw();
+                let qmp = qmp.expect("checked above");
                 let res = qmp.execute_timeout(command, args, Duration::from_secs(10)).await;
                 res.map(|_| ()).map_err(|e| format!("{command}: {e}"))
             }
             FireAction::DiskErrors(_) | FireAction::Corrupt { .. } => {
                 thaw();
                 match disk {
-                    Some(disk) => change_disk(&qmp, &disk, &action).await,
+                    Some(disk) => change_disk(qmp.as_deref().expect("checked above"), &disk, &action).await,
                     None => Err("the machine was started without the disk seam".into()),
                 }
             }
@@ -1149,7 +1211,7 @@ impl<'a> Run<'a> {
     pub(crate) fn failure(&self, message: String) -> Error {
         // A guest QEMU paused because the host disk filled up looks like a
         // hang from inside; say what happened.
-        let paused = self.machine.as_ref().and_then(|m| host_disk_full(&m.qmp.events()));
+        let paused = self.machine.as_ref().and_then(|m| host_disk_full(&m.qmp_events()));
         let message = match paused {
             Some(device) => format!(
                 "{message}\nQEMU paused the guest: no space left on the host for {device} (the disk holding {} is \
@@ -1263,7 +1325,7 @@ impl<'a> Run<'a> {
                 }
             }
         }
-        let events = m.qmp.events();
+        let events = m.qmp_events();
         for e in &events[self.qmp_cursor.min(events.len())..] {
             if let Some(event) = qmp_event(&e.name, &e.data) {
                 batch.push(Entry { t: offset + e.at, origin: Origin::Qmp, event, node: None });
@@ -1287,15 +1349,17 @@ impl<'a> Run<'a> {
     /// Pause a running machine (QMP `stop`) whose part of a step ended
     /// before the other machines' parts; a machine that is off is left.
     pub(crate) async fn pause_until_all_done(&mut self) {
-        let Some(m) = self.machine.as_ref().filter(|m| !m.qmp.is_closed()) else { return };
-        self.paused = m.qmp.execute_timeout("stop", None, Duration::from_secs(10)).await.is_ok();
+        let Some(qmp) = self.machine.as_ref().and_then(|m| m.qmp.as_ref()).filter(|q| !q.is_closed()) else {
+            return;
+        };
+        self.paused = qmp.execute_timeout("stop", None, Duration::from_secs(10)).await.is_ok();
     }
 
     /// Let a machine paused by [`Run::pause_until_all_done`] run again.
     pub(crate) async fn resume_if_paused(&mut self) {
         if std::mem::take(&mut self.paused) {
-            if let Some(m) = self.machine.as_ref().filter(|m| !m.qmp.is_closed()) {
-                let _ = m.qmp.execute_timeout("cont", None, Duration::from_secs(10)).await;
+            if let Some(qmp) = self.machine.as_ref().and_then(|m| m.qmp.as_ref()).filter(|q| !q.is_closed()) {
+                let _ = qmp.execute_timeout("cont", None, Duration::from_secs(10)).await;
             }
         }
     }
@@ -1361,7 +1425,10 @@ impl<'a> Run<'a> {
     /// An SSH client for this machine on host `port`: the device's login
     /// (user, key or password), else root with the image's key.
     pub(crate) fn new_ssh(&self, port: u16, t0: Instant) -> Ssh {
-        let ssh = Ssh::new(port, &self.image.ssh_key, self.run_dir.join("ssh.log"), t0);
+        let mut ssh = Ssh::new(port, &self.image.ssh_key, self.run_dir.join("ssh.log"), t0);
+        if let Some(ext) = &self.board.external {
+            ssh = ssh.with_host(&ext.ssh.0);
+        }
         match self.scenario.device.as_ref().and_then(|d| d.ssh_login(self.board.arch)) {
             Some(login) => ssh.with_login(&login.user, login.auth),
             None => ssh,
@@ -1619,9 +1686,17 @@ impl<'a> Run<'a> {
 
     pub(crate) async fn start_server(&mut self) -> Result<()> {
         if self.server.is_none() {
-            let server = crate::update_server::UpdateServer::start(self.lab_dir.join("http.log"))
-                .await
-                .map_err(|e| Error::infra(format!("starting the update server: {e}")))?;
+            let log = self.lab_dir.join("http.log");
+            let server = match &self.board.external {
+                Some(ext) => {
+                    crate::update_server::UpdateServer::start_on(ext.bind, &ext.server_address, log).await.map_err(
+                        |e| Error::infra(format!("starting the update server on the lab address {}: {e}", ext.bind)),
+                    )?
+                }
+                None => crate::update_server::UpdateServer::start(log)
+                    .await
+                    .map_err(|e| Error::infra(format!("starting the update server: {e}")))?,
+            };
             self.server = Some(std::sync::Arc::new(server));
         }
         Ok(())
@@ -1733,6 +1808,13 @@ impl<'a> Run<'a> {
     }
 
     pub(crate) fn overlay(&self) -> Result<PathBuf> {
+        if let Some(ext) = &self.board.external {
+            // Never the flashed image: the board's own disk, as the host
+            // sees it (refused when checked if the profile names none).
+            return ext.host_disk.clone().ok_or_else(|| {
+                self.failure(format!("board {} is external and its profile names no host_disk", self.board.name))
+            });
+        }
         self.machine
             .as_ref()
             .map(|m| m.overlay.clone())
@@ -1745,7 +1827,9 @@ impl<'a> Run<'a> {
     pub(crate) async fn qmp_read_to_end(&mut self) {
         let from = self.qmp_cursor;
         if let Some(m) = self.machine.as_ref() {
-            let _ = m.qmp.wait_event(&["SHUTDOWN"], from, Duration::from_secs(5)).await;
+            if let Some(qmp) = &m.qmp {
+                let _ = qmp.wait_event(&["SHUTDOWN"], from, Duration::from_secs(5)).await;
+            }
         }
     }
 
@@ -1867,6 +1951,12 @@ impl<'a> Run<'a> {
             link: self.link.as_ref(),
         };
         let machine = match (restore, self.machine.take()) {
+            // An external board's disk is its own: flashed before the run's
+            // first power-on, then left as the board wrote it.
+            _ if self.board.is_external() => {
+                let first = self.t_first.is_none();
+                Machine::start_external(spec, &base_disk, first).await?
+            }
             (Some(overlay), _) => Machine::start_on(spec, overlay).await?,
             // Powering on again boots the same disk.
             (None, Some(old)) => {
@@ -1879,8 +1969,10 @@ impl<'a> Run<'a> {
         if self.t_first.is_none() {
             self.t_first = Some(machine.t0);
         }
+        // An external board's console starts with what it buffered before
+        // this power-on: markers are read from after it.
+        self.marker_offset = machine.console.origin();
         self.machine = Some(machine);
-        self.marker_offset = 0;
         self.marker_taken_line = None;
         self.qmp_cursor = 0;
         let bad: Vec<(String, BytesRegex)> = self
@@ -1985,8 +2077,9 @@ impl<'a> Run<'a> {
         let overlay = self.overlay()?;
         let m = self.machine()?;
         let qmp_err = |e: crate::qmp::QmpError| Error::infra(format!("checkpoint {name}: {e}"));
-        m.qmp.execute_timeout("stop", None, Duration::from_secs(10)).await.map_err(qmp_err)?;
-        let saved = m.qmp.hmp(&format!("savevm {}", crate::checkpoint::TAG)).await.map_err(qmp_err)?;
+        let qmp = m.qmp()?.clone();
+        qmp.execute_timeout("stop", None, Duration::from_secs(10)).await.map_err(qmp_err)?;
+        let saved = qmp.hmp(&format!("savevm {}", crate::checkpoint::TAG)).await.map_err(qmp_err)?;
         if !saved.trim().is_empty() {
             return Err(Error::infra(format!("checkpoint {name}: savevm said: {}", saved.trim())));
         }
@@ -1999,11 +2092,10 @@ impl<'a> Run<'a> {
         .map_err(|e| Error::infra(e.to_string()))?
         .map_err(|e| Error::infra(format!("storing checkpoint {name}: {e}")))?;
         let from = self.qmp_cursor;
-        let m = self.machine()?;
-        m.qmp.execute_timeout("cont", None, Duration::from_secs(10)).await.map_err(qmp_err)?;
+        qmp.execute_timeout("cont", None, Duration::from_secs(10)).await.map_err(qmp_err)?;
         // The STOP/RESUME pair is the harness's own doing, and a restored
         // run never sees it: keep it out of the timeline.
-        let (resumed, _) = m.qmp.wait_event(&["RESUME"], from, Duration::from_secs(10)).await.map_err(qmp_err)?;
+        let (resumed, _) = qmp.wait_event(&["RESUME"], from, Duration::from_secs(10)).await.map_err(qmp_err)?;
         self.qmp_cursor = resumed + 1;
         let _ = std::fs::write(
             self.run_dir.join("checkpoint.txt"),

@@ -718,6 +718,8 @@ impl Scenario {
     /// run on it.
     pub fn machines_for(&self, board: &crate::board::Board) -> Result<Vec<MachinePlan>> {
         if self.machines.is_empty() {
+            // The board may come from `--board`, not the file.
+            self.check_board_for(board, None)?;
             let image = self.header.image.clone();
             let disk = self.header.disk;
             if disk == DiskStart::Blank && self.provision.is_none() && board.pxe.is_none() {
@@ -876,11 +878,44 @@ impl Scenario {
         self.check_board_for(board, None)
     }
 
+    /// What an external board cannot do (see [`crate::external`]): steps
+    /// that need QMP or the host's view of its disk, and, for now, the lab
+    /// network, provisioning, fleets and products (their machines are QEMU
+    /// machines on networks devlab builds).
+    fn check_external(&self, board: &crate::board::Board, machine: Option<&str>) -> Result<()> {
+        let refuse = |offset: usize, field: &str, why: String| -> crate::error::Error {
+            let msg = format!("board `{}` is external (not QEMU): {why}", board.name);
+            InputError::new(&self.path, msg).at(&self.text, offset).field(field).into()
+        };
+        let whole = [
+            (self.header.network == Network::Lab, "network", "the lab network runs QEMU machines on its own bridge"),
+            (self.provision.is_some(), "provision", "provisioning runs on the lab network of QEMU machines"),
+            (self.fleet.is_some(), "fleet", "fleets run QEMU machines on their own networks"),
+            (self.product.is_some(), "product", "a product's private link joins two QEMU machines"),
+        ];
+        if let Some((_, key, why)) = whole.iter().find(|(bad, ..)| *bad) {
+            let offset = crate::board::find_key(&self.text, key).unwrap_or(0);
+            return Err(refuse(offset, key, format!("{why}; not yet for external boards")));
+        }
+        let on_it = |p: &&PlacedStep| machine.is_none_or(|m| p.on.iter().any(|o| o == m));
+        for p in self.steps.iter().filter(on_it) {
+            let fields: serde_json::Value = serde_json::from_str(&p.canonical).unwrap_or_default();
+            let host_disk = board.external.as_ref().is_some_and(|e| e.host_disk.is_some());
+            if let Some(why) = crate::external::qemu_only(p.step.action(), &fields, host_disk) {
+                return Err(refuse(p.offset, "action", format!("step `{}` cannot run: {why}", p.step.action())));
+            }
+        }
+        Ok(())
+    }
+
     /// [`Scenario::check_board`] for one machine's board (the steps that
     /// run on it), or for every machine.
     fn check_board_for(&self, board: &crate::board::Board, machine: Option<&str>) -> Result<()> {
         if let Some(d) = &self.device {
             d.check_arch(board.arch)?;
+        }
+        if board.is_external() {
+            self.check_external(board, machine)?;
         }
         let (disk, offset) = self.disk_of(machine);
         if disk == DiskStart::Blank && board.pxe.is_none() {

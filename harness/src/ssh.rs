@@ -47,8 +47,8 @@ fn pace(waited: Duration) -> (Duration, Duration) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
-    #[error("SSH on 127.0.0.1:{port} not up after {waited:?} (last error: {last})")]
-    NotUp { port: u16, waited: Duration, last: String },
+    #[error("SSH on {host}:{port} not up after {waited:?} (last error: {last})")]
+    NotUp { host: String, port: u16, waited: Duration, last: String },
     #[error("SSH: {0}")]
     Session(String),
     #[error("SSH command `{command}` timed out after {timeout:?}")]
@@ -67,6 +67,9 @@ pub struct Output {
 
 /// An SSH client for one machine.
 pub struct Ssh {
+    /// Where sshd answers: QEMU's forward on 127.0.0.1, or an external
+    /// board's address.
+    host: String,
     port: u16,
     user: String,
     auth: crate::device::SshAuth,
@@ -78,7 +81,14 @@ pub struct Ssh {
 impl Ssh {
     pub fn new(port: u16, key: &Path, transcript: PathBuf, t0: Instant) -> Ssh {
         let auth = crate::device::SshAuth::Key(key.to_path_buf());
-        Ssh { port, user: "root".into(), auth, transcript, t0, session: Arc::new(Mutex::new(None)) }
+        let host = "127.0.0.1".into();
+        Ssh { host, port, user: "root".into(), auth, transcript, t0, session: Arc::new(Mutex::new(None)) }
+    }
+
+    /// Reach sshd at `host` (an external board) instead of 127.0.0.1.
+    pub fn with_host(mut self, host: &str) -> Ssh {
+        self.host = host.to_string();
+        self
     }
 
     /// Log in as `user` with `auth` (a device profile's) instead of root
@@ -111,7 +121,7 @@ impl Ssh {
     pub async fn wait_up(&self, timeout: Duration) -> Result<(), SshError> {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
-        let port = self.port;
+        let (host, port) = (self.host.clone(), self.port);
         let mut attempts = JoinSet::new();
         let mut next = tokio::time::Instant::now();
         let mut last = String::from("no attempt finished");
@@ -121,7 +131,7 @@ impl Ssh {
                 // accepts costs it a fork and exec, which a slow guest feels.
                 _ = tokio::time::sleep_until(next), if attempts.len() < MAX_OPEN => {
                     let (spacing, patience) = pace(started.elapsed());
-                    attempts.spawn(banner_attempt(port, patience));
+                    attempts.spawn(banner_attempt(host.clone(), port, patience));
                     next = next.max(tokio::time::Instant::now() - spacing) + spacing;
                 }
                 Some(r) = attempts.join_next(), if !attempts.is_empty() => match r {
@@ -130,7 +140,7 @@ impl Ssh {
                     Err(e) => last = e.to_string(),
                 },
                 _ = tokio::time::sleep_until(deadline) => {
-                    return Err(SshError::NotUp { port, waited: timeout, last });
+                    return Err(SshError::NotUp { host, port, waited: timeout, last });
                 }
             }
         };
@@ -148,7 +158,7 @@ impl Ssh {
             .map_err(|e| SshError::Session(e.to_string()))??;
         *self.session.lock().unwrap() = Some(session);
         let user = &self.user;
-        self.note(&format!("# logged in as {user} on 127.0.0.1:{port} after {:.3}s", started.elapsed().as_secs_f64()));
+        self.note(&format!("# logged in as {user} on {host}:{port} after {:.3}s", started.elapsed().as_secs_f64()));
         Ok(())
     }
 
@@ -253,9 +263,9 @@ impl Ssh {
 }
 
 /// One attempt: connect and wait (bounded) until the server's banner starts.
-async fn banner_attempt(port: u16, patience: Duration) -> Result<TcpStream, String> {
+async fn banner_attempt(host: String, port: u16, patience: Duration) -> Result<TcpStream, String> {
     let attempt = async {
-        let s = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
+        let s = TcpStream::connect((host.as_str(), port)).await.map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4];
         loop {
             let n = s.peek(&mut buf).await.map_err(|e| e.to_string())?;
@@ -366,7 +376,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let err = banner_attempt(port, ATTEMPT_PATIENCE).await.unwrap_err();
+        let err = banner_attempt("127.0.0.1".into(), port, ATTEMPT_PATIENCE).await.unwrap_err();
         assert!(err.contains("no banner"), "{err}");
         keep.abort();
 
@@ -378,7 +388,7 @@ mod tests {
             s.write_all(b"H-2.0-dropbear\r\n").await.unwrap();
             let _ = tokio::io::AsyncReadExt::read(&mut s, &mut [0u8; 1]).await;
         });
-        let s = banner_attempt(port, ATTEMPT_PATIENCE).await.unwrap();
+        let s = banner_attempt("127.0.0.1".into(), port, ATTEMPT_PATIENCE).await.unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(s.peek(&mut buf).await.unwrap(), 8, "banner still unread for libssh2");
     }

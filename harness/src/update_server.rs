@@ -1,5 +1,6 @@
 //! The update server a real fleet talks to, run by the harness on
-//! 127.0.0.1 (guests reach it as 10.0.2.2 through user-mode networking).
+//! 127.0.0.1 (guests reach it as 10.0.2.2 through user-mode networking),
+//! or on an external board's lab address only.
 //! `GET /api/releases/<version>` answers `key=value` lines with a signed,
 //! expiring download URL (HMAC-SHA256 over path and expiry), the file's
 //! sha256 and size, and the decryption passphrase; `GET /releases/<file>`
@@ -89,6 +90,8 @@ impl Fault {
 }
 
 struct State {
+    /// The host guests reach the server at (see [`UpdateServer`]).
+    seen_as: String,
     /// By (version, arch).
     releases: BTreeMap<(String, String), Release>,
     /// RAUC bundles by file name, served as-is at `/bundles/<file>` (they
@@ -171,6 +174,9 @@ impl State {
 /// A running update server.
 pub struct UpdateServer {
     port: u16,
+    /// The host guests reach the server at (`10.0.2.2` on QEMU's user
+    /// network; an external board's `server_address`).
+    seen_as: String,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -194,9 +200,16 @@ fn now_unix() -> u64 {
 }
 
 impl UpdateServer {
-    /// Listen on 127.0.0.1 (a port the kernel picks) and log to `log`.
+    /// Listen on 127.0.0.1 (a port the kernel picks) and log to `log`;
+    /// guests reach it as 10.0.2.2.
     pub async fn start(log: PathBuf) -> std::io::Result<UpdateServer> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on([127, 0, 0, 1].into(), "10.0.2.2", log).await
+    }
+
+    /// Listen on `bind` only (an external board's lab address: never every
+    /// interface), guests reaching it as `seen_as`.
+    pub async fn start_on(bind: std::net::IpAddr, seen_as: &str, log: PathBuf) -> std::io::Result<UpdateServer> {
+        let listener = TcpListener::bind((bind, 0)).await?;
         let port = listener.local_addr()?.port();
         let mut secret = [0u8; 32];
         let seed = Sha256::digest(format!("{:?}{}{port}", SystemTime::now(), std::process::id()));
@@ -221,6 +234,7 @@ impl UpdateServer {
             request_count: tokio::sync::watch::channel(0).0,
             fleet: crate::rollout::Fleet::default(),
             products: BTreeMap::new(),
+            seen_as: seen_as.to_string(),
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -228,7 +242,7 @@ impl UpdateServer {
                 tokio::spawn(handle(conn, st.clone()));
             }
         });
-        Ok(UpdateServer { port, state, task })
+        Ok(UpdateServer { port, seen_as: seen_as.to_string(), state, task })
     }
 
     pub fn port(&self) -> u16 {
@@ -244,7 +258,7 @@ impl UpdateServer {
     /// The API URL of a release as the guest sees it.
     /// Where a device of `arch` asks for release `version`.
     pub fn guest_api_url(&self, version: &str, arch: &str) -> String {
-        format!("http://10.0.2.2:{}/api/releases/{version}?arch={arch}", self.port)
+        format!("http://{}:{}/api/releases/{version}?arch={arch}", self.seen_as, self.port)
     }
 
     pub fn add_release(&self, r: Release) {
@@ -266,7 +280,7 @@ impl UpdateServer {
         let sha = hex::encode(Sha256::digest(&bytes));
         s.log(&format!("bundle {file} ({} bytes, sha256 {sha})", bytes.len()));
         s.bundles.insert(file.to_string(), Arc::new(bytes));
-        format!("http://10.0.2.2:{}/bundles/{file}", self.port)
+        format!("http://{}:{}/bundles/{file}", self.seen_as, self.port)
     }
 
     /// Make `version` product `name`'s release: its parts served as
@@ -292,7 +306,7 @@ impl UpdateServer {
         let sha = hex::encode(Sha256::digest(&bytes));
         s.log(&format!("file {arch}/{file} ({} bytes, sha256 {sha})", bytes.len()));
         s.files.insert(format!("{arch}/{file}"), Arc::new(bytes));
-        format!("http://10.0.2.2:{}/files/{arch}/{file}", self.port)
+        format!("http://{}:{}/files/{arch}/{file}", self.seen_as, self.port)
     }
 
     /// Serve a team's OSTree archive repo as it is (its own refs, objects
@@ -301,7 +315,7 @@ impl UpdateServer {
         let mut s = self.state.lock().unwrap();
         s.log(&format!("ostree repo {} as files/{arch}/{name}/", repo.display()));
         s.dirs.insert(format!("{arch}/{name}"), repo);
-        format!("http://10.0.2.2:{}/files/{arch}/{name}", self.port)
+        format!("http://{}:{}/files/{arch}/{name}", self.seen_as, self.port)
     }
 
     /// Serve the OSTree archive repo `repo` at `/ostree/` (nothing published
@@ -322,7 +336,7 @@ impl UpdateServer {
 
     /// The repo's URL as the guest sees it.
     pub fn ostree_url(&self) -> String {
-        format!("http://10.0.2.2:{}/ostree", self.port)
+        format!("http://{}:{}/ostree", self.seen_as, self.port)
     }
 
     /// Requests so far.
@@ -353,7 +367,7 @@ impl UpdateServer {
 
     /// The server as the guest reaches it: `10.0.2.2:<port>`.
     pub fn guest_address(&self) -> String {
-        format!("10.0.2.2:{}", self.port)
+        format!("{}:{}", self.seen_as, self.port)
     }
 
     /// Callbacks received so far.
@@ -533,8 +547,9 @@ fn route(method: &str, path: &str, query: &BTreeMap<&str, &str>, state: &Arc<Mut
         let file_path = format!("/releases/{}", r.file_name);
         let sig = sign(&s.secret, &file_path, expires);
         let body = format!(
-            "version={}\nurl=http://10.0.2.2:{{port}}{file_path}?expires={expires}&sig={sig}\nsha256={}\nsize={}\nkey={}\n",
+            "version={}\nurl=http://{}:{{port}}{file_path}?expires={expires}&sig={sig}\nsha256={}\nsize={}\nkey={}\n",
             r.version,
+            s.seen_as,
             r.sha256,
             r.bytes.len(),
             r.key
@@ -747,6 +762,21 @@ pub fn load_release(version: &str, arch: &str, file: &std::path::Path, key: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An external board's lab address only: a connection to another
+    /// address of the host is refused, and the board is told the address
+    /// it reaches the server at.
+    #[tokio::test]
+    async fn a_server_for_an_external_board_listens_on_its_lab_address_only() {
+        let d = tempfile::tempdir().unwrap();
+        let lab: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let s = UpdateServer::start_on(lab, "192.168.50.1", d.path().join("http.log")).await.unwrap();
+        assert!(tokio::net::TcpStream::connect((lab, s.port())).await.is_ok());
+        let outside = tokio::net::TcpStream::connect(("127.0.0.1", s.port())).await;
+        assert_eq!(outside.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(s.guest_address(), format!("192.168.50.1:{}", s.port()));
+        assert!(s.guest_api_url("2", "x86_64").starts_with("http://192.168.50.1:"));
+    }
 
     async fn get(port: u16, target: &str) -> (u16, Vec<u8>, bool) {
         let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();

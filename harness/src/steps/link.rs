@@ -19,7 +19,7 @@ impl StepKind for Link {
         let l = self;
         let m = r.machine()?;
         let set = m
-            .qmp
+            .qmp()?
             .execute_timeout("set_link", Some(json!({"name": "net0", "up": l.up})), Duration::from_secs(10))
             .await;
         set.map_err(|e| Error::infra(format!("set_link: {e}")))?;

@@ -34,7 +34,8 @@ impl StepKind for Reboot {
     }
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
-        let from = r.machine()?.qmp.events().len();
+        let from = r.machine()?.qmp_events().len();
+        let console_from = r.machine()?.console.len();
         // Recorded as it is sent: nothing of the next boot can come before
         // it in the timeline (the command may answer after the reset).
         r.drain(None);
@@ -52,7 +53,14 @@ impl StepKind for Reboot {
             }
         }
         let m = r.machine()?;
-        let got = m.qmp.wait_event(&["RESET"], from, self.timeout.0).await;
+        let got = match &m.qmp {
+            Some(qmp) => qmp.wait_event(&["RESET"], from, self.timeout.0).await.map(drop).map_err(|e| e.to_string()),
+            // An external board's reset is its firmware starting again.
+            None => {
+                let banner = regex::bytes::Regex::new(&regex::escape(&m.board.firmware_marker())).expect("escaped");
+                m.console.seen_after(&banner, console_from, self.timeout.0).await.map(drop).map_err(|e| e.to_string())
+            }
+        };
         got.map_err(|e| r.failure(format!("`{}` did not reset the board: {e}", self.command)))?;
         r.forget_sessions();
         r.drain(None);

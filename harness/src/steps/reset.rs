@@ -16,7 +16,7 @@ impl StepKind for Reset {
 
     async fn run(&self, r: &mut Run<'_>, _placed: &PlacedStep) -> Result<()> {
         let m = r.machine()?;
-        m.qmp
+        m.qmp()?
             .execute_timeout("system_reset", None, Duration::from_secs(10))
             .await
             .map_err(|e| Error::infra(format!("system_reset: {e}")))?;

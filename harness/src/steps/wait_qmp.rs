@@ -48,7 +48,7 @@ impl StepKind for WaitQmp {
         let w = self;
         let from = r.qmp_cursor;
         let m = r.machine()?;
-        let got = m.qmp.wait_event(&[w.event.as_str()], from, w.timeout.0).await;
+        let got = m.qmp()?.wait_event(&[w.event.as_str()], from, w.timeout.0).await;
         got.map_err(|e| r.failure(format!("waiting for QMP event {}: {e}", w.event)))?;
         r.drain(None);
         Ok(())
