@@ -13,6 +13,12 @@
 //! fails saying so, unless DEVLAB_SKIP_LAB_NETWORK=1 says the machine
 //! cannot, which marks those tests ignored (never passed).
 //!
+//! The board-validation suite also runs on the stand-in boards of
+//! `examples/standin-board` (external boards: QEMU behind pdudaemon and
+//! ser2net, not controlled by devlab), `<scenario>@standin-<arch>`, with
+//! snapshots of their own; the stand-in lab is brought up by the first of
+//! those runs and down when the binary ends.
+//!
 //! The runs that ran are also reported as a `devlab run` reports them, in
 //! `target/scenario-report/` (junit.xml, summary.json, summary.md,
 //! report.html): each run's time and steps, so CI keeps a report and its
@@ -36,7 +42,42 @@ fn main() {
             Err(e) => eprintln!("scenario report: cannot write {}: {e}", dir.display()),
         }
     }
+    if STANDIN_UP.get().is_some() {
+        standin_lab("down");
+    }
     conclusion.exit();
+}
+
+/// Set once the stand-in lab is up (by the first run on a stand-in board).
+static STANDIN_UP: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+fn standin_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace").join("examples/standin-board")
+}
+
+fn standin_lab(cmd: &str) {
+    let out = std::process::Command::new(standin_dir().join("lab.sh")).arg(cmd).output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("stand-in lab.sh {cmd}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("stand-in lab.sh {cmd}: {e}"),
+    }
+}
+
+/// The board-validation suite on each stand-in board.
+fn standin_runs() -> harness::error::Result<Vec<Run>> {
+    let (files, _) = harness::plan::load_suite("board-validation")?;
+    let mut runs = Vec::new();
+    for arch in ["x86_64", "aarch64"] {
+        let board = harness::board::Board::load(&standin_dir().join(format!("boards/standin-{arch}.toml")))?;
+        for f in &files {
+            for scenario in Scenario::load_variants(f)? {
+                scenario.machines_for(&board)?;
+                runs.push(Run { scenario, board: board.clone() });
+            }
+        }
+    }
+    Ok(runs)
 }
 
 /// What each run that ran did, for the report.
@@ -90,6 +131,10 @@ impl Run {
             0
         } else if h.image.get_ref().starts_with("ostree") {
             1
+        } else if self.board.is_external() {
+            // One run at a time per stand-in board: last, and alternating
+            // boards (see `trials`), so two test threads rarely queue.
+            3
         } else {
             2
         };
@@ -97,6 +142,9 @@ impl Run {
     }
 
     fn execute(self) -> Result<(), Failed> {
+        if self.board.is_external() {
+            STANDIN_UP.get_or_init(|| standin_lab("up"));
+        }
         // QEMU is spawned from this thread (PR_SET_PDEATHSIG follows it).
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let opts = RunOptions { snapshots: SnapshotMode::Skip, ..RunOptions::default() };
@@ -161,7 +209,24 @@ fn trials() -> Vec<Trial> {
             }
         }
     }
+    match standin_runs() {
+        Ok(standin) => runs.extend(standin),
+        Err(e) => {
+            let msg = e.to_string();
+            broken.push(Trial::test("scenario::standin-board", move || Err(msg.into())));
+        }
+    }
     runs.sort_by_cached_key(Run::order_key);
+    // Stand-in runs alternate between the two boards.
+    let first_standin = runs.iter().position(|r| r.board.is_external()).unwrap_or(runs.len());
+    let (x86, arm): (Vec<Run>, Vec<Run>) =
+        runs.split_off(first_standin).into_iter().partition(|r| r.board.arch == devlab_images::Arch::X86_64);
+    let mut arm = arm.into_iter();
+    for r in x86 {
+        runs.push(r);
+        runs.extend(arm.next());
+    }
+    runs.extend(arm);
     let cannot_lab =
         std::env::var_os("DEVLAB_SKIP_LAB_NETWORK").is_some() && harness::labnet::LabNet::check_privileges().is_err();
     broken

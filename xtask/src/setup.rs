@@ -42,6 +42,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("seabios", ""),
     ("kmod", ""),
     ("socat", ""),
+    // External boards and examples/standin-board (a QEMU board run as if it
+    // were hardware): its power switch is pdudaemon (localcmdline driver,
+    // HTTP API), its console ser2net (4.x, YAML) on a pty, and it is flashed
+    // with `bmaptool copy`; strace to see what these daemons really do.
+    ("pdudaemon", ""),
+    ("ser2net", ""),
+    ("bmap-tools", ""),
+    ("strace", ""),
     ("xz-utils", ""),
     ("zstd", ""),
     // x86_64 kernels re-wrapped with an LZ4 payload (images/src/rewrap.rs):
