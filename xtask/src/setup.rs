@@ -45,7 +45,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // External boards and examples/standin-board (a QEMU board run as if it
     // were hardware): its power switch is pdudaemon (localcmdline driver,
     // HTTP API), its console ser2net (4.x, YAML) on a pty, and it is flashed
-    // with `bmaptool copy`; strace to see what these daemons really do.
+    // with `bmaptool copy`; strace proves (harness/tests/standin.rs) that
+    // devlab itself starts no QEMU for it.
     ("pdudaemon", ""),
     ("ser2net", ""),
     ("bmap-tools", ""),
