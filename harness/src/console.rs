@@ -231,6 +231,12 @@ impl Console {
         }
     }
 
+    /// The bytes received from offset `from` on.
+    pub fn bytes_from(&self, from: usize) -> Vec<u8> {
+        let inner = self.shared.inner.lock().unwrap();
+        inner.bytes.get(from..).unwrap_or_default().to_vec()
+    }
+
     /// Forget everything received so far, for good: the next `expect`, bad
     /// pattern and trigger see only what arrives from now on (an external
     /// board's serial line hands over what it buffered while nobody read it:

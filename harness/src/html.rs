@@ -757,6 +757,19 @@ fn stats_tables(stats: &[crate::report::GroupStats]) -> String {
     h
 }
 
+/// The whole report page, headed with what it is about (a board's
+/// identity) when there is a heading.
+pub fn page_headed(records: &[Record], duration_s: f64, heading: Option<&crate::report::Heading>) -> String {
+    let page = page(records, duration_s);
+    let Some(h) = heading else { return page };
+    let mut block = format!("<h1>{}</h1><table class=\"identity\">", esc(&h.title));
+    for (k, v) in &h.facts {
+        let _ = write!(block, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    }
+    block.push_str("</table>");
+    page.replacen("<h1>devlab report</h1>", &block, 1)
+}
+
 /// The whole report page.
 pub fn page(records: &[Record], duration_s: f64) -> String {
     let mut h = format!(

@@ -6,6 +6,7 @@ pub mod accel;
 pub mod board;
 pub mod board_check;
 pub mod board_lock;
+pub mod board_validate;
 pub mod checkpoint;
 pub mod console;
 pub mod device;

@@ -115,6 +115,24 @@ enum BoardCmd {
     },
     /// Check a profile against this machine's QEMU (firmware, machine, CPU, devices).
     Check { name: String },
+    /// Validate a board for hand-in: for a board on a bench, a preflight
+    /// (console reachable, a power cycle seen on it, U-Boot's prompt, its
+    /// identity read from its console), then the board-validation suite and
+    /// N power cycles, in one report (HTML, JUnit, JSON, Markdown) headed
+    /// with the board's identity.
+    Validate {
+        /// A profile's name, or its path (a board on a bench).
+        name: String,
+        /// Power cycles in a row (`scenarios/power-cycle.toml`, repeated):
+        /// a flaky board shows as a failure rate and a timing spread.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=plan::MAX_REPEAT as i64))]
+        cycles: u32,
+        /// Only the preflight (is the board wired right?), with its report.
+        #[arg(long)]
+        preflight_only: bool,
+        #[command(flatten)]
+        opts: Common,
+    },
 }
 
 #[derive(Subcommand)]
@@ -346,6 +364,9 @@ fn main() {
             },
             Err(e) => report_error(&e),
         },
+        Cmd::Board { cmd: BoardCmd::Validate { name, cycles, preflight_only, opts } } => {
+            board_validate(&name, if preflight_only { 0 } else { cycles }, &opts)
+        }
         Cmd::Board { cmd: BoardCmd::Check { name } } => match board::find(&name) {
             Ok(b) => {
                 let checks = harness::board_check::check(&b);
@@ -585,13 +606,26 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common, skip
         );
         return EXIT_BAD_INPUT;
     }
+    run_planned(planned, c, skipped, None)
+}
+
+/// Run planned jobs (sharded, built, executed, reported: `heading` at the
+/// head of the reports).
+fn run_planned(planned: Vec<Job>, c: &Common, skipped: Vec<Record>, heading: Option<report::Heading>) -> i32 {
     let durations = match c.durations.as_deref().map(plan::load_durations).transpose() {
         Ok(d) => d,
         Err(e) => return report_error(&e),
     };
     let selected = planned.len();
     let part = plan::shard(planned, c.shard, durations.as_ref());
-    let parallel = if c.keep { 1 } else { c.jobs.unwrap_or_else(plan::default_jobs).max(1) };
+    let mut parallel = if c.keep { 1 } else { c.jobs.unwrap_or_else(plan::default_jobs).max(1) };
+    // Runs on one external board take turns (its lock): no more at once
+    // than there are such boards, when every run is on one.
+    let external: std::collections::BTreeSet<&str> =
+        part.jobs.iter().filter(|j| j.board.is_external()).map(|j| j.board.name.as_str()).collect();
+    if !external.is_empty() && part.jobs.iter().all(|j| j.board.is_external()) {
+        parallel = parallel.min(external.len());
+    }
     let times = shard_times(c, &part, parallel);
     let jobs = part.jobs;
     let report_dir =
@@ -642,7 +676,7 @@ fn run_jobs(loaded: Result<Vec<(Scenario, Vec<Board>)>, Error>, c: &Common, skip
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     // Runs share this thread (a LocalSet), so spawning stays on it.
     let local = tokio::task::LocalSet::new();
-    let report = Reporting { dir: report_dir, skipped, shard: times };
+    let report = Reporting { dir: report_dir, skipped, shard: times, heading };
     rt.block_on(local.run_until(execute(jobs, opts, parallel, c.retries, report)))
 }
 
@@ -676,6 +710,7 @@ fn shard_times(c: &Common, part: &plan::ShardPlan, parallel: usize) -> Option<Sh
 /// Where and what `execute` reports: the report folder, the records of
 /// flows a device suite cannot run, and the shard's figures.
 struct Reporting {
+    heading: Option<report::Heading>,
     dir: PathBuf,
     skipped: Vec<Record>,
     shard: Option<ShardTimes>,
@@ -742,7 +777,7 @@ impl Out {
 /// Run the jobs; `report.skipped` (flows a device suite cannot run) join
 /// the reports as not run.
 async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32, report: Reporting) -> i32 {
-    let Reporting { dir: report_dir, skipped, shard } = report;
+    let Reporting { dir: report_dir, skipped, shard, heading } = report;
     let report_dir = report_dir.as_path();
     let started = Instant::now();
     let n = jobs.len();
@@ -825,7 +860,7 @@ async fn execute(jobs: Vec<Job>, opts: RunOptions, parallel: usize, retries: u32
         let predicted = s.predicted_s.map_or(String::new(), |p| format!(" (predicted {p:.0} s)"));
         eprintln!("shard {}/{} took {duration:.0} s{predicted}", s.k, s.n);
     }
-    match report::write_shard(report_dir, &records, duration, shard.as_ref()) {
+    match report::write_headed(report_dir, &records, duration, shard.as_ref(), heading.as_ref()) {
         Ok(()) => eprintln!("reports: {}/{{junit.xml,summary.json,summary.md,report.html}}", report_dir.display()),
         Err(e) => {
             eprintln!("error: cannot write reports to {}: {e}", report_dir.display());
@@ -967,6 +1002,78 @@ fn boards() -> i32 {
     }
     board_locks();
     code
+}
+
+/// `devlab board validate`: the preflight (an external board), then the
+/// board-validation suite and `cycles` power cycles, one report (`cycles`
+/// 0: the preflight only).
+fn board_validate(name: &str, cycles: u32, c: &Common) -> i32 {
+    let board = match board::find(name) {
+        Ok(b) => b,
+        Err(e) => return report_error(&e),
+    };
+    if c.update_snapshots && cycles > 1 {
+        eprintln!("error: --update-snapshots with {cycles} power cycles would write each snapshot {cycles} times: use --cycles 1");
+        return EXIT_BAD_INPUT;
+    }
+    let root = harness::rundir::workspace_root();
+    let suite = plan::load_suite("board-validation").map(|(files, _)| files);
+    let cycle = [root.join("scenarios/power-cycle.toml")];
+    let asked = plan::suites_dir().join("board-validation.toml");
+    let loaded = suite.and_then(|files| {
+        let names = [name.to_string()];
+        Ok((load_all(&files, &names, true, &asked)?, load_all(&cycle, &names, true, &cycle[0])?))
+    });
+    let (suite, cycle) = match loaded {
+        Ok(l) => l,
+        Err(e) => return report_error(&e),
+    };
+    let mut planned = plan::expand(suite);
+    planned.extend(plan::repeat(plan::expand(cycle), cycles.max(1)));
+    if cycles == 0 {
+        planned.clear();
+    }
+    let (preflight, heading) = if board.is_external() {
+        let dir = match harness::rundir::create(&harness::rundir::runs_root(), "preflight", &board.name) {
+            Ok(d) => d,
+            Err(e) => return report_error(&e),
+        };
+        eprintln!("preflight of board {} (console, power cycle, firmware prompt): {}", board.name, dir.display());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        match rt.block_on(harness::board_validate::preflight(&board, &dir, c.board_wait)) {
+            Ok(p) => p,
+            Err(e) => return report_error(&e),
+        }
+    } else {
+        (Vec::new(), harness::board_validate::profile_heading(&board))
+    };
+    for r in &preflight {
+        let word = if r.status == Status::Passed { "PASS" } else { "FAIL" };
+        eprintln!("{word} {} {}", r.id, r.message.as_deref().unwrap_or(""));
+    }
+    for (what, value) in &heading.facts {
+        eprintln!("  {what:<10} {value}");
+    }
+    let failed = preflight.iter().any(|r| r.status != Status::Passed);
+    if failed || planned.is_empty() {
+        // The board cannot be driven (the suite would only fail the same
+        // way), or only the preflight was asked for.
+        let report_dir = c.report_dir.clone().unwrap_or_else(|| root.join("target/devlab-report"));
+        let not_run = planned
+            .iter()
+            .map(|j| Record::not_run(&j.id, j.scenario.name(), &j.scenario.run_label(&j.board), j.repetition));
+        let records: Vec<Record> = preflight.into_iter().chain(not_run).collect();
+        if let Err(e) = report::write_headed(&report_dir, &records, 0.0, None, Some(&heading)) {
+            eprintln!("error: cannot write reports to {}: {e}", report_dir.display());
+        }
+        if !failed {
+            eprintln!("preflight passed; reports: {}", report_dir.display());
+            return EXIT_PASSED;
+        }
+        eprintln!("preflight failed: the suite did not run; reports: {}", report_dir.display());
+        return EXIT_INFRA;
+    }
+    run_planned(planned, c, preflight, Some(heading))
 }
 
 /// Who holds and who waits for the external boards (see

@@ -296,6 +296,9 @@ struct Summary<'a> {
     /// Every shard's figures, in a merged report.
     #[serde(skip_serializing_if = "<[ShardTimes]>::is_empty")]
     shards: &'a [ShardTimes],
+    /// What the report is about (`devlab board validate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heading: Option<&'a Heading>,
     runs: &'a [Record],
 }
 
@@ -547,18 +550,74 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged, String> {
     }
     all.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     shards.sort_by_key(|s: &ShardTimes| (s.n, s.k));
-    write_all(out, &all, duration, None, &shards).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_all(out, &all, duration, None, &shards, None).map_err(|e| format!("{}: {e}", out.display()))?;
     Ok(Merged { runs: all.len(), duration_s: duration, shards })
 }
 
 /// Write `junit.xml`, `summary.json`, `summary.md` and `report.html` into `dir`.
 pub fn write(dir: &Path, records: &[Record], duration_s: f64) -> std::io::Result<()> {
-    write_all(dir, records, duration_s, None, &[])
+    write_all(dir, records, duration_s, None, &[], None)
 }
 
 /// [`write`] for one shard's report, with its figures (`--shard`).
 pub fn write_shard(dir: &Path, records: &[Record], duration_s: f64, shard: Option<&ShardTimes>) -> std::io::Result<()> {
-    write_all(dir, records, duration_s, shard, &[])
+    write_all(dir, records, duration_s, shard, &[], None)
+}
+
+/// What a report is about, shown at its head (`devlab board validate`: the
+/// board's identity as read from its console), in every format.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Heading {
+    pub title: String,
+    /// (what, value), in order: `U-Boot`, `CPU`, `serial` …
+    pub facts: Vec<(String, String)>,
+}
+
+/// [`write_shard`] headed with `heading`.
+pub fn write_headed(
+    dir: &Path,
+    records: &[Record],
+    duration_s: f64,
+    shard: Option<&ShardTimes>,
+    heading: Option<&Heading>,
+) -> std::io::Result<()> {
+    write_all(dir, records, duration_s, shard, &[], heading)
+}
+
+/// `heading` in Markdown: a title and a two-column table.
+fn markdown_heading(h: &Heading) -> String {
+    let mut md = format!(
+        "# {}
+
+| | |
+|---|---|
+",
+        h.title
+    );
+    for (k, v) in &h.facts {
+        md.push_str(&format!(
+            "| {k} | {} |
+",
+            v.replace('|', "\\|")
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+/// `heading` as JUnit `<properties>` of the test suite (`board.<what>`).
+fn junit_with_heading(x: String, h: &Heading) -> String {
+    let mut props = format!("    <properties>\n      <property name=\"title\" value=\"{}\"/>\n", xml_escape(&h.title));
+    for (k, v) in &h.facts {
+        let name = format!("board.{}", k.to_lowercase().replace(' ', "_"));
+        props.push_str(&format!("      <property name=\"{}\" value=\"{}\"/>\n", xml_escape(&name), xml_escape(v)));
+    }
+    props.push_str("    </properties>\n");
+    // After the `<testsuite …>` line.
+    match x.find("  <testsuite ").and_then(|i| x[i..].find('\n').map(|j| i + j + 1)) {
+        Some(at) => format!("{}{props}{}", &x[..at], &x[at..]),
+        None => x,
+    }
 }
 
 fn write_all(
@@ -567,6 +626,7 @@ fn write_all(
     duration_s: f64,
     shard: Option<&ShardTimes>,
     shards: &[ShardTimes],
+    heading: Option<&Heading>,
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let summary = Summary {
@@ -581,17 +641,19 @@ fn write_all(
         stats: stats(records),
         shard,
         shards,
+        heading,
         runs: records,
     };
-    let mut md = markdown(records, duration_s);
+    let mut md = heading.map(markdown_heading).unwrap_or_default() + &markdown(records, duration_s);
     let listed: Vec<ShardTimes> = shard.into_iter().chain(shards).cloned().collect();
     if !listed.is_empty() {
         md.push_str(&markdown_shards(&listed));
     }
-    write_atomic(&dir.join("junit.xml"), &junit(records, duration_s))?;
+    let x = junit(records, duration_s);
+    write_atomic(&dir.join("junit.xml"), &heading.map_or_else(|| x.clone(), |h| junit_with_heading(x.clone(), h)))?;
     write_atomic(&dir.join("summary.json"), &serde_json::to_string_pretty(&summary).expect("json"))?;
     write_atomic(&dir.join("summary.md"), &md)?;
-    write_atomic(&dir.join("report.html"), &crate::html::page(records, duration_s))
+    write_atomic(&dir.join("report.html"), &crate::html::page_headed(records, duration_s, heading))
 }
 
 #[cfg(test)]
@@ -664,6 +726,34 @@ mod tests {
             rec("b@qemu-aarch64", Status::Error, Some("infrastructure failure: qemu")),
             rec("c@qemu-x86_64", Status::NotRun, None),
         ]
+    }
+
+    /// A heading (a board's identity) leads every format, escaped.
+    #[test]
+    fn a_heading_leads_markdown_junit_html_and_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let heading = Heading {
+            title: "devlab board validation: bench-3".into(),
+            facts: vec![("U-Boot".into(), "2024.04 <rc1>".into()), ("serial".into(), "A|B".into())],
+        };
+        let recs = [rec("boot-smoke@bench-3", Status::Passed, None)];
+        write_headed(dir.path(), &recs, 2.0, None, Some(&heading)).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let md = read("summary.md");
+        assert!(md.starts_with("# devlab board validation: bench-3\n\n| | |\n|---|---|\n| U-Boot | 2024.04 <rc1> |\n| serial | A\\|B |\n"), "{md}");
+        let x = read("junit.xml");
+        let props = x.find("<property name=\"board.u-boot\" value=\"2024.04 &lt;rc1&gt;\"/>").expect("property");
+        assert!(props > x.find("<testsuite ").unwrap() && props < x.find("<testcase").unwrap(), "{x}");
+        let html = read("report.html");
+        assert!(html.contains("<h1>devlab board validation: bench-3</h1><table class=\"identity\"><tr><th>U-Boot</th><td>2024.04 &lt;rc1&gt;</td>"), "{html}");
+        let json: serde_json::Value = serde_json::from_str(&read("summary.json")).unwrap();
+        assert_eq!(json["heading"]["facts"][1], serde_json::json!(["serial", "A|B"]));
+        // Without a heading, none of it.
+        write(dir.path(), &recs, 2.0).unwrap();
+        assert!(
+            read("summary.md").starts_with("# devlab run:")
+                && !read("junit.xml").contains("<properties>\n      <property name=\"title\"")
+        );
     }
 
     #[test]

@@ -280,16 +280,8 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     for r in runs.iter_mut().rev() {
         r.teardown().await;
     }
-    if result.is_ok() && opts.snapshots != SnapshotMode::Skip {
-        let dir = scenario.snapshot_dir();
-        if let Err(msg) = crate::snapshot::check(&dir, &out.snapshot_name(), &out.normalised, opts.snapshots) {
-            result = Err(Error::Failed(Box::new(Failure {
-                step: "timeline snapshot".into(),
-                message: msg,
-                run_dir: run_dir.clone(),
-                last_lines: Vec::new(),
-            })));
-        }
+    if result.is_ok() {
+        result = check_snapshot(scenario, &out, opts, &run_dir);
     }
     out.duration = started.elapsed();
     // A passed run's disks (qcow2 overlays, often hundreds of MiB) go; its
@@ -307,6 +299,29 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
     out
 }
 
+/// Compare the run's timeline with its snapshot (`opts.snapshots`). An
+/// external board with no snapshot of its own yet (a new board on a
+/// bench) is not failed for it: its steps' own checks decided, and it is
+/// said how to record one.
+fn check_snapshot(scenario: &Scenario, out: &Outcome, opts: &RunOptions, run_dir: &std::path::Path) -> Result<()> {
+    let (dir, name) = (scenario.snapshot_dir(), out.snapshot_name());
+    let first = out.external_board.is_some() && !dir.join(format!("{name}.snap")).exists();
+    if opts.snapshots == SnapshotMode::Skip || (first && opts.snapshots == SnapshotMode::Check) {
+        if first && opts.snapshots == SnapshotMode::Check {
+            eprintln!("devlab: {name}: this board has no timeline snapshot yet (--update-snapshots records one)");
+        }
+        return Ok(());
+    }
+    crate::snapshot::check(&dir, &name, &out.normalised, opts.snapshots).map_err(|msg| {
+        Error::Failed(Box::new(Failure {
+            step: "timeline snapshot".into(),
+            message: msg,
+            run_dir: run_dir.to_path_buf(),
+            last_lines: Vec::new(),
+        }))
+    })
+}
+
 /// Take every external board of the run: one run at a time per board, on
 /// this host and across hosts sharing the lock folder (see
 /// [`crate::board_lock`]), waiting in the board's queue at most
@@ -318,28 +333,39 @@ async fn take_boards(
 ) -> Result<Vec<crate::board_lock::BoardLock>> {
     let mut held = Vec::new();
     for (plan, ..) in machines.iter().filter(|(p, ..)| p.board.is_external()) {
-        let (board, run_dir, wait, hook) =
-            (plan.board.name.clone(), run_dir.to_path_buf(), opts.board_wait, opts.on_step.clone());
-        let lock = blocking(move || {
-            let dir = crate::board_lock::default_dir();
-            let owner = crate::board_lock::default_owner();
-            let req =
-                crate::board_lock::Request { dir: &dir, board: &board, owner, run_dir: &run_dir, wait, max_queue: 16 };
-            let mut waiting = |h: &crate::board_lock::Holder, place: usize| {
-                let msg = format!("waiting for board {board}: {} (place {place} in its queue)", h.describe());
-                eprintln!("devlab: {msg}");
-                hook.tell(&msg);
-            };
-            crate::board_lock::BoardLock::acquire(&req, &mut waiting).map_err(|e| Error::infra(e.to_string()))
-        })
-        .await?;
-        if let Some(stale) = lock.taken_over() {
-            eprintln!("devlab: board {}: took over a stale lock ({})", plan.board.name, stale.describe());
-        }
-        eprintln!("devlab: holding board {} (lock {})", plan.board.name, lock.path().display());
-        held.push(lock);
+        held.push(take_board(&plan.board.name, run_dir, opts.board_wait, opts.on_step.clone()).await?);
     }
     Ok(held)
+}
+
+/// Take board `name`'s lock for a run in `run_dir`, waiting in its queue at
+/// most `wait` (saying who holds it meanwhile), and say that this run holds
+/// it (and whose stale lock it took over).
+pub(crate) async fn take_board(
+    name: &str,
+    run_dir: &std::path::Path,
+    wait: Duration,
+    hook: StepHook,
+) -> Result<crate::board_lock::BoardLock> {
+    let (board, run_dir) = (name.to_string(), run_dir.to_path_buf());
+    let lock = blocking(move || {
+        let dir = crate::board_lock::default_dir();
+        let owner = crate::board_lock::default_owner();
+        let req =
+            crate::board_lock::Request { dir: &dir, board: &board, owner, run_dir: &run_dir, wait, max_queue: 16 };
+        let mut waiting = |h: &crate::board_lock::Holder, place: usize| {
+            let msg = format!("waiting for board {board}: {} (place {place} in its queue)", h.describe());
+            eprintln!("devlab: {msg}");
+            hook.tell(&msg);
+        };
+        crate::board_lock::BoardLock::acquire(&req, &mut waiting).map_err(|e| Error::infra(e.to_string()))
+    })
+    .await?;
+    if let Some(stale) = lock.taken_over() {
+        eprintln!("devlab: board {name}: took over a stale lock ({})", stale.describe());
+    }
+    eprintln!("devlab: holding board {name} (lock {})", lock.path().display());
+    Ok(lock)
 }
 
 /// The harness process's own CPU time (user + system, all its threads;

@@ -182,6 +182,64 @@ fn a_sigkilled_runs_lock_is_taken_over_by_the_next_run() {
     no_lock_left(tmp.path());
 }
 
+/// `devlab board validate --preflight-only`: the console opens, a power
+/// cycle is seen on it, U-Boot's prompt answers, and the report is headed
+/// with what the board's console said about it (U-Boot's version, its
+/// memory), in Markdown, JUnit and HTML.
+#[test]
+fn the_preflight_reads_the_boards_identity_from_its_console() {
+    let _lab = Lab::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report");
+    let out = devlab(tmp.path())
+        .args(["board", "validate", "--preflight-only", "--report-dir"])
+        .arg(&report)
+        .arg(profile("x86_64"))
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    for check in ["console", "power-off", "power-on", "firmware-prompt"] {
+        assert!(said.contains(&format!("PASS preflight:{check}@standin-x86_64")), "{check}: {said}");
+    }
+    let md = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    assert!(md.starts_with("# devlab board validation: standin-x86_64\n"), "{md}");
+    assert!(md.contains("| U-Boot | 2023.01") && md.contains("| DRAM | 512 MiB |"), "{md}");
+    let junit = std::fs::read_to_string(report.join("junit.xml")).unwrap();
+    assert!(junit.contains("<property name=\"board.u-boot\" value=\"2023.01"), "{junit}");
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("<h1>devlab board validation: standin-x86_64</h1><table class=\"identity\">"), "{html}");
+    no_lock_left(tmp.path());
+}
+
+/// A power switch wired to another board: switching "this" board on
+/// wakes the other one, this console stays silent, the preflight fails
+/// (exit 69) and the suite does not run.
+#[test]
+fn a_power_switch_wired_to_another_board_fails_the_preflight() {
+    let _lab = Lab::up();
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("report");
+    let p = broken_profile(
+        tmp.path(),
+        "x86_64",
+        &[
+            ("hostname = \"standin-x86_64\"", "hostname = \"standin-aarch64\""),
+            ("command_timeout", "console_timeout = \"5s\"\ncommand_timeout"),
+        ],
+    );
+    let out = devlab(tmp.path()).args(["board", "validate", "--report-dir"]).arg(&report).arg(&p).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(69), "{said}");
+    // (Silent, or the other board's switch refusing for want of a disk.)
+    assert!(said.contains("FAIL preflight:power-on@standin-x86_64 "), "{said}");
+    assert!(said.contains("preflight failed: the suite did not run"), "{said}");
+    let md = std::fs::read_to_string(report.join("summary.md")).unwrap();
+    assert!(md.contains("| boot-smoke | standin-x86_64 | NOT RUN |"), "{md}");
+    assert!(md.contains("| power-cycle | standin-x86_64 #20 | NOT RUN |"), "{md}");
+    no_lock_left(tmp.path());
+}
+
 /// The same scenario on the stand-in and on the QEMU board of its arch
 /// leaves the same timeline, but for QMP's events (an external board has
 /// none): read from the shipped snapshots, no board needed.
