@@ -4,6 +4,11 @@
 //! stdio and the system's OpenSSH client, no harness code), interleaved in
 //! one run so both see the same machine. Writes `target/bench/boot.json`
 //! and `boot.md`.
+//! `--standin` adds the stand-in board of `examples/standin-board` (an
+//! external board: TCP console through ser2net, power through pdudaemon's
+//! script) to the same loop: power-on → first SSH command done (timeline
+//! times, so flashing before power-on is not counted) against the same
+//! guest on the QEMU board of its arch.
 //! `cargo xtask bench update`: one full A/B update cycle and one rollback
 //! cycle per arch, phase by phase from the run's timeline, and the guest's
 //! slot write throughput against the same pipeline on the host. Writes
@@ -46,10 +51,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut arches = Vec::new();
     let mut what = None;
     let mut before = None;
+    let mut standin = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--before" => before = Some(it.next().context("--before REV (a git revision)")?.clone()),
+            "--standin" => standin = true,
             "--runs" => {
                 runs = it.next().context("--runs N")?.parse().context("--runs N")?;
                 explicit_runs = true;
@@ -81,7 +88,7 @@ pub fn run(args: &[String]) -> Result<()> {
         return update(if arches.is_empty() { Arch::ALL.to_vec() } else { arches });
     }
     if what != Some("boot") {
-        bail!("usage: cargo xtask bench boot [--before REV]|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], bench shards [--durations FILE], bench setup [--before REV] or bench rollout [--pairs N]");
+        bail!("usage: cargo xtask bench boot [--before REV] [--standin]|update|suite|ostree|pxe|device [--runs N] [x86_64|aarch64 ...], bench shards [--durations FILE], bench setup [--before REV] or bench rollout [--pairs N]");
     }
     if arches.is_empty() {
         arches = Arch::ALL.to_vec();
@@ -97,8 +104,18 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(rev) => Some((crate::bench_setup::checkout(&root, &worktree, &rev)?, rev)),
         None => None,
     };
-    let measured =
-        boot(&root, &out_dir, arches, runs, before.as_ref().map(|(_, rev)| (worktree.as_path(), rev.as_str())));
+    let lab = root.join("examples/standin-board/lab.sh");
+    if standin {
+        let up = Command::new(&lab).arg("up").status().context("examples/standin-board/lab.sh up")?;
+        if !up.success() {
+            bail!("examples/standin-board/lab.sh up failed");
+        }
+    }
+    let before_tree = before.as_ref().map(|(_, rev)| (worktree.as_path(), rev.as_str()));
+    let measured = boot(&root, &out_dir, arches, runs, before_tree, standin);
+    if standin {
+        let _ = Command::new(&lab).arg("down").status();
+    }
     crate::bench_setup::remove_checkout(&root, &worktree);
     let results = measured?;
     let report = json!({ "benchmark": "boot", "what": "process start to first SSH command done", "results": results });
@@ -118,6 +135,7 @@ fn boot(
     arches: Vec<Arch>,
     runs: usize,
     before: Option<(&Path, &str)>,
+    standin: bool,
 ) -> Result<Vec<Value>> {
     let recipe = root.join("images/recipes/base.toml");
     let mut results = Vec::new();
@@ -133,7 +151,8 @@ fn boot(
             devlab_once(tree, &board, out_dir)?;
         }
         let argv: Vec<String> = serde_json::from_str(&std::fs::read_to_string(warm.run_dir.join("qemu.argv.json"))?)?;
-        let (mut d, mut b, mut o) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut d, mut b, mut o, mut st) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let standin_board = root.join(format!("examples/standin-board/boards/standin-{arch}.toml"));
         for i in 0..runs {
             let dr = devlab_once(root, &board, out_dir)?;
             let br = bare_once(&argv, &image.disk, &image.ssh_key, out_dir)?;
@@ -145,7 +164,14 @@ fn boot(
                 eprintln!("  run {}: devlab at {rev} {:.2}s", i + 1, or.wall);
                 o.push(or);
             }
+            if standin {
+                let sr = devlab_once(root, &standin_board.to_string_lossy(), out_dir)?;
+                let (s_t, q_t) = (sr.ssh.unwrap_or(f64::NAN), d.last().and_then(|x| x.ssh).unwrap_or(f64::NAN));
+                eprintln!("  run {}: power-on → command: stand-in {s_t:.2}s, QEMU board {q_t:.2}s", i + 1);
+                st.push(sr);
+            }
         }
+        let standin_ratios: Vec<f64> = st.iter().zip(&d).filter_map(|(s, q)| Some(s.ssh? / q.ssh?)).collect();
         let ratios: Vec<f64> = d.iter().zip(&b).map(|(x, y)| x.wall / y.wall).collect();
         let phase = |v: &[Sample], f: fn(&Sample) -> Option<f64>| median(v.iter().filter_map(f).collect());
         results.push(json!({
@@ -168,6 +194,16 @@ fn boot(
             },
             "cached_image_build_s": cached_build_s,
             "accel": warm.accel,
+            "standin": standin.then(|| json!({
+                "board": standin_board.file_stem().map(|n| n.to_string_lossy().into_owned()),
+                "what": "power-on to the first SSH command done (timeline), against the QEMU board's devlab runs of this loop",
+                "standin_median_s": median(st.iter().filter_map(|s| s.ssh).collect()),
+                "qemu_median_s": median(d.iter().filter_map(|s| s.ssh).collect()),
+                "ratio": median(standin_ratios.clone()),
+                "ratios": standin_ratios,
+                "standin_banner_s": phase(&st, |s| s.banner),
+                "standin_kernel_s": phase(&st, |s| s.kernel),
+            })),
             "before": before.map(|(_, rev)| json!({
                 "rev": rev,
                 "devlab_median_s": median(o.iter().map(|s| s.wall).collect()),
@@ -391,6 +427,28 @@ fn markdown(results: &[Value]) -> String {
             f(&r["bare"]["ssh_ready_s"]),
             f(&r["cached_image_build_s"]),
         ));
+    }
+    let standins: Vec<&Value> = results.iter().filter(|r| r["standin"].is_object()).collect();
+    if !standins.is_empty() {
+        md.push_str(
+            "\nThe stand-in board (`--standin`: an external board, TCP console through ser2net, power through \
+             pdudaemon's script) against the same guest on the QEMU board, power-on → first SSH command done \
+             (timeline times; flashing before power-on not counted), the same loop:\n\n\
+             | arch | stand-in | QEMU board | ratio (median of pairs) | stand-in banner / kernel |\n\
+             |---|---|---|---|---|\n",
+        );
+        for r in standins {
+            let s = &r["standin"];
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} / {} |\n",
+                r["arch"].as_str().unwrap_or("?"),
+                f(&s["standin_median_s"]),
+                f(&s["qemu_median_s"]),
+                f(&s["ratio"]),
+                f(&s["standin_banner_s"]),
+                f(&s["standin_kernel_s"]),
+            ));
+        }
     }
     let befores: Vec<&Value> = results.iter().filter(|r| r["before"].is_object()).collect();
     if !befores.is_empty() {
