@@ -1055,6 +1055,8 @@ pub struct Run<'a> {
     pub(crate) timeline: Timeline,
     /// Time zero of the run: the first power-on.
     pub(crate) t_first: Option<Instant>,
+    /// An external board's disk was written (`flash`) by this run.
+    flashed: bool,
     /// Console bytes already scanned for markers.
     pub(crate) marker_offset: usize,
     /// QMP events already in the timeline.
@@ -1150,6 +1152,7 @@ impl<'a> Run<'a> {
             serial: None,
             timeline: Timeline::default(),
             t_first: None,
+            flashed: false,
             marker_offset: 0,
             qmp_cursor: 0,
             marker_taken_line: None,
@@ -1980,8 +1983,9 @@ impl<'a> Run<'a> {
             // An external board's disk is its own: flashed before the run's
             // first power-on, then left as the board wrote it.
             _ if self.board.is_external() => {
-                let first = self.t_first.is_none();
-                Machine::start_external(spec, &base_disk, first).await?
+                let flash = !self.flashed;
+                self.flashed = true;
+                Machine::start_external(spec, &base_disk, flash).await?
             }
             (Some(overlay), _) => Machine::start_on(spec, overlay).await?,
             // Powering on again boots the same disk.

@@ -756,6 +756,18 @@ impl Scenario {
             .field("action")
             .into());
         }
+        // One external board is one physical thing: two machines on it
+        // would wait for each other's lock.
+        for (i, m) in machines.iter().enumerate().filter(|(_, m)| m.board.is_external()) {
+            if let Some(other) = machines[..i].iter().find(|o| o.board.name == m.board.name) {
+                let msg = format!(
+                    "machines `{}` and `{}` are both on external board `{}`: one board runs one machine",
+                    other.name, m.name, m.board.name
+                );
+                let offset = self.text.find(&format!("\"{}\"", m.name)).unwrap_or(0);
+                return Err(InputError::new(&self.path, msg).at(&self.text, offset).field("machine").into());
+            }
+        }
         Ok(machines)
     }
 

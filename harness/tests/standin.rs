@@ -267,3 +267,26 @@ fn every_standin_timeline_is_the_vms_without_qmp_events() {
     // The board-validation suite (7 runs with env-fallback's two variants) on both arches.
     assert_eq!(compared, 14, "stand-in snapshots compared");
 }
+
+/// Before anything starts, `devlab check --board` refuses for an external
+/// board what needs QEMU (naming the step and why) and two machines on the
+/// one board; no lab needed.
+#[test]
+fn check_refuses_what_an_external_board_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let check = |scenario: &Path| {
+        let out = devlab(tmp.path()).arg("check").arg(scenario).arg("--board").arg(profile("x86_64")).output().unwrap();
+        (out.status.code(), text(&out))
+    };
+    let (code, said) = check(&root().join("scenarios/ab-rollback-watchdog.toml"));
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("board `standin-x86_64` is external (not QEMU): step `wait_qmp` cannot run"), "{said}");
+    let two = tmp.path().join("two.toml");
+    let text_of = "[scenario]\nname = \"two\"\nboards = [\"qemu-x86_64\"]\n\n[[machine]]\nname = \"a\"\n\n[[machine]]\nname = \"b\"\n\n[[step]]\naction = \"power_on\"\n";
+    std::fs::write(&two, text_of).unwrap();
+    let (code, said) = check(&two);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("two.toml:9:8: field `machine`: machines `a` and `b` are both on external board"), "{said}");
+    let (code, said) = check(&root().join("scenarios/boot-smoke.toml"));
+    assert_eq!(code, Some(0), "{said}");
+}
