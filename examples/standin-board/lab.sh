@@ -79,13 +79,17 @@ stop_pidfile() { # FILE WORD NAME
         kill -TERM "$_pid" 2>/dev/null || true
         _n=0
         while running "$_pid" && [ $_n -lt 50 ]; do
+            # Bounded backoff poll (until the condition above, at most the count's bound).
             sleep 0.1
             _n=$((_n + 1))
         done
         if running "$_pid"; then
             echo "lab.sh: $3 (pid $_pid) ignored TERM, killing" >&2
             kill -KILL "$_pid" 2>/dev/null || true
-            sleep 0.1
+            # Until it is gone, at most 5 s (a bounded backoff poll: a
+            # process gives no event to wait on from sh).
+            _n=0
+            while running "$_pid" && [ $_n -lt 50 ]; do sleep 0.1; _n=$((_n + 1)); done
         fi
         echo "stopped $3 (pid $_pid)"
     fi
@@ -109,6 +113,7 @@ $(tail -n 20 $5 2>&1)"
         # shellcheck disable=SC2086
         [ $_n -lt $LISTEN_WAIT_TENTHS ] || die "$4 not listening on $LISTEN:$1 after $((LISTEN_WAIT_TENTHS / 10)) s; $5:
 $(tail -n 20 $5 2>&1)"
+        # Bounded backoff poll (until the condition above, at most the count's bound).
         sleep 0.1
         _n=$((_n + 1))
     done
@@ -152,6 +157,7 @@ up_pair() { # ARCH
     while ! { [ -e "$_a/ttyUSB0" ] && [ -e "$_a/uart" ]; }; do
         running "$(cat "$_a/socat.pid")" || die "$1: socat exited: $(tail -n 5 "$_a/socat.log")"
         [ $_n -lt 50 ] || die "$1: socat made no ptys within 5 s"
+        # Bounded backoff poll (until the condition above, at most the count's bound).
         sleep 0.1
         _n=$((_n + 1))
     done

@@ -116,6 +116,7 @@ choose_accel() {
             _accel=kvm
             break
         fi
+        # Bounded backoff poll (until the condition above, at most the count's bound).
         sleep 0.1
         _n=$((_n + 1))
     done
@@ -206,6 +207,7 @@ power_off() {
             log "off: pid $_pid still alive after 10 s"
             die "$NAME: QEMU pid $_pid did not exit within 10 s of SIGKILL"
         }
+        # Bounded backoff poll (until the condition above, at most the count's bound).
         sleep 0.05
         _n=$((_n + 1))
     done
