@@ -195,3 +195,39 @@ fn a_panic_while_a_machine_runs_leaves_no_qemu() {
     let pid: i32 = std::fs::read_to_string(runs.path().join("pid")).unwrap().parse().unwrap();
     assert!(!alive(pid), "QEMU {pid} outlived the panic");
 }
+
+/// devlab's images reboot and power off through their own shutdown script
+/// (`fixtures/rootfs/usr/libexec/devlab/shutdown`), which waits only for
+/// processes that handle SIGTERM instead of busybox init's two fixed
+/// one-second pauses, when the harness reboots (`reboot` with the system's
+/// `/sbin/reboot`, as after an update) and powers off (the `poweroff` step).
+/// Only that script prints its "ended" line; init's own way down does not.
+#[test]
+fn the_images_reboot_and_power_off_without_init_pauses() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let s = dir.path().join("down.toml");
+    std::fs::write(
+        &s,
+        "[scenario]\nname = \"down\"\nboards = [\"qemu-aarch64\"]\ntimeout = \"4m\"\n\
+         [[step]]\naction = \"power_on\"\n[[step]]\naction = \"boot\"\n[[step]]\naction = \"wait_ssh\"\n\
+         [[step]]\naction = \"reboot\"\ncommand = \"/sbin/reboot\"\n\
+         [[step]]\naction = \"boot\"\n[[step]]\naction = \"wait_ssh\"\n[[step]]\naction = \"poweroff\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_devlab"))
+        .args(["run", s.to_str().unwrap(), "--no-snapshots"])
+        .env("DEVLAB_RUNS", runs.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let run = std::fs::read_dir(runs.path()).unwrap().flatten().next().unwrap().path();
+    let log = String::from_utf8_lossy(&std::fs::read(run.join("serial.log")).unwrap()).into_owned();
+    let ended: Vec<&str> =
+        log.lines().filter(|l| l.contains("shutdown: every process that handles SIGTERM ended")).collect();
+    assert_eq!(ended.len(), 2, "the script's way down, for the reboot and the power-off:\n{log}");
+    for mode in ["reboot", "poweroff"] {
+        assert_eq!(log.matches(&format!("Requesting system {mode}")).count(), 1, "{mode}:\n{log}");
+    }
+    assert!(!log.contains("still running 1 s after SIGTERM"), "no process held the way down:\n{log}");
+}

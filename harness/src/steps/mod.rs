@@ -24,7 +24,7 @@ use std::time::Duration;
 pub(crate) mod prelude {
     pub(crate) use super::{
         default_boot_timeout, default_step_timeout, default_update_timeout, guest, one, yes, CheckCx, Dur, Pattern,
-        Power, Source, StepKind,
+        Power, Source, StepKind, SYSTEM_POWEROFF, SYSTEM_REBOOT,
     };
     pub(crate) use crate::error::{Error, Result};
     pub(crate) use crate::runner::{blocking, Run};
@@ -35,6 +35,17 @@ pub(crate) mod prelude {
     pub(crate) use std::collections::BTreeMap;
     pub(crate) use std::time::Duration;
 }
+
+/// How the harness reboots a machine after an update it installed: the
+/// system's own `/sbin/reboot` by path, the bare name where there is none.
+/// By path because busybox's ash runs its own applet for a bare `reboot`
+/// even where the system has a program of that name, and on devlab's
+/// images that program is the shutdown script that skips busybox init's
+/// two fixed one-second pauses (`fixtures/rootfs/usr/libexec/devlab/shutdown`).
+pub(crate) const SYSTEM_REBOOT: &str = "/sbin/reboot || reboot";
+
+/// The `poweroff` step's command, by path for the same reason.
+pub(crate) const SYSTEM_POWEROFF: &str = "/sbin/poweroff || poweroff";
 
 /// One step kind: its check at plan time and its run.
 pub(crate) trait StepKind {

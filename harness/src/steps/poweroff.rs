@@ -1,9 +1,10 @@
-//! `poweroff`: Power off from inside the guest and wait for QEMU to exit.
+//! `poweroff`: Power off from inside the guest (the system's `/sbin/poweroff`) and wait for QEMU to exit.
 
 use super::prelude::*;
 
 /// Power off from inside the guest and wait for QEMU to exit (a device:
-/// over its command transport, as `reboot`).
+/// over its command transport, as `reboot`). Over SSH the command is
+/// [`SYSTEM_POWEROFF`]: the system's `/sbin/poweroff` by path.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Poweroff {
@@ -22,8 +23,8 @@ impl StepKind for Poweroff {
         let p = self;
         match r.via(None) {
             crate::device::Via::Ssh => {
-                // busybox `poweroff` signals init and returns; the session may drop.
-                let _ = r.ssh()?.exec("poweroff", Duration::from_secs(10)).await;
+                // `poweroff` signals init and returns; the session may drop.
+                let _ = r.ssh()?.exec(SYSTEM_POWEROFF, Duration::from_secs(10)).await;
                 if let Some(s) = r.ssh.as_ref() {
                     s.disconnect();
                 }

@@ -82,7 +82,7 @@ impl StepKind for RaucInstall {
             outcome: format!("{got:?}").to_lowercase(),
         });
         if got == RaucOutcome::Installed && i.reboot {
-            let _ = r.ssh()?.exec("reboot", Duration::from_secs(10)).await;
+            let _ = r.ssh()?.exec(SYSTEM_REBOOT, Duration::from_secs(10)).await;
             r.forget_sessions();
         }
         Ok(())

@@ -135,7 +135,7 @@ impl StepKind for Update {
                 .unwrap_or_default(),
         });
         if u.expect == UpdateOutcome::Installed && u.reboot {
-            let _ = r.ssh()?.exec("reboot", Duration::from_secs(10)).await;
+            let _ = r.ssh()?.exec(SYSTEM_REBOOT, Duration::from_secs(10)).await;
             r.forget_sessions();
         }
         Ok(())
