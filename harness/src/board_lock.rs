@@ -682,6 +682,8 @@ fn wait_in_queue(
         let timeout = (req.wait - waited).min(POLL_MAX);
         match &watcher {
             Some(watcher) => watcher.wait(timeout),
+            // No inotify here: a bounded backoff of FALLBACK_POLL, then
+            // the lock and the queue are looked at again.
             None => thread::sleep(timeout.min(FALLBACK_POLL)),
         }
     }
@@ -941,7 +943,9 @@ mod tests {
         assert!(Watcher::new(&[dir.path(), &queue_dir(dir.path(), "b3")]).is_some(), "inotify unavailable");
         let (handle, waits) = waiter(dir.path(), "b3", "second", 10_000);
         assert_eq!(waits.recv_timeout(Duration::from_secs(5)).unwrap(), ("first".to_string(), 1));
-        // Let the waiter settle into its poll (which would last POLL_MAX).
+        // The fault under test: the holder keeps the board 300 ms longer, so
+        // the waiter is asleep in its wait (which would last POLL_MAX, not
+        // between two looks) when the lock goes; only inotify wakes it early.
         thread::sleep(Duration::from_millis(300));
         let released = Instant::now();
         drop(lock);

@@ -489,6 +489,7 @@ mod tests {
         let pidfile = marker.path().join("pid");
         let e = ext(
             PowerSwitch::Commands {
+                // The fault: a power command that hangs (30 s, far past its 500 ms).
                 on: format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
                 off: "true".into(),
             },
@@ -502,6 +503,7 @@ mod tests {
             let alive =
                 std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false);
             if alive {
+                // Bounded backoff: at most 200 looks, 2 s in all.
                 std::thread::sleep(Duration::from_millis(10));
             }
             !alive
