@@ -305,11 +305,12 @@ pub async fn run(scenario: &Scenario, board: &Board, opts: &RunOptions) -> Outco
 /// said how to record one.
 fn check_snapshot(scenario: &Scenario, out: &Outcome, opts: &RunOptions, run_dir: &std::path::Path) -> Result<()> {
     let (dir, name) = (scenario.snapshot_dir(), out.snapshot_name());
-    let first = out.external_board.is_some() && !dir.join(format!("{name}.snap")).exists();
-    if opts.snapshots == SnapshotMode::Skip || (first && opts.snapshots == SnapshotMode::Check) {
-        if first && opts.snapshots == SnapshotMode::Check {
-            eprintln!("devlab: {name}: this board has no timeline snapshot yet (--update-snapshots records one)");
-        }
+    if opts.snapshots == SnapshotMode::Skip {
+        return Ok(());
+    }
+    let new_board = out.external_board.is_some() && !dir.join(format!("{name}.snap")).exists();
+    if new_board && opts.snapshots == SnapshotMode::Check {
+        eprintln!("devlab: {name}: this board has no timeline snapshot yet (--update-snapshots records one)");
         return Ok(());
     }
     crate::snapshot::check(&dir, &name, &out.normalised, opts.snapshots).map_err(|msg| {
